@@ -21,9 +21,11 @@ app = typer.Typer(help="flopcast: FLOP-budgeted LoRA forecasting of numeric time
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Create, inspect and split datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+budget_app = typer.Typer(help="The FLOP budget ledger of a study.", no_args_is_help=True)
+app.add_typer(budget_app, name="budget")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _print_table(title: str, rows: list[dict], columns: list[str] | None = None) -> None:
@@ -110,6 +112,85 @@ def encode(
     out.print(f"ids    = {info['ids']}")
     out.print(f"{info['n_tokens']} tokens for {steps} steps ({info['n_tokens'] / max(steps, 1):.1f} per step); "
               f"whole series: {info['series_tokens']} tokens")
+
+
+# ----------------------------------------------------------------------------- FLOPs and budget
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(float(x)) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise FlopcastError(f"expected comma-separated integers, got {text!r}") from None
+
+
+@app.command("flops")
+def flops_cmd(
+    model: str = typer.Option("qwen2.5-0.5b", help="preset (qwen2.5-0.5b, smollm2-135m), tiny-*, model dir or config.json"),
+    seq: int = typer.Option(512, help="sequence length S (prompt length for generate)"),
+    batch: int = typer.Option(4, help="batch size B"),
+    rank: int = typer.Option(0, help="LoRA rank (0: no adapter)"),
+    targets: str = typer.Option("q_proj,v_proj", help="LoRA target modules"),
+    mode: str = typer.Option("train", help="train | forward | prefill | generate"),
+    new_tokens: int = typer.Option(50, help="tokens to generate (mode generate)"),
+    gqa: str = typer.Option("full", help="full (reference: GQA counted as MHA) | actual"),
+):
+    """Per-component FLOPs of one training step / forward / prefill / generation."""
+    from .commands import flops_breakdown
+
+    br, arch = flops_breakdown(model, seq, batch, rank, tuple(targets.split(",")), mode, new_tokens, gqa)
+    _print_table(f"{arch.name or model}: {mode}, B={batch}, S={seq}, r={rank}", br.rows(), ["component", "flops", "share %"])
+    out.print(f"total: {br.total:.4e} FLOPs")
+
+
+@app.command("plan")
+def plan_cmd(
+    budget: float = typer.Option(1e17, help="FLOP budget"),
+    model: str = typer.Option("qwen2.5-0.5b"),
+    seq: str = typer.Option("128,512,768", help="comma-separated S"),
+    batch: str = typer.Option("4", help="comma-separated B"),
+    rank: str = typer.Option("2,4,8", help="comma-separated LoRA ranks"),
+    eval_windows: int = typer.Option(0, help="forecast windows evaluated per config (their FLOPs are set aside)"),
+):
+    """Affordable training steps per (S, B, r) under a budget."""
+    from .commands import plan_table
+
+    rows = plan_table(model, budget, _ints(seq), _ints(batch), _ints(rank), eval_windows)
+    _print_table(f"{model} under {budget:.3e} FLOPs", rows)
+
+
+@budget_app.command("init")
+def budget_init(ledger: Path = typer.Argument(...), budget: float = typer.Option(..., help="FLOP budget")):
+    """Create a ledger with a budget."""
+    from .ledger import Ledger
+
+    lg = Ledger(ledger, budget)
+    out.print(f"{ledger}: budget {lg.budget:.3e} FLOPs, {lg.left():.3e} left")
+
+
+@budget_app.command("show")
+def budget_show(ledger: Path = typer.Argument(...)):
+    """Print the ledger as a table with totals."""
+    from .commands import open_ledger
+
+    lg = open_ledger(ledger)
+    cols = ["id", "name", "kind", "model", "seq", "batch", "rank", "steps", "flops_planned", "flops_used", "share", "wall_s", "status"]
+    _print_table(str(ledger), lg.rows(), cols)
+    s = lg.summary()
+    out.print(f"budget {s['budget']:.3e} | used {s['used']:.3e} ({100 * s['used_share']:.2f}%) | "
+              f"reserved {s['reserved']:.3e} | left {s['left']:.3e}")
+
+
+@budget_app.command("export")
+def budget_export(ledger: Path = typer.Argument(...), out_file: Optional[Path] = typer.Option(None, "--out", "-o")):
+    """Export the ledger as CSV (stdout or --out)."""
+    from .commands import open_ledger
+
+    text = open_ledger(ledger).to_csv()
+    if out_file:
+        out_file.write_text(text)
+        err.print(f"wrote {out_file}")
+    else:
+        sys.stdout.write(text)
 
 
 # ----------------------------------------------------------------------------- entry point

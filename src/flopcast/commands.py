@@ -78,3 +78,56 @@ def _tokenizer(model: str):
         return AutoTokenizer.from_pretrained(model)
     except (OSError, ValueError):
         return load_model(model).tokenizer  # raises a clear ModelNotAvailable
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+def resolve_arch(model: str):
+    """FLOP-count architecture for a preset, tiny-* model, model directory or config.json."""
+    from .flops import PRESETS, ALIASES, Arch, arch_for
+    from .models import EMBEDDED, TINY, tiny_config
+
+    key = model.lower()
+    if key in TINY:
+        return Arch.from_config(tiny_config(key).to_dict(), name=key)
+    if key == EMBEDDED or key in PRESETS or key in ALIASES or Path(model).exists() or "/" not in model:
+        return arch_for(model)
+    try:
+        from transformers import AutoConfig
+
+        return Arch.from_config(AutoConfig.from_pretrained(model), name=model)
+    except (OSError, ValueError):
+        return arch_for(model)  # raises the helpful message
+
+
+def flops_breakdown(model: str, seq: int, batch: int, rank: int, targets: tuple[str, ...], mode: str,
+                    new_tokens: int = 50, gqa: str = "full"):
+    from . import flops as F
+
+    arch = resolve_arch(model)
+    lora = F.LoraShape(rank, targets) if rank > 0 else None
+    if mode == "train":
+        br = F.train_step(arch, batch, seq, lora, gqa)
+    elif mode == "forward":
+        br = F.forward(arch, batch, seq, lora=lora, gqa=gqa)
+    elif mode == "prefill":
+        br = F.prefill(arch, batch, seq, lora, gqa)
+    elif mode == "generate":
+        br = F.generate(arch, batch, seq, new_tokens, lora, gqa)
+    else:
+        raise DataError(f"unknown mode {mode!r} (train, forward, prefill, generate)")
+    return br, arch
+
+
+def plan_table(model: str, budget: float, seqs, batches, ranks, eval_windows: int = 0) -> list[dict]:
+    from .planner import affordable
+
+    return [r.as_dict() for r in affordable(resolve_arch(model), budget, seqs, batches, ranks, eval_windows=eval_windows)]
+
+
+def open_ledger(path: str | Path):
+    from .ledger import Ledger
+
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no ledger here (create one with `flopcast budget init {path} --budget 1e17`)")
+    return Ledger(path)

@@ -120,6 +120,33 @@ class SplitConfig:
         _check(abs(sum(parts) - 1.0) < 1e-6, f"split fractions must sum to 1, got {sum(parts):.6g}")
 
 
+@dataclass(frozen=True)
+class ForecastConfig:
+    """Forecasting: ``horizon`` steps, greedy unless ``n_samples > 1`` (then median + quantiles)."""
+
+    horizon: int = 5
+    batch_size: int = 16
+    n_samples: int = 1
+    temperature: float = 1.0
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    constrained: bool = True
+    max_int_digits: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "quantiles", tuple(self.quantiles))
+        _check(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.n_samples >= 1, f"n_samples must be >= 1, got {self.n_samples}")
+        _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        _check(all(0 < q < 1 for q in self.quantiles), f"quantiles must be in (0, 1), got {self.quantiles}")
+        _check(self.max_int_digits >= 1, "max_int_digits must be >= 1")
+
+    @property
+    def greedy(self) -> bool:
+        return self.n_samples == 1
+
+
 # ----------------------------------------------------------------------------- serialisation
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -165,6 +192,6 @@ def save_toml(data: dict[str, Any], path: str | Path) -> None:
 
 
 __all__ = [
-    "CodecConfig", "LoraSpec", "ModelSpec", "SimConfig", "SplitConfig",
+    "CodecConfig", "ForecastConfig", "LoraSpec", "ModelSpec", "SimConfig", "SplitConfig",
     "to_dict", "from_dict", "load_toml", "save_toml",
 ]

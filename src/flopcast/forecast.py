@@ -1,0 +1,186 @@
+"""Batched, KV-cached, grammar-constrained forecasting with a causal LM.
+
+Contexts are encoded with the codec, left-padded into batches (sorted by length so padding is
+small), prefilled once (logits only for the last position), then decoded token by token. A
+:class:`LLMTimeGrammar` masks the logits so only well-formed LLMTime can be produced, and each
+row stops as soon as its ``horizon`` steps are complete. Greedy by default; with
+``n_samples > 1`` each context is sampled ``n`` times -> median point forecast and quantiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .codec import LLMTimeCodec
+from .config import ForecastConfig
+from .errors import FlopcastError
+from .grammar import EOS, LLMTimeGrammar
+
+
+@dataclass
+class ForecastResult:
+    point: np.ndarray                 # (N, H, V) original units; NaN where unparsed
+    samples: np.ndarray | None        # (N, n_samples, H, V) or None
+    quantiles: dict[float, np.ndarray]  # q -> (N, H, V)
+    texts: list[list[str]]            # generated text per series per sample
+    alphas: np.ndarray                # (N,)
+    prompt_tokens: np.ndarray         # (N,) context tokens per series
+    generated_tokens: np.ndarray      # (N,) tokens generated per series (all samples)
+    parse_ok: np.ndarray              # (N,) all H steps parsed for every sample
+    batches: list[dict] = field(default_factory=list)  # per batch: B, prompt_len (padded), new_tokens
+
+    @property
+    def parse_failure_rate(self) -> float:
+        return float(1.0 - self.parse_ok.mean()) if len(self.parse_ok) else 0.0
+
+
+class TokenMasks:
+    """Per-character token ids of a tokenizer and cached vocab masks for grammar states."""
+
+    def __init__(self, tokenizer, grammar: LLMTimeGrammar, vocab_size: int, device):
+        self.char_id: dict[str, int] = {}
+        for ch in sorted(grammar.alphabet):
+            ids = tokenizer(ch, add_special_tokens=False).input_ids
+            if len(ids) != 1 or tokenizer.decode(ids) != ch:
+                raise FlopcastError(f"tokenizer has no single token for {ch!r}: constrained decoding needs one per character")
+            self.char_id[ch] = ids[0]
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise FlopcastError("tokenizer has no EOS token")
+        self.char_id[EOS] = eos
+        self.id_char = {i: ch for ch, i in self.char_id.items()}
+        self.vocab_size = vocab_size
+        self.device = device
+        self._cache: dict[frozenset, torch.Tensor] = {}
+
+    def mask(self, allowed: frozenset[str]) -> torch.Tensor:
+        m = self._cache.get(allowed)
+        if m is None:
+            m = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
+            m[[self.char_id[ch] for ch in allowed]] = True
+            self._cache[allowed] = m
+        return m
+
+
+def _batches(order: np.ndarray, size: int):
+    for i in range(0, len(order), size):
+        yield order[i:i + size]
+
+
+@torch.no_grad()
+def generate_constrained(model, prompts: list[list[int]], grammar: LLMTimeGrammar, masks: TokenMasks,
+                         targets: list[int], prefixes: list[str], pad_id: int, greedy: bool = True,
+                         temperature: float = 1.0, generator: torch.Generator | None = None,
+                         max_new_tokens: int | None = None) -> list[str]:
+    """Generate for one batch of token-id prompts; returns the generated characters per row."""
+    device = next(model.parameters()).device
+    B, L = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, L), dtype=torch.long)
+    for i, p in enumerate(prompts):  # left padding
+        ids[i, L - len(p):] = torch.tensor(p)
+        attn[i, L - len(p):] = 1
+    ids, attn = ids.to(device), attn.to(device)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    states = [grammar.start(t, pre) for t, pre in zip(targets, prefixes)]
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+    past, logits = out.past_key_values, out.logits[:, -1, :]
+    texts = [[] for _ in range(B)]
+    limit = max_new_tokens or grammar.max_tokens(max(targets))
+    for _ in range(limit):
+        active = [not s.done for s in states]
+        mask = torch.stack([masks.mask(grammar.allowed(s)) for s in states])
+        logits = logits.float().masked_fill(~mask, float("-inf"))
+        if greedy:
+            nxt = logits.argmax(-1)
+        else:
+            probs = torch.softmax(logits / temperature, -1)
+            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(device)
+        for i, tok in enumerate(nxt.tolist()):
+            if active[i]:
+                ch = masks.id_char[tok]
+                grammar.advance(states[i], ch)
+                texts[i].append(ch)
+        if all(s.done for s in states):
+            break
+        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
+        pos = pos[:, -1:] + 1
+        out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos, past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1, :]
+    return ["".join(t) for t in texts]
+
+
+def encode_contexts(codec: LLMTimeCodec, contexts: list[np.ndarray]) -> tuple[list[str], np.ndarray]:
+    alphas = np.array([codec.series_alpha(c) for c in contexts], dtype=np.float64)
+    return [codec.encode(c, a) for c, a in zip(contexts, alphas)], alphas
+
+
+def forecast(model, tokenizer, codec: LLMTimeCodec, contexts: list[np.ndarray],
+             config: ForecastConfig | None = None, progress: bool = False) -> ForecastResult:
+    """Forecast ``config.horizon`` steps after each context (raw values, (T_i, V))."""
+    cfg = config or ForecastConfig()
+    if not contexts:
+        raise FlopcastError("no contexts to forecast")
+    V = np.asarray(contexts[0]).shape[1]
+    texts, alphas = encode_contexts(codec, contexts)
+    prompts = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    return forecast_prompts(model, tokenizer, codec, prompts, alphas, V, cfg, [""] * len(prompts), progress)
+
+
+def forecast_prompts(model, tokenizer, codec: LLMTimeCodec, prompts: list[list[int]], alphas: np.ndarray,
+                     n_vars: int, cfg: ForecastConfig, prefixes: list[str], progress: bool = False,
+                     skip_first_partial: bool = False) -> ForecastResult:
+    """Forecast from token prompts. ``prefixes`` is each prompt's text after its last complete step;
+    with ``skip_first_partial`` a non-empty prefix's completion is generated but not scored."""
+    grammar = LLMTimeGrammar(codec.config, n_vars, cfg.max_int_digits)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    device = next(model.parameters()).device
+    masks = TokenMasks(tokenizer, grammar, vocab, device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    N, S, H = len(prompts), cfg.n_samples, cfg.horizon
+    extra = [1 if (skip_first_partial and p) else 0 for p in prefixes]
+    # each (series, sample) is one row; sort rows by prompt length to minimise padding
+    rows = [(i, s) for i in range(N) for s in range(S)]
+    order = np.argsort([-len(prompts[i]) for i, _ in rows], kind="stable")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    out_text: dict[tuple[int, int], str] = {}
+    batches = []
+    it = list(_batches(order, cfg.batch_size))
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="forecast", unit="batch")
+    was_training = model.training
+    model.eval()
+    for b in it:
+        sel = [rows[k] for k in b]
+        res = generate_constrained(
+            model, [prompts[i] for i, _ in sel], grammar, masks, [H + extra[i] for i, _ in sel],
+            [prefixes[i] for i, _ in sel], pad_id, greedy=cfg.greedy, temperature=cfg.temperature, generator=gen)
+        for r, t in zip(sel, res):
+            out_text[r] = t
+        batches.append({"B": len(sel), "prompt_len": max(len(prompts[i]) for i, _ in sel),
+                        "new_tokens": max(len(t) for t in res)})
+    model.train(was_training)
+    samples = np.full((N, S, H, n_vars), np.nan)
+    ok = np.ones(N, dtype=bool)
+    gen_tokens = np.zeros(N, dtype=np.int64)
+    texts: list[list[str]] = [[] for _ in range(N)]
+    for (i, s), t in out_text.items():
+        texts[i].append(t)
+        gen_tokens[i] += len(t)
+        body = t
+        if extra[i]:  # drop the completion of the context's partial step
+            cut = body.find(codec.config.step_sep)
+            body = body[cut + 1:] if cut >= 0 else ""
+        dec = codec.decode(body, n_vars, alpha=alphas[i])
+        k = min(H, dec.n_steps)
+        samples[i, s, :k] = dec.values[:k]
+        ok[i] &= dec.n_valid >= H and not np.isnan(samples[i, s]).any()
+    point = samples[:, 0] if S == 1 else np.nanmedian(samples, axis=1) if np.isfinite(samples).any() else samples[:, 0]
+    quant = {} if S == 1 else {q: np.nanquantile(samples, q, axis=1) for q in cfg.quantiles}
+    return ForecastResult(point, samples if S > 1 else None, quant, texts, alphas,
+                          np.array([len(p) for p in prompts]), gen_tokens, ok, batches)

@@ -1,0 +1,252 @@
+"""Persistent FLOP budget ledger: one SQLite file per study. No torch.
+
+Every experiment reserves its planned FLOPs before work and settles what it used after.
+Reservations happen inside ``BEGIN IMMEDIATE`` transactions, so concurrent processes cannot
+oversubscribe the budget. While an experiment runs it reports progress (``progress``), so FLOPs
+spent by a process that is killed stay counted; a resumed experiment continues the same row
+(``resume``) instead of counting again.
+
+Committed FLOPs of a row: ``used`` when it is finished (done/failed/cancelled), otherwise
+``max(planned, used)``. Left = budget - sum(committed).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BudgetExceeded, FlopcastError
+
+ACTIVE = ("reserved", "running")
+FINISHED = ("done", "failed", "cancelled")
+COLUMNS = ("id", "name", "kind", "model", "seq", "batch", "rank", "steps", "flops_planned", "flops_used",
+           "wall_s", "status", "created", "updated", "info")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS experiments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    model TEXT,
+    seq INTEGER,
+    batch INTEGER,
+    rank INTEGER,
+    steps INTEGER,
+    flops_planned INTEGER NOT NULL,
+    flops_used INTEGER NOT NULL DEFAULT 0,
+    wall_s REAL NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    info TEXT
+);
+CREATE INDEX IF NOT EXISTS experiments_name ON experiments(name);
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    name: str
+    kind: str
+    model: str | None
+    seq: int | None
+    batch: int | None
+    rank: int | None
+    steps: int | None
+    flops_planned: int
+    flops_used: int
+    wall_s: float
+    status: str
+    created: float
+    updated: float
+    info: str | None
+
+    @property
+    def committed(self) -> int:
+        return self.flops_used if self.status in FINISHED else max(self.flops_planned, self.flops_used)
+
+
+class Ledger:
+    """A FLOP budget and the experiments charged to it."""
+
+    def __init__(self, path: str | Path, budget: float | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._init(budget)
+
+    # ------------------------------------------------------------------ plumbing
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        return db
+
+    @contextmanager
+    def _tx(self):
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    def _init(self, budget: float | None) -> None:
+        db = self._connect()
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise FlopcastError(f"{self.path}: not a flopcast ledger ({e})") from None
+        finally:
+            db.close()
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key='budget'").fetchone()
+            if row is None:
+                if budget is None:
+                    raise FlopcastError(f"{self.path}: new ledger needs a budget (e.g. --budget 1e17)")
+                db.execute("INSERT INTO meta VALUES ('budget', ?)", (str(int(budget)),))
+            elif budget is not None and int(row["value"]) != int(budget):
+                raise FlopcastError(f"{self.path}: ledger budget is {int(row['value']):.3e}, not {budget:.3e}; "
+                                    "use `flopcast budget set` to change it")
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def budget(self) -> int:
+        db = self._connect()
+        try:
+            return int(db.execute("SELECT value FROM meta WHERE key='budget'").fetchone()["value"])
+        finally:
+            db.close()
+
+    def set_budget(self, budget: float) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE meta SET value=? WHERE key='budget'", (str(int(budget)),))
+
+    def entries(self) -> list[Entry]:
+        db = self._connect()
+        try:
+            return [Entry(**dict(r)) for r in db.execute("SELECT * FROM experiments ORDER BY id")]
+        finally:
+            db.close()
+
+    def get(self, id: int) -> Entry:
+        db = self._connect()
+        try:
+            r = db.execute("SELECT * FROM experiments WHERE id=?", (id,)).fetchone()
+        finally:
+            db.close()
+        if r is None:
+            raise FlopcastError(f"{self.path}: no experiment with id {id}")
+        return Entry(**dict(r))
+
+    def find(self, name: str) -> Entry | None:
+        """Latest experiment with this name."""
+        db = self._connect()
+        try:
+            r = db.execute("SELECT * FROM experiments WHERE name=? ORDER BY id DESC LIMIT 1", (name,)).fetchone()
+        finally:
+            db.close()
+        return Entry(**dict(r)) if r else None
+
+    @staticmethod
+    def _committed(db) -> int:
+        q = f"""SELECT COALESCE(SUM(CASE WHEN status IN {FINISHED} THEN flops_used
+                                         ELSE MAX(flops_planned, flops_used) END), 0) FROM experiments"""
+        return int(db.execute(q).fetchone()[0])
+
+    def used(self) -> int:
+        db = self._connect()
+        try:
+            return int(db.execute("SELECT COALESCE(SUM(flops_used), 0) FROM experiments").fetchone()[0])
+        finally:
+            db.close()
+
+    def left(self) -> int:
+        """Budget minus everything used or still reserved."""
+        db = self._connect()
+        try:
+            return self.budget - self._committed(db)
+        finally:
+            db.close()
+
+    # ------------------------------------------------------------------ updates
+    def reserve(self, name: str, kind: str, flops_planned: float, *, model: str | None = None,
+                seq: int | None = None, batch: int | None = None, rank: int | None = None,
+                steps: int | None = None, info: dict | None = None) -> int:
+        """Reserve FLOPs for an experiment; refuses (BudgetExceeded) if they are not left."""
+        planned = int(flops_planned)
+        if planned < 0:
+            raise FlopcastError(f"planned FLOPs must be >= 0, got {planned}")
+        now = time.time()
+        with self._tx() as db:
+            budget = int(db.execute("SELECT value FROM meta WHERE key='budget'").fetchone()[0])
+            left = budget - self._committed(db)
+            if planned > left:
+                raise BudgetExceeded(
+                    f"{kind} '{name}' needs {planned:.3e} FLOPs but only {left:.3e} of the {budget:.3e} budget "
+                    f"are left ({budget - left:.3e} used or reserved, {100 * (budget - left) / budget:.1f}%)")
+            cur = db.execute(
+                "INSERT INTO experiments (name, kind, model, seq, batch, rank, steps, flops_planned, status, created, updated, info)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (name, kind, model, seq, batch, rank, steps, planned, "reserved", now, now, json.dumps(info or {})))
+            return int(cur.lastrowid)
+
+    def resume(self, name: str) -> Entry | None:
+        """The unfinished experiment of this name (to continue it), or None."""
+        e = self.find(name)
+        return e if e is not None and e.status in ACTIVE else None
+
+    def progress(self, id: int, flops_used: float, wall_s: float | None = None, steps: int | None = None) -> None:
+        """Record cumulative FLOPs used so far (the row stays reserved/running)."""
+        with self._tx() as db:
+            db.execute("UPDATE experiments SET flops_used=?, wall_s=COALESCE(?, wall_s), steps=COALESCE(?, steps),"
+                       " status='running', updated=? WHERE id=? AND status IN ('reserved','running')",
+                       (int(flops_used), wall_s, steps, time.time(), id))
+
+    def settle(self, id: int, flops_used: float, status: str = "done", wall_s: float | None = None,
+               steps: int | None = None, info: dict | None = None) -> Entry:
+        """Finish an experiment with the FLOPs it actually used; its unused reservation is released."""
+        if status not in FINISHED:
+            raise FlopcastError(f"settle status must be one of {FINISHED}, got {status!r}")
+        with self._tx() as db:
+            row = db.execute("SELECT info FROM experiments WHERE id=?", (id,)).fetchone()
+            if row is None:
+                raise FlopcastError(f"{self.path}: no experiment with id {id}")
+            merged = {**json.loads(row["info"] or "{}"), **(info or {})}
+            db.execute("UPDATE experiments SET flops_used=?, status=?, wall_s=COALESCE(?, wall_s), steps=COALESCE(?, steps),"
+                       " info=?, updated=? WHERE id=?",
+                       (int(flops_used), status, wall_s, steps, json.dumps(merged), time.time(), id))
+        return self.get(id)
+
+    def charge(self, name: str, kind: str, flops: float, wall_s: float = 0.0, **fields) -> Entry:
+        """Reserve and settle in one go (for work already bounded, like an evaluation)."""
+        return self.settle(self.reserve(name, kind, flops, **fields), flops, wall_s=wall_s)
+
+    # ------------------------------------------------------------------ export
+    def rows(self) -> list[dict]:
+        b = self.budget
+        return [{**{c: getattr(e, c) for c in COLUMNS}, "share": e.flops_used / b} for e in self.entries()]
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=[*COLUMNS, "share"])
+        w.writeheader()
+        for r in self.rows():
+            w.writerow(r)
+        return buf.getvalue()
+
+    def summary(self) -> dict:
+        b, used, left = self.budget, self.used(), self.left()
+        return {"budget": b, "used": used, "reserved": b - left - used, "left": left, "used_share": used / b}

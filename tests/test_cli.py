@@ -1,0 +1,89 @@
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from flopcast.cli import main
+from flopcast.ledger import Ledger
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_help(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "data" in out and "flops" in out and "budget" in out
+
+
+def test_data_simulate_inspect_split(tmp_path, capsys):
+    f = tmp_path / "sim.h5"
+    assert run(capsys, "data", "simulate", "-o", str(f), "--n", "10", "--steps", "30")[0] == 0
+    with h5py.File(f) as h:
+        assert h["trajectories"].shape == (10, 30, 2)
+    code, out, _ = run(capsys, "data", "inspect", str(f), "--plot", str(tmp_path / "p.png"))
+    assert code == 0 and "n_series" in out and (tmp_path / "p.png").stat().st_size > 1000
+    code, out, _ = run(capsys, "data", "split", str(f), "-o", str(tmp_path / "s.json"))
+    assert code == 0 and "train 8, val 1, test 1" in out
+
+
+def test_encode_shows_text_and_ids(tmp_path, capsys):
+    code, out, _ = run(capsys, "encode", "--steps", "2", "--scale", "none")
+    assert code == 0 and "ids" in out and ";" in out
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "file not found"),
+    (b"not hdf5 at all", "not a readable HDF5"),
+    ("nan", "NaN"),
+    ("neg", "negative"),
+    ("rank", "(N, T, V)"),
+])
+def test_bad_data_one_line_error_nonzero_exit(tmp_path, capsys, content, match):
+    f = tmp_path / "bad.h5"
+    if isinstance(content, bytes):
+        f.write_bytes(content)
+    elif content is not None:
+        arr = {"nan": np.full((2, 3, 2), np.nan), "neg": -np.ones((2, 3, 2)), "rank": np.ones((2, 3))}[content]
+        with h5py.File(f, "w") as h:
+            h["trajectories"] = arr
+    code, out, err = run(capsys, "data", "inspect", str(f))
+    assert code == 2 and match in err and err.strip().count("\n") == 0 and "Traceback" not in err
+
+
+def test_empty_csv_error(tmp_path, capsys):
+    f = tmp_path / "e.csv"
+    f.write_text("")
+    code, _, err = run(capsys, "data", "inspect", str(f))
+    assert code == 2 and "empty CSV" in err
+
+
+def test_flops_and_plan(capsys):
+    code, out, _ = run(capsys, "flops", "--model", "qwen2.5-0.5b", "--seq", "128", "--batch", "1", "--mode", "forward")
+    assert code == 0 and "attn_scores" in out and "total: 1.36" in out
+    code, out, _ = run(capsys, "plan", "--budget", "1e15", "--model", "smollm2-135m", "--seq", "128", "--rank", "8")
+    assert code == 0 and "affordable" in out
+    code, _, err = run(capsys, "flops", "--model", "no-such-model")
+    assert code == 2 and "unknown model" in err
+
+
+def test_budget_commands(tmp_path, capsys):
+    p = tmp_path / "ledger.db"
+    assert run(capsys, "budget", "init", str(p), "--budget", "1e15")[0] == 0
+    Ledger(p).charge("zero-shot", "eval", 1e12)
+    code, out, _ = run(capsys, "budget", "show", str(p))
+    assert code == 0 and "zero-shot" in out and "left" in out
+    code, out, _ = run(capsys, "budget", "export", str(p))
+    assert code == 0 and out.startswith("id,name")
+    code, _, err = run(capsys, "budget", "show", str(tmp_path / "none.db"))
+    assert code == 2 and "budget init" in err
+
+
+def test_entry_point_exit_code(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "flopcast", "data", "inspect", str(tmp_path / "missing.h5")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
