@@ -87,3 +87,47 @@ def test_entry_point_exit_code(tmp_path):
     r = subprocess.run([sys.executable, "-m", "flopcast", "data", "inspect", str(tmp_path / "missing.h5")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_eval_forecast_baselines_commands(tmp_path, capsys, sim_ds):
+    from flopcast.data import save_h5
+
+    data = save_h5(sim_ds, tmp_path / "d.h5")
+    out = tmp_path / "ev"
+    code, text, err = run(capsys, "eval", "--model", "tiny-qwen2", "--data", str(data), "--context", "64",
+                          "--max-series", "2", "--baselines", "persistence", "--out", str(out),
+                          "--ledger", str(tmp_path / "l.db"), "--budget", "1e12")
+    assert code == 0, err
+    assert "persistence" in text and (out / "metrics.json").is_file()
+    assert Ledger(tmp_path / "l.db").used() > 0
+    code, text, err = run(capsys, "baselines", "--data", str(data), "--context", "64", "--max-series", "2",
+                          "--tokenizer", "tiny-qwen2", "--protocol", "seed", "--baselines", "persistence,linear", "--out", str(tmp_path / "b"))
+    assert code == 0, err
+    assert "linear" in text
+    csv_in = tmp_path / "mine.csv"
+    csv_in.write_text("prey,predator\n1,1\n1.5,0.8\n2.2,0.6\n2.9,0.5\n")
+    code, text, err = run(capsys, "forecast", "-i", str(csv_in), "--model", "tiny-qwen2", "--steps", "3",
+                          "-o", str(tmp_path / "f.csv"), "--plot", str(tmp_path / "f.png"))
+    assert code == 0, err
+    lines = (tmp_path / "f.csv").read_text().strip().splitlines()
+    assert lines[0] == "series,step,prey,predator" and len(lines) == 4
+    assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_eval_bad_protocol_one_line(capsys):
+    code, _, err = run(capsys, "eval", "--model", "tiny-qwen2", "--protocol", "nope")
+    assert code == 2 and "protocol must be one of" in err
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_on_embedded_model(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "demo"
+    code, text, err = run(capsys, "demo", "--out", str(out), "--max-series", "2", "--context", "64")
+    assert code == 0, err
+    res = json.loads((out / "zero_shot" / "metrics.json").read_text())
+    m = res["contexts"]["64"]["model"]
+    assert m["parse_failure_rate"] == 0 and m["flops"] > 0 and m["mae"] < 5
+    assert Ledger(out / "ledger.db").used() == m["flops"]
+    assert (out / "run.json").is_file() and "LLMTime encoding" in text

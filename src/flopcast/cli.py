@@ -24,7 +24,8 @@ app.add_typer(data_app, name="data")
 budget_app = typer.Typer(help="The FLOP budget ledger of a study.", no_args_is_help=True)
 app.add_typer(budget_app, name="budget")
 
-out = Console(soft_wrap=True)
+# wide tables when piped or captured (rich defaults to 80 columns without a terminal)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -112,6 +113,115 @@ def encode(
     out.print(f"ids    = {info['ids']}")
     out.print(f"{info['n_tokens']} tokens for {steps} steps ({info['n_tokens'] / max(steps, 1):.1f} per step); "
               f"whole series: {info['series_tokens']} tokens")
+
+
+# ----------------------------------------------------------------------------- evaluation and forecasting
+
+def _codec_cfg(decimals: int, scale: str, no_point: bool):
+    from .config import CodecConfig
+
+    return CodecConfig(decimals=decimals, scale_mode=scale, drop_decimal_point=no_point)
+
+
+def _eval_cfg(context: str, protocol: str, horizon: int, split: str, max_series: Optional[int], stride: int,
+              baselines: str, batch_size: int):
+    from .config import EvalConfig
+
+    return EvalConfig(protocol=protocol, contexts=tuple(_ints(context)), horizon=horizon, split=split,
+                      max_series=max_series, stride=stride, batch_size=batch_size,
+                      baselines=tuple(b for b in baselines.split(",") if b))
+
+
+def _show_eval(results: dict, out_dir: Path) -> None:
+    from .evaluate import summary_rows
+
+    _print_table(f"{results['model'] or 'baselines'} -- protocol {results['protocol']}", summary_rows(results))
+    out.print(f"results: {out_dir}/metrics.json, windows.csv, plots")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Option("smollm2-135m", help="smollm2-135m, tiny-*, HF id or local dir"),
+    adapter: Optional[Path] = typer.Option(None, help="LoRA adapter directory"),
+    data: Optional[Path] = typer.Option(None, help=".h5/.csv (default: simulated systems)"),
+    split: str = typer.Option("test", help="train | val | test"),
+    context: str = typer.Option("128,512,768", help="context lengths S in tokens"),
+    protocol: str = typer.Option("aligned", help="aligned | seed (the reference's protocol)"),
+    horizon: int = typer.Option(5, help="steps forecast and scored"),
+    stride: int = typer.Option(10, help="aligned: steps between cut points"),
+    max_series: Optional[int] = typer.Option(None, help="evaluate only the first N series of the split"),
+    baselines: str = typer.Option("persistence,linear,lv_ode", help="comma-separated, '' for none"),
+    batch_size: int = typer.Option(16),
+    decimals: int = 2, scale: str = "global", no_point: bool = typer.Option(False, "--no-point"),
+    out_dir: Path = typer.Option(Path("runs/eval"), "--out", "-o"),
+    ledger: Optional[Path] = typer.Option(None, help="charge FLOPs to this ledger"),
+    budget: Optional[float] = typer.Option(None, help="budget when creating the ledger"),
+):
+    """Evaluate a model (and baselines) on a split: MSE/MAE with CIs, parse failures, FLOPs, plots."""
+    from .inference import run_eval
+
+    cfg = _eval_cfg(context, protocol, horizon, split, max_series, stride, baselines, batch_size)
+    res = run_eval(model, data, cfg, out_dir, adapter, _codec_cfg(decimals, scale, no_point), ledger, budget)
+    _show_eval(res, out_dir)
+
+
+@app.command("baselines")
+def baselines_cmd(
+    data: Optional[Path] = typer.Option(None, help=".h5/.csv (default: simulated systems)"),
+    split: str = "test",
+    context: str = typer.Option("128,512,768"),
+    protocol: str = typer.Option("aligned"),
+    horizon: int = 5, stride: int = 10,
+    max_series: Optional[int] = None,
+    baselines: str = typer.Option("persistence,linear,lv_ode"),
+    tokenizer: str = typer.Option("smollm2-135m", help="tokenizer that defines the context windows"),
+    decimals: int = 2, scale: str = "global", no_point: bool = typer.Option(False, "--no-point"),
+    out_dir: Path = typer.Option(Path("runs/baselines"), "--out", "-o"),
+):
+    """Score the persistence / linear-drift / Lotka-Volterra-ODE baselines on the same windows as eval."""
+    from .inference import run_eval
+
+    cfg = _eval_cfg(context, protocol, horizon, split, max_series, stride, baselines, 16)
+    res = run_eval(tokenizer, data, cfg, out_dir, None, _codec_cfg(decimals, scale, no_point), baselines_only=True)
+    _show_eval(res, out_dir)
+
+
+@app.command("forecast")
+def forecast_cmd(
+    input: Path = typer.Option(..., "--input", "-i", help="series as CSV (one column per variable) or .h5"),
+    model: str = typer.Option("smollm2-135m"),
+    adapter: Optional[Path] = typer.Option(None),
+    steps: int = typer.Option(5, help="steps to forecast"),
+    samples: int = typer.Option(1, help=">1: sample n forecasts -> median and 10/50/90% quantiles"),
+    context_tokens: Optional[int] = typer.Option(None, help="keep only the last whole steps fitting in N tokens"),
+    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="write the forecast as CSV"),
+    plot: Optional[Path] = typer.Option(None, help="save a PNG of context + forecast"),
+    seed: int = 0,
+):
+    """Forecast the next steps of your own series."""
+    from .inference import run_forecast
+
+    res = run_forecast(model, input, steps, adapter, samples, context_tokens, out_file, plot, seed=seed)
+    _print_table(f"forecast ({model})", res["rows"])
+    if res["parse_failure_rate"]:
+        err.print(f"warning: {100 * res['parse_failure_rate']:.1f}% of forecasts did not parse completely")
+
+
+@app.command("demo")
+def demo_cmd(
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out", "-o"),
+    data: Optional[Path] = typer.Option(None, help=".h5/.csv (default: simulate 100 systems)"),
+    model: str = typer.Option("smollm2-135m"),
+    max_series: int = typer.Option(8, help="test series evaluated"),
+    context: str = typer.Option("128,512"),
+):
+    """Quickstart on the embedded model: encoding, zero-shot forecasts vs baselines, FLOPs ledger."""
+    from .inference import run_demo
+
+    r = run_demo(out_dir, data, model, max_series, tuple(_ints(context)))
+    out.print(f"LLMTime encoding (alpha={r['alpha']:.4g}) of 3 steps: {r['example']}", markup=False)
+    _show_eval(r["results"], out_dir / "zero_shot")
+    budget_show(out_dir / "ledger.db")
 
 
 # ----------------------------------------------------------------------------- FLOPs and budget

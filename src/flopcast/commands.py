@@ -36,19 +36,13 @@ def split_file(path: str | Path, out: str | Path, train: float, val: float, test
     return {"train": len(sp.train), "val": len(sp.val), "test": len(sp.test)}
 
 
-def dataset_or_simulated(path: str | Path | None, n: int = 50, seed: int = 0) -> Dataset:
-    if path is not None:
-        return load(path)
-    from .simulate import simulate
-
-    return simulate(SimConfig(n_systems=n, seed=seed))
-
-
 def encode_preview(path, series: int, steps: int, model: str, decimals: int, scale: str, no_point: bool) -> dict:
     """Text, tokens and ids for the first ``steps`` timesteps of one series."""
     from .models import TINY, load_model
 
-    ds = dataset_or_simulated(path)
+    from .inference import dataset_or_simulated
+
+    ds = dataset_or_simulated(path, n=50)
     if not 0 <= series < ds.n_series:
         raise DataError(f"series index {series} out of range (dataset has {ds.n_series})")
     cfg = CodecConfig(decimals=decimals, scale_mode=scale, drop_decimal_point=no_point)

@@ -147,6 +147,46 @@ class ForecastConfig:
         return self.n_samples == 1
 
 
+PROTOCOLS = ("aligned", "seed")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation windows and scoring.
+
+    ``seed`` reproduces the reference study: the whole series is tokenized, windows of exactly
+    ``S`` tokens start every ``window_stride_tokens`` tokens, the completion of a step cut by the
+    window is dropped and the next ``horizon`` steps are scored. ``aligned`` (default) uses
+    contexts of whole timesteps (as many as fit in ``S`` tokens) ending at cut points every
+    ``stride`` steps from ``min_context_steps`` on.
+    """
+
+    protocol: str = "aligned"
+    contexts: tuple[int, ...] = (128, 512, 768)
+    horizon: int = 5
+    stride: int = 10
+    min_context_steps: int = 10
+    window_stride_tokens: int = 256
+    split: str = "test"
+    max_series: int | None = None
+    baselines: tuple[str, ...] = ("persistence", "linear", "lv_ode")
+    batch_size: int = 16
+    n_boot: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "contexts", tuple(int(c) for c in self.contexts))
+        object.__setattr__(self, "baselines", tuple(self.baselines))
+        _check(self.protocol in PROTOCOLS, f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        _check(len(self.contexts) > 0 and all(c >= 8 for c in self.contexts), f"context lengths must be >= 8 tokens, got {self.contexts}")
+        _check(self.horizon >= 1 and self.stride >= 1 and self.min_context_steps >= 1, "horizon, stride and min_context_steps must be >= 1")
+        _check(self.window_stride_tokens >= 1, "window_stride_tokens must be >= 1")
+        _check(self.split in ("train", "val", "test"), f"split must be train, val or test, got {self.split!r}")
+        _check(self.max_series is None or self.max_series >= 1, "max_series must be >= 1")
+        unknown = set(self.baselines) - {"persistence", "linear", "lv_ode"}
+        _check(not unknown, f"unknown baseline(s) {sorted(unknown)} (persistence, linear, lv_ode)")
+
+
 # ----------------------------------------------------------------------------- serialisation
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -192,6 +232,6 @@ def save_toml(data: dict[str, Any], path: str | Path) -> None:
 
 
 __all__ = [
-    "CodecConfig", "ForecastConfig", "LoraSpec", "ModelSpec", "SimConfig", "SplitConfig",
+    "CodecConfig", "EvalConfig", "ForecastConfig", "LoraSpec", "ModelSpec", "SimConfig", "SplitConfig",
     "to_dict", "from_dict", "load_toml", "save_toml",
 ]

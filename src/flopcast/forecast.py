@@ -184,3 +184,23 @@ def forecast_prompts(model, tokenizer, codec: LLMTimeCodec, prompts: list[list[i
     quant = {} if S == 1 else {q: np.nanquantile(samples, q, axis=1) for q in cfg.quantiles}
     return ForecastResult(point, samples if S > 1 else None, quant, texts, alphas,
                           np.array([len(p) for p in prompts]), gen_tokens, ok, batches)
+
+
+def forecast_flops(model, result: ForecastResult) -> int:
+    """Analytic FLOPs of the generation that produced ``result`` (padded batches as computed)."""
+    from . import flops as F
+
+    arch = F.Arch.from_config(model.config)
+    lora = lora_shape_of(model)
+    return sum(F.generate_total(arch, b["B"], b["prompt_len"], b["new_tokens"], lora) for b in result.batches)
+
+
+def lora_shape_of(model):
+    """The LoRA shape of a PEFT model (None for a plain model)."""
+    from . import flops as F
+
+    cfg = getattr(model, "peft_config", {}).get("default") if hasattr(model, "peft_config") else None
+    if cfg is None:
+        return None
+    head = model.get_output_embeddings()
+    return F.LoraShape(int(cfg.r), tuple(sorted(cfg.target_modules)), getattr(head, "bias", None) is not None)

@@ -226,7 +226,7 @@ def trainable_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def save_adapter(peft_model, directory: str | Path, lora: LoraSpec, base_name: str = "") -> Path:
+def save_adapter(peft_model, directory: str | Path, lora: LoraSpec, base_name: str = "", extra: dict | None = None) -> Path:
     """Save the adapter so ``PeftModel.from_pretrained(base, directory)`` loads it.
 
     The optional LM-head bias is not a PEFT weight: it goes to ``lm_head_bias.safetensors`` and
@@ -240,7 +240,8 @@ def save_adapter(peft_model, directory: str | Path, lora: LoraSpec, base_name: s
     if lora.train_lm_head_bias:
         bias = peft_model.get_output_embeddings().bias
         save_file({"lm_head.bias": bias.detach().cpu().contiguous()}, str(d / LM_HEAD_BIAS_FILE))
-    (d / ADAPTER_META).write_text(json.dumps({"lora": to_dict(lora), "base_model": base_name}, indent=2))
+    meta = {"lora": to_dict(lora), "base_model": base_name, **(extra or {})}
+    (d / ADAPTER_META).write_text(json.dumps(meta, indent=2))
     return d
 
 
@@ -271,3 +272,11 @@ def load_adapter(model, directory: str | Path, trainable: bool = False):
 def lora_from_adapter(directory: str | Path) -> LoraSpec | None:
     meta = read_adapter_meta(directory)
     return from_dict(LoraSpec, meta["lora"]) if "lora" in meta else None
+
+
+def load_for_inference(spec: ModelSpec | str, adapter: str | Path | None = None) -> LoadedModel:
+    """Base model plus (optionally) a saved adapter, in eval mode."""
+    lm = load_model(spec)
+    if adapter is not None:
+        lm.model = load_adapter(lm.model, adapter).eval()
+    return lm

@@ -38,3 +38,53 @@ def plot_series(ds: Dataset, path: str | Path, n: int = 4) -> Path:
     fig.savefig(p, dpi=100)
     plt.close(fig)
     return p
+
+
+def plot_forecasts(windows, preds: dict, path: str | Path, n: int = 4, variables=("prey", "predator"),
+                   quantiles: dict | None = None) -> Path:
+    """Context + truth + forecasts (model and baselines) for the first ``n`` windows."""
+    plt = _plt()
+    n = max(1, min(n, len(windows)))
+    V = windows[0].truth.shape[1]
+    fig, axes = plt.subplots(n, V, figsize=(5 * V, 2.2 * n), squeeze=False)
+    for r in range(n):
+        w = windows[r]
+        c, H = len(w.context), len(w.truth)
+        tc, tf = np.arange(w.cut - c, w.cut), np.arange(w.cut, w.cut + H)
+        for j in range(V):
+            ax = axes[r, j]
+            ax.plot(tc, w.context[:, j], color="0.3", lw=1, label="context")
+            ax.plot(tf, w.truth[:, j], color="k", lw=2, label="truth")
+            for name, p in preds.items():
+                ax.plot(tf, p[r, :, j], marker="o", ms=3, lw=1.2 if name == "model" else 0.8,
+                        ls="-" if name == "model" else "--", label=name)
+            if quantiles:
+                lo, hi = min(quantiles), max(quantiles)
+                ax.fill_between(tf, quantiles[lo][r, :, j], quantiles[hi][r, :, j], alpha=0.25, label=f"q{lo}-q{hi}")
+            ax.set_title(f"series {w.series}, {variables[j] if j < len(variables) else j}", fontsize=9)
+    axes[0, -1].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    p = Path(path)
+    fig.savefig(p, dpi=90)
+    plt.close(fig)
+    return p
+
+
+def plot_error_vs_horizon(results: dict, path: str | Path) -> Path:
+    """MAE per horizon step for every method, one panel per context length."""
+    plt = _plt()
+    ctxs = list(results["contexts"])
+    fig, axes = plt.subplots(1, len(ctxs), figsize=(4.5 * len(ctxs), 3.2), squeeze=False)
+    for ax, S in zip(axes[0], ctxs):
+        for method, m in results["contexts"][S].items():
+            if isinstance(m, dict) and "mae_per_step" in m:
+                ax.plot(np.arange(1, len(m["mae_per_step"]) + 1), m["mae_per_step"], marker="o", label=method)
+        ax.set_title(f"S = {S} tokens")
+        ax.set_xlabel("horizon step")
+        ax.set_ylabel("MAE")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    p = Path(path)
+    fig.savefig(p, dpi=90)
+    plt.close(fig)
+    return p

@@ -1,0 +1,150 @@
+"""Library functions behind ``flopcast eval``, ``forecast`` and ``baselines``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .codec import LLMTimeCodec
+from .config import CodecConfig, EvalConfig, ForecastConfig, SplitConfig, from_dict
+from .data import Dataset, load, split
+from .errors import DataError
+
+
+def codec_for(ds: Dataset | None, config: CodecConfig, adapter: str | Path | None = None,
+              split_cfg: SplitConfig | None = None) -> LLMTimeCodec:
+    """The codec an adapter was trained with (its metadata), else one fitted on the train split."""
+    if adapter is not None:
+        from .models import read_adapter_meta
+
+        meta = read_adapter_meta(adapter).get("codec")
+        if meta:
+            alpha = meta.pop("alpha", None)
+            return LLMTimeCodec(from_dict(CodecConfig, meta), alpha)
+    if config.scale_mode != "global" or ds is None:
+        return LLMTimeCodec(config, 1.0 if config.scale_mode == "none" else None)
+    sp = split(ds.n_series, split_cfg or SplitConfig())
+    return LLMTimeCodec.fit(config, ds.subset(sp.train).series)
+
+
+def split_subset(ds: Dataset, name: str, split_cfg: SplitConfig | None = None) -> Dataset:
+    sp = split(ds.n_series, split_cfg or SplitConfig())
+    idx = sp.indices(name)
+    if len(idx) == 0:
+        raise DataError(f"split {name!r} is empty for {ds.n_series} series")
+    return ds.subset(idx)
+
+
+def dataset_or_simulated(path: str | Path | None, n: int = 100, seed: int = 0) -> Dataset:
+    if path is not None:
+        return load(path)
+    from .config import SimConfig
+    from .simulate import simulate
+
+    return simulate(SimConfig(n_systems=n, seed=seed))
+
+
+def run_eval(model: str, data: str | Path | None, cfg: EvalConfig, out_dir: str | Path, adapter: str | Path | None = None,
+             codec_cfg: CodecConfig | None = None, ledger_path: str | Path | None = None, budget: float | None = None,
+             name: str = "eval", baselines_only: bool = False) -> dict:
+    """Evaluate a model (optionally with an adapter) or only the baselines on a split."""
+    from .evaluate import evaluate
+    from .ledger import Ledger
+    from .models import load_for_inference
+
+    ds = dataset_or_simulated(data)
+    codec = codec_for(ds, codec_cfg or CodecConfig(), adapter)
+    subset = split_subset(ds, cfg.split)
+    lm = load_for_inference(model, adapter) if not baselines_only else None
+    tokenizer = lm.tokenizer if lm else _tokenizer_only(model)
+    ledger = Ledger(ledger_path, budget) if ledger_path else None
+    return evaluate(lm.model if lm else None, tokenizer, codec, subset, cfg, out_dir=out_dir, ledger=ledger, name=name,
+                    model_name=model if not adapter else f"{model}+{adapter}")
+
+
+def _tokenizer_only(model: str):
+    from .commands import _tokenizer
+    from .models import TINY, tiny_tokenizer
+
+    return tiny_tokenizer() if model in TINY else _tokenizer(model)
+
+
+def run_forecast(model: str, input_path: str | Path, steps: int, adapter: str | Path | None = None,
+                 samples: int = 1, context_tokens: int | None = None, out: str | Path | None = None,
+                 plot: str | Path | None = None, codec_cfg: CodecConfig | None = None, seed: int = 0) -> dict:
+    """Forecast ``steps`` steps after every series in a CSV/HDF5 file (whole series as context)."""
+    from .forecast import forecast
+    from .models import load_for_inference
+
+    ds = load(input_path)
+    codec = codec_for(None, codec_cfg or CodecConfig(scale_mode="per_series"), adapter)
+    lm = load_for_inference(model, adapter)
+    contexts = [_fit_context(s, codec, lm.tokenizer, context_tokens) for s in ds.series]
+    res = forecast(lm.model, lm.tokenizer, codec, contexts, ForecastConfig(horizon=steps, n_samples=samples, seed=seed),
+                   progress=len(contexts) > 16)
+    rows = []
+    for i in range(len(contexts)):
+        for h in range(steps):
+            row = {"series": i, "step": len(ds.series[i]) + h}
+            row.update({v: float(res.point[i, h, j]) for j, v in enumerate(ds.variables)})
+            for q, arr in res.quantiles.items():
+                row.update({f"{v}_q{q:g}": float(arr[i, h, j]) for j, v in enumerate(ds.variables)})
+            rows.append(row)
+    if out:
+        import csv
+
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    if plot:
+        from .plots import plot_forecasts
+        from .windows import Window
+
+        wins = [Window(i, len(ds.series[i]), c, np.full((steps, ds.n_vars), np.nan), a, [])
+                for i, (c, a) in enumerate(zip(contexts, res.alphas))]
+        plot_forecasts(wins, {"model": res.point}, plot, variables=ds.variables,
+                       quantiles=res.quantiles if res.quantiles else None)
+    return {"rows": rows, "parse_failure_rate": res.parse_failure_rate, "texts": res.texts}
+
+
+def _fit_context(s: np.ndarray, codec: LLMTimeCodec, tokenizer, max_tokens: int | None) -> np.ndarray:
+    """The longest suffix of whole steps whose encoding fits in ``max_tokens`` tokens."""
+    if not max_tokens:
+        return s
+    lo, hi = 1, len(s)
+    while lo < hi:  # binary search on the number of steps
+        mid = (lo + hi + 1) // 2
+        ctx = s[-mid:]
+        if len(tokenizer(codec.encode(ctx), add_special_tokens=False).input_ids) <= max_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return s[-lo:]
+
+
+def run_demo(out_dir: str | Path = "runs/demo", data: str | Path | None = None, model: str = "smollm2-135m",
+             max_series: int = 8, contexts: tuple[int, ...] = (128, 512), budget: float = 1e15) -> dict:
+    """Quickstart: encode a series, then zero-shot forecasts + baselines on the test split, FLOPs in a ledger.
+
+    (Training stages join this when the plan runner lands.)
+    """
+    import json
+
+    from .commands import simulate_to_file
+    from .config import to_dict
+
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        data = simulate_to_file(d / "data.h5", n=100, seed=0)
+    ds = load(data)
+    codec = codec_for(ds, CodecConfig())
+    example = codec.encode(ds.series[0][:3])
+    cfg = EvalConfig(contexts=contexts, max_series=max_series, stride=20, baselines=("persistence", "linear", "lv_ode"))
+    results = run_eval(model, data, cfg, d / "zero_shot", ledger_path=d / "ledger.db", budget=budget, name="zero-shot")
+    (d / "run.json").write_text(json.dumps({"data": str(data), "model": model, "codec": {**to_dict(codec.config), "alpha": codec.alpha},
+                                            "example_text": example, "eval": to_dict(cfg)}, indent=2))
+    return {"example": example, "alpha": codec.alpha, "results": results, "out_dir": str(d)}

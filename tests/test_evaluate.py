@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+
+from flopcast.baselines import linear, lv_ode, persistence, run_baseline
+from flopcast.codec import LLMTimeCodec
+from flopcast.config import CodecConfig, EvalConfig
+from flopcast.errors import FlopcastError
+from flopcast.evaluate import evaluate
+from flopcast.ledger import Ledger
+from flopcast.metrics import score
+from flopcast.models import tiny_tokenizer
+from flopcast.windows import aligned_windows, seed_windows
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def _series(T=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((T, 2)) * 3
+
+
+def test_seed_windows_match_reference_layout(tok):
+    codec = LLMTimeCodec(CodecConfig(), alpha=1.0)
+    s = _series(100)  # every step is "d.dd,d.dd;" = 10 tokens -> 1000 tokens
+    for S, starts in [(128, [0, 256, 512, 768]), (512, [0, 256]), (768, [0])]:
+        wins = seed_windows([s], codec, tok, S, 5)
+        assert len(wins) == len(starts)
+        for w, st in zip(wins, starts):
+            assert len(w.prompt) == S
+            end = st + S  # tokens [st, end): steps end at multiples of 10 tokens
+            assert w.prefix == codec.encode(s)[end - end % 10:end]
+            assert w.cut == end // 10 + (1 if end % 10 else 0)
+            np.testing.assert_array_equal(w.truth, s[w.cut:w.cut + 5])
+            assert len(w.context) == w.cut - (1 if end % 10 else 0) - (st + 9) // 10
+
+
+def test_seed_protocol_requires_global_scale(tok):
+    with pytest.raises(FlopcastError, match="global"):
+        seed_windows([_series()], LLMTimeCodec(CodecConfig(scale_mode="per_series")), tok, 64, 5)
+
+
+def test_aligned_windows_fit_and_are_whole_steps(tok):
+    codec = LLMTimeCodec(CodecConfig(scale_mode="per_series"))
+    s = _series(60)
+    wins = aligned_windows([s], codec, tok, 55, horizon=5, stride=7, min_context_steps=4)
+    assert [w.cut for w in wins] == list(range(4, 56, 7))
+    for w in wins:
+        assert len(w.prompt) <= 55 and w.prefix == ""
+        assert tok.decode(w.prompt).endswith(";")
+        assert len(w.context) == min(w.cut, 5)  # 10 tokens per step -> 5 steps fit in 55
+        np.testing.assert_array_equal(w.context, s[w.cut - len(w.context):w.cut])
+
+
+def test_metrics_known_values():
+    truth = np.zeros((4, 2, 1))
+    pred = np.ones((4, 2, 1)) * np.array([1, 2, 3, np.nan])[:, None, None]
+    m = score(pred, truth, alphas=np.full(4, 2.0), n_boot=200)
+    assert m["n_scored"] == 3 and m["parse_failure_rate"] == 0.25
+    assert m["mae"] == pytest.approx(2.0) and m["mse"] == pytest.approx(14 / 3)
+    assert m["mae_scaled"] == pytest.approx(1.0)
+    assert m["mse_ci95"][0] <= m["mse"] <= m["mse_ci95"][1]
+    assert m["mae_per_step"] == pytest.approx([2.0, 2.0])
+
+
+def test_baselines_simple_cases():
+    ctx = np.array([[1.0, 2.0], [2.0, 2.5], [3.0, 3.0]])
+    np.testing.assert_array_equal(persistence(ctx, 2), [[3, 3], [3, 3]])
+    np.testing.assert_allclose(linear(ctx, 2), [[4, 3.5], [5, 4]])
+    assert run_baseline("linear", [ctx, ctx], 3).shape == (2, 3, 2)
+
+
+def test_lv_ode_recovers_simulated_dynamics():
+    from flopcast.config import SimConfig
+    from flopcast.simulate import simulate
+
+    ds = simulate(SimConfig(n_systems=6, seed=11))
+    dt = ds.time[1] - ds.time[0]
+    ode = np.stack([lv_ode(s[:40], 5, dt) for s in ds.series])
+    pers = np.stack([persistence(s[:40], 5) for s in ds.series])
+    truth = np.stack([s[40:45] for s in ds.series])
+    assert np.abs(ode - truth).mean() < 0.5 * np.abs(pers - truth).mean()
+
+
+def test_evaluate_writes_results_and_charges_ledger(tmp_path, tiny, sim_ds):
+    codec = LLMTimeCodec.fit(CodecConfig(), sim_ds.series)
+    lg = Ledger(tmp_path / "ledger.db", budget=1e13)
+    cfg = EvalConfig(contexts=(64, 128), max_series=3, stride=10, baselines=("persistence", "linear"), n_boot=50)
+    res = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, out_dir=tmp_path / "ev", ledger=lg, name="zs",
+                   model_name="tiny-qwen2", progress=False)
+    for S in ("64", "128"):
+        e = res["contexts"][S]
+        assert e["model"]["parse_failure_rate"] == 0 and e["model"]["flops"] > 0
+        assert e["persistence"]["n_windows"] == e["n_windows"] > 0
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["contexts"]["64"]["model"]["mse"] == pytest.approx(res["contexts"]["64"]["model"]["mse"])
+    assert (tmp_path / "ev" / "windows.csv").read_text().count("\n") > 2
+    assert (tmp_path / "ev" / "forecasts_S128.png").stat().st_size > 1000
+    charged = {e.name: e.flops_used for e in lg.entries()}
+    assert charged == {"zs/S=64": res["contexts"]["64"]["model"]["flops"], "zs/S=128": res["contexts"]["128"]["model"]["flops"]}
+    assert all(e.status == "done" for e in lg.entries())

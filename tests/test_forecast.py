@@ -1,0 +1,91 @@
+import re
+
+import numpy as np
+import pytest
+
+from flopcast.codec import LLMTimeCodec
+from flopcast.config import CodecConfig, ForecastConfig
+from flopcast.forecast import forecast, forecast_flops
+from flopcast.models import load_model
+
+
+def _contexts(rng, n, lo=3, hi=25, scale=3.0):
+    return [rng.random((int(rng.integers(lo, hi)), 2)) * scale for _ in range(n)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("codec_cfg", [CodecConfig(), CodecConfig(drop_decimal_point=True), CodecConfig(decimals=1, scale_mode="per_series")])
+def test_constrained_output_always_decodes(seed, codec_cfg):
+    lm = load_model("tiny-llama" if seed % 2 else "tiny-qwen2", seed=seed)
+    codec = LLMTimeCodec(codec_cfg, alpha=1.0 if codec_cfg.scale_mode == "global" else None)
+    rng = np.random.default_rng(seed)
+    res = forecast(lm.model, lm.tokenizer, codec, _contexts(rng, 7), ForecastConfig(horizon=4, batch_size=3))
+    num = r"\d{1,%d}" % (3 + codec_cfg.decimals) if codec_cfg.drop_decimal_point else r"\d{1,3}\.\d{%d}" % codec_cfg.decimals
+    for (t,) in res.texts:
+        assert re.fullmatch(f"({num},{num};){{4}}", t), t
+    assert res.parse_ok.all() and res.parse_failure_rate == 0.0
+    assert res.point.shape == (7, 4, 2) and np.isfinite(res.point).all()
+
+
+def _lively_tiny(family="tiny-qwen2", seed=0):
+    """A random tiny model with large weights, so its forecasts depend on the context."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from flopcast.models import tiny_config, tiny_tokenizer
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(family, initializer_range=0.3)).eval(), tiny_tokenizer()
+
+
+@pytest.mark.parametrize("family", ["tiny-qwen2", "tiny-llama"])
+def test_batched_equals_one_by_one(family):
+    model, tok = _lively_tiny(family)
+    codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
+    ctx = _contexts(np.random.default_rng(5), 9)
+    batched = forecast(model, tok, codec, ctx, ForecastConfig(horizon=5, batch_size=4))
+    single = forecast(model, tok, codec, ctx, ForecastConfig(horizon=5, batch_size=1))
+    assert batched.texts == single.texts
+    np.testing.assert_array_equal(batched.point, single.point)
+    assert len({t[0] for t in batched.texts}) > 1  # not a degenerate constant forecast
+
+
+def test_sampling_median_quantiles_seeded(tiny):
+    codec = LLMTimeCodec(CodecConfig(), alpha=1.0)
+    ctx = _contexts(np.random.default_rng(1), 3)
+    cfg = ForecastConfig(horizon=3, n_samples=6, temperature=1.5, seed=4)
+    a = forecast(tiny.model, tiny.tokenizer, codec, ctx, cfg)
+    b = forecast(tiny.model, tiny.tokenizer, codec, ctx, cfg)
+    assert a.samples.shape == (3, 6, 3, 2) and a.texts == b.texts
+    np.testing.assert_array_equal(a.point, np.median(a.samples, axis=1))
+    assert np.all(a.quantiles[0.1] <= a.quantiles[0.9])
+    assert len(set(a.texts[0])) > 1  # samples differ
+
+
+def test_values_in_original_units(tiny):
+    codec = LLMTimeCodec(CodecConfig(), alpha=4.0)
+    res = forecast(tiny.model, tiny.tokenizer, codec, [np.ones((5, 2))], ForecastConfig(horizon=2))
+    dec = LLMTimeCodec(CodecConfig(), alpha=1.0).decode(res.texts[0][0], 2)
+    np.testing.assert_allclose(res.point[0], dec.values[:2] * 4.0)
+
+
+def test_forecast_flops_counted(tiny):
+    from flopcast import flops as F
+
+    codec = LLMTimeCodec(CodecConfig(), alpha=1.0)
+    res = forecast(tiny.model, tiny.tokenizer, codec, _contexts(np.random.default_rng(2), 5), ForecastConfig(horizon=2, batch_size=2))
+    arch = F.Arch.from_config(tiny.model.config)
+    expect = sum(F.generate_total(arch, b["B"], b["prompt_len"], b["new_tokens"]) for b in res.batches)
+    assert forecast_flops(tiny.model, res) == expect > 0
+    assert [b["B"] for b in res.batches] == [2, 2, 1]
+
+
+@pytest.mark.slow
+def test_embedded_model_forecast_parses():
+    lm = load_model("smollm2-135m")
+    codec = LLMTimeCodec(CodecConfig(), alpha=1.0)
+    t = np.linspace(0, 6, 40)
+    ctx = [np.stack([2 + np.sin(t + p), 1 + 0.5 * np.cos(t + p)], 1) for p in (0.0, 1.0, 2.0)]
+    res = forecast(lm.model, lm.tokenizer, codec, ctx, ForecastConfig(horizon=5, batch_size=3))
+    assert res.parse_ok.all()
+    assert np.abs(res.point - np.stack([c[-1] for c in ctx])[:, None]).max() < 3  # plausible continuation
