@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/flopcast demo --out runs/demo
+	$(VENV)/bin/flopcast run plans/quickstart.toml --out runs/quickstart
 
 test: $(STAMP)
 	$(PY) -m pytest tests

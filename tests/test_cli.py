@@ -117,17 +117,3 @@ def test_eval_forecast_baselines_commands(tmp_path, capsys, sim_ds):
 def test_eval_bad_protocol_one_line(capsys):
     code, _, err = run(capsys, "eval", "--model", "tiny-qwen2", "--protocol", "nope")
     assert code == 2 and "protocol must be one of" in err
-
-
-@pytest.mark.slow
-def test_demo_end_to_end_on_embedded_model(tmp_path, capsys):
-    import json
-
-    out = tmp_path / "demo"
-    code, text, err = run(capsys, "demo", "--out", str(out), "--max-series", "2", "--context", "64")
-    assert code == 0, err
-    res = json.loads((out / "zero_shot" / "metrics.json").read_text())
-    m = res["contexts"]["64"]["model"]
-    assert m["parse_failure_rate"] == 0 and m["flops"] > 0 and m["mae"] < 5
-    assert Ledger(out / "ledger.db").used() == m["flops"]
-    assert (out / "run.json").is_file() and "LLMTime encoding" in text

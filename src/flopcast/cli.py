@@ -207,21 +207,93 @@ def forecast_cmd(
         err.print(f"warning: {100 * res['parse_failure_rate']:.1f}% of forecasts did not parse completely")
 
 
-@app.command("demo")
-def demo_cmd(
-    out_dir: Path = typer.Option(Path("runs/demo"), "--out", "-o"),
-    data: Optional[Path] = typer.Option(None, help=".h5/.csv (default: simulate 100 systems)"),
-    model: str = typer.Option("smollm2-135m"),
-    max_series: int = typer.Option(8, help="test series evaluated"),
-    context: str = typer.Option("128,512"),
+@app.command("run")
+def run_cmd(
+    plan: Path = typer.Argument(..., help="plan TOML (see plans/)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (default runs/<plan name>)"),
+    only: Optional[str] = typer.Option(None, help="comma-separated stages to run"),
 ):
-    """Quickstart on the embedded model: encoding, zero-shot forecasts vs baselines, FLOPs ledger."""
-    from .inference import run_demo
+    """Run (or resume) a whole study: every stage inside one FLOP budget, then the report."""
+    from .pipeline import run_plan
+    from .plan import load_plan
 
-    r = run_demo(out_dir, data, model, max_series, tuple(_ints(context)))
-    out.print(f"LLMTime encoding (alpha={r['alpha']:.4g}) of 3 steps: {r['example']}", markup=False)
-    _show_eval(r["results"], out_dir / "zero_shot")
-    budget_show(out_dir / "ledger.db")
+    p = load_plan(plan)
+    d = out_dir or Path("runs") / p.name
+    summary = run_plan(p, d, only=only.split(",") if only else None)
+    _show_study(summary, d)
+
+
+def _show_study(summary: dict, d: Path) -> None:
+    rows = []
+    for name, st in summary["stages"].items():
+        for S, e in st.get("test", {}).get("contexts", {}).items():
+            m = e.get("model", {})
+            rows.append({"stage": name, "S": int(S), "MSE": m.get("mse"), "MAE": m.get("mae"),
+                         "best": json.dumps({k: st["best"][k] for k in ("lr", "rank", "seq_len")}) if "best" in st else ""})
+    if rows:
+        _print_table(f"{summary['plan']}: test metrics", rows)
+    led = summary["ledger"]
+    out.print(f"FLOPs used {led['used']:.3e} of {led['budget']:.3e} ({100 * led['used_share']:.2f}%)")
+    out.print(f"report: {d / 'report.md'}")
+
+
+def _one_stage_plan(name: str, stage: dict, model: str, data: Optional[Path], budget: float, train: dict, lora: dict,
+                    contexts: str, max_series: Optional[int]):
+    from .plan import plan_from_dict
+
+    ev = {"contexts": _ints(contexts)}
+    if max_series:
+        ev["max_series"] = max_series
+    d = {"name": name, "budget": budget, "model": {"name": model}, "train": train, "lora": lora, "eval": ev,
+         "stages": [stage]}
+    if data:
+        d["data"] = str(data)
+    return plan_from_dict(d)
+
+
+@app.command("train")
+def train_cmd(
+    model: str = typer.Option("smollm2-135m"), data: Optional[Path] = typer.Option(None, help=".h5/.csv (default: simulated)"),
+    steps: int = 100, lr: float = 1e-4, rank: int = 8, seq_len: int = 512, batch_size: int = 4,
+    schedule: str = "constant", budget: float = typer.Option(1e17, help="ledger budget"),
+    context: str = typer.Option("128,512", help="test evaluation context lengths"),
+    max_series: Optional[int] = typer.Option(None, help="test series evaluated"),
+    out_dir: Path = typer.Option(Path("runs/train"), "--out", "-o"),
+):
+    """Train one LoRA adapter (resumable), then evaluate it on the test split."""
+    from .pipeline import run_plan
+
+    p = _one_stage_plan("train", {"name": "train", "kind": "train", "steps": steps}, model, data, budget,
+                        {"lr": lr, "seq_len": seq_len, "batch_size": batch_size, "schedule": schedule}, {"rank": rank},
+                        context, max_series)
+    _show_study(run_plan(p, out_dir), out_dir)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    model: str = typer.Option("smollm2-135m"), data: Optional[Path] = None,
+    lr: str = typer.Option("1e-5,5e-5,1e-4"), rank: str = typer.Option("2,4,8"),
+    steps: int = 500, seq_len: int = 512, batch_size: int = 4, budget: float = 1e17,
+    context: str = typer.Option("128,512"), max_series: Optional[int] = None,
+    out_dir: Path = typer.Option(Path("runs/sweep"), "--out", "-o"),
+):
+    """LR x rank grid (lowest validation loss wins), then test evaluation of the best run."""
+    from .pipeline import run_plan
+
+    lrs = [float(x) for x in lr.split(",")]
+    p = _one_stage_plan("sweep", {"name": "grid", "kind": "grid", "lr": lrs, "rank": _ints(rank), "steps": steps},
+                        model, data, budget, {"seq_len": seq_len, "batch_size": batch_size}, {}, context, max_series)
+    _show_study(run_plan(p, out_dir), out_dir)
+
+
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., help="study directory written by `flopcast run`")):
+    """(Re)write RUN_DIR/report.md with tables and figures."""
+    from .report import write_report
+
+    if not (run_dir / "summary.json").is_file():
+        raise FlopcastError(f"{run_dir}: no summary.json (run `flopcast run PLAN.toml --out {run_dir}` first)")
+    out.print(f"wrote {write_report(run_dir)}")
 
 
 # ----------------------------------------------------------------------------- FLOPs and budget

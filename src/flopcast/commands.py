@@ -8,7 +8,7 @@ import numpy as np
 
 from .codec import LLMTimeCodec
 from .config import CodecConfig, SimConfig, SplitConfig
-from .data import Dataset, load, save_h5, split
+from .data import load, save_h5, split
 from .errors import DataError
 
 
@@ -38,9 +38,8 @@ def split_file(path: str | Path, out: str | Path, train: float, val: float, test
 
 def encode_preview(path, series: int, steps: int, model: str, decimals: int, scale: str, no_point: bool) -> dict:
     """Text, tokens and ids for the first ``steps`` timesteps of one series."""
-    from .models import TINY, load_model
-
     from .inference import dataset_or_simulated
+    from .models import load_tokenizer
 
     ds = dataset_or_simulated(path, n=50)
     if not 0 <= series < ds.n_series:
@@ -51,7 +50,7 @@ def encode_preview(path, series: int, steps: int, model: str, decimals: int, sca
     s = ds.series[series]
     alpha = codec.series_alpha(s)
     text = codec.encode(s[:steps], alpha)
-    tok = _tokenizer(model) if model not in TINY else load_model(model).tokenizer
+    tok = load_tokenizer(model)
     ids = tok(text, add_special_tokens=False).input_ids
     return {
         "alpha": alpha, "scale_mode": scale, "values": np.round(s[:steps], 4).tolist(), "text": text,
@@ -60,43 +59,13 @@ def encode_preview(path, series: int, steps: int, model: str, decimals: int, sca
     }
 
 
-def _tokenizer(model: str):
-    """Only the tokenizer (no weights) where possible."""
-    from transformers import AutoTokenizer
-
-    from .models import EMBEDDED, _embedded_dir, load_model
-
-    if model == EMBEDDED:
-        return AutoTokenizer.from_pretrained(_embedded_dir())
-    try:
-        return AutoTokenizer.from_pretrained(model)
-    except (OSError, ValueError):
-        return load_model(model).tokenizer  # raises a clear ModelNotAvailable
-
-
 # ----------------------------------------------------------------------------- FLOPs
-
-def resolve_arch(model: str):
-    """FLOP-count architecture for a preset, tiny-* model, model directory or config.json."""
-    from .flops import PRESETS, ALIASES, Arch, arch_for
-    from .models import EMBEDDED, TINY, tiny_config
-
-    key = model.lower()
-    if key in TINY:
-        return Arch.from_config(tiny_config(key).to_dict(), name=key)
-    if key == EMBEDDED or key in PRESETS or key in ALIASES or Path(model).exists() or "/" not in model:
-        return arch_for(model)
-    try:
-        from transformers import AutoConfig
-
-        return Arch.from_config(AutoConfig.from_pretrained(model), name=model)
-    except (OSError, ValueError):
-        return arch_for(model)  # raises the helpful message
-
 
 def flops_breakdown(model: str, seq: int, batch: int, rank: int, targets: tuple[str, ...], mode: str,
                     new_tokens: int = 50, gqa: str = "full"):
     from . import flops as F
+
+    from .models import resolve_arch
 
     arch = resolve_arch(model)
     lora = F.LoraShape(rank, targets) if rank > 0 else None
@@ -114,6 +83,7 @@ def flops_breakdown(model: str, seq: int, batch: int, rank: int, targets: tuple[
 
 
 def plan_table(model: str, budget: float, seqs, batches, ranks, eval_windows: int = 0) -> list[dict]:
+    from .models import resolve_arch
     from .planner import affordable
 
     return [r.as_dict() for r in affordable(resolve_arch(model), budget, seqs, batches, ranks, eval_windows=eval_windows)]

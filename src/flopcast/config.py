@@ -187,6 +187,41 @@ class EvalConfig:
         _check(not unknown, f"unknown baseline(s) {sorted(unknown)} (persistence, linear, lv_ode)")
 
 
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One LoRA training run. ``max_flops`` caps the run's own FLOPs (training + validation)."""
+
+    steps: int = 100
+    batch_size: int = 4
+    seq_len: int = 512
+    stride: int | None = None          # chunk stride in tokens (default: seq_len - 1)
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    val_batches: int = 4
+    checkpoint_every: int = 50
+    max_flops: float | None = None
+    seed: int = 0
+    wandb: bool = True                 # log to wandb when installed (offline unless logged in)
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.seq_len >= 8, f"seq_len must be >= 8, got {self.seq_len}")
+        _check(self.stride is None or 1 <= self.stride <= self.seq_len, f"stride must be in [1, seq_len], got {self.stride}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        _check(self.warmup_steps >= 0 and self.grad_clip >= 0 and self.weight_decay >= 0, "warmup_steps, grad_clip and weight_decay must be >= 0")
+        _check(self.eval_every >= 1 and self.checkpoint_every >= 1 and self.val_batches >= 0, "eval_every and checkpoint_every must be >= 1")
+        _check(self.max_flops is None or self.max_flops > 0, "max_flops must be > 0")
+
+
 # ----------------------------------------------------------------------------- serialisation
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -232,6 +267,6 @@ def save_toml(data: dict[str, Any], path: str | Path) -> None:
 
 
 __all__ = [
-    "CodecConfig", "EvalConfig", "ForecastConfig", "LoraSpec", "ModelSpec", "SimConfig", "SplitConfig",
+    "CodecConfig", "EvalConfig", "ForecastConfig", "LoraSpec", "TrainConfig", "ModelSpec", "SimConfig", "SplitConfig",
     "to_dict", "from_dict", "load_toml", "save_toml",
 ]

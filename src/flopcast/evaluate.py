@@ -30,6 +30,15 @@ def build_windows(series: list[np.ndarray], codec: LLMTimeCodec, tokenizer, S: i
     return aligned_windows(series, codec, tokenizer, S, cfg.horizon, cfg.stride, cfg.min_context_steps)
 
 
+def eval_flops_bound(arch, n_windows: int, S: int, cfg: EvalConfig, n_vars: int, codec: LLMTimeCodec, lora=None) -> int:
+    """Upper bound on an evaluation's FLOPs: every window generates the grammar's longest output."""
+    from .grammar import LLMTimeGrammar
+    from .planner import eval_flops
+
+    new = LLMTimeGrammar(codec.config, n_vars).max_tokens(cfg.horizon)
+    return eval_flops(arch, n_windows, S, new, cfg.batch_size, lora)
+
+
 def _dt(ds: Dataset) -> float:
     return float(ds.time[1] - ds.time[0]) if ds.time is not None and len(ds.time) > 1 else 1.0
 
@@ -64,12 +73,11 @@ def evaluate(model, tokenizer, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig
             t0 = time.time()
             res_id = None
             if ledger is not None:
-                from .planner import eval_flops  # upper bound for the reservation
                 from .flops import Arch
+                from .forecast import lora_shape_of
 
-                plan = eval_flops(Arch.from_config(model.config), len(wins), S, cfg.horizon,
-                                  tokens_per_step=max(12, int(np.ceil(len(wins[0].prompt) / max(len(wins[0].context), 1)))),
-                                  batch=cfg.batch_size)
+                plan = eval_flops_bound(Arch.from_config(model.config), len(wins), S, cfg, truth.shape[2], codec,
+                                        lora_shape_of(model))
                 res_id = ledger.reserve(f"{name}/S={S}", "eval", plan, model=model_name, seq=S, batch=cfg.batch_size)
             try:
                 fr = forecast_windows(model, tokenizer, codec, wins, cfg.horizon, cfg.batch_size, progress)

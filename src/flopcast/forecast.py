@@ -152,7 +152,7 @@ def forecast_prompts(model, tokenizer, codec: LLMTimeCodec, prompts: list[list[i
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(it, desc="forecast", unit="batch")
+        it = tqdm(it, desc="forecast", unit="batch", disable=None)
     was_training = model.training
     model.eval()
     for b in it:

@@ -51,23 +51,17 @@ def run_eval(model: str, data: str | Path | None, cfg: EvalConfig, out_dir: str 
     """Evaluate a model (optionally with an adapter) or only the baselines on a split."""
     from .evaluate import evaluate
     from .ledger import Ledger
-    from .models import load_for_inference
+    from .models import load_for_inference, load_tokenizer
 
     ds = dataset_or_simulated(data)
     codec = codec_for(ds, codec_cfg or CodecConfig(), adapter)
     subset = split_subset(ds, cfg.split)
     lm = load_for_inference(model, adapter) if not baselines_only else None
-    tokenizer = lm.tokenizer if lm else _tokenizer_only(model)
+    tokenizer = lm.tokenizer if lm else load_tokenizer(model)
     ledger = Ledger(ledger_path, budget) if ledger_path else None
     return evaluate(lm.model if lm else None, tokenizer, codec, subset, cfg, out_dir=out_dir, ledger=ledger, name=name,
                     model_name=model if not adapter else f"{model}+{adapter}")
 
-
-def _tokenizer_only(model: str):
-    from .commands import _tokenizer
-    from .models import TINY, tiny_tokenizer
-
-    return tiny_tokenizer() if model in TINY else _tokenizer(model)
 
 
 def run_forecast(model: str, input_path: str | Path, steps: int, adapter: str | Path | None = None,
@@ -124,27 +118,3 @@ def _fit_context(s: np.ndarray, codec: LLMTimeCodec, tokenizer, max_tokens: int 
             hi = mid - 1
     return s[-lo:]
 
-
-def run_demo(out_dir: str | Path = "runs/demo", data: str | Path | None = None, model: str = "smollm2-135m",
-             max_series: int = 8, contexts: tuple[int, ...] = (128, 512), budget: float = 1e15) -> dict:
-    """Quickstart: encode a series, then zero-shot forecasts + baselines on the test split, FLOPs in a ledger.
-
-    (Training stages join this when the plan runner lands.)
-    """
-    import json
-
-    from .commands import simulate_to_file
-    from .config import to_dict
-
-    d = Path(out_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    if data is None:
-        data = simulate_to_file(d / "data.h5", n=100, seed=0)
-    ds = load(data)
-    codec = codec_for(ds, CodecConfig())
-    example = codec.encode(ds.series[0][:3])
-    cfg = EvalConfig(contexts=contexts, max_series=max_series, stride=20, baselines=("persistence", "linear", "lv_ode"))
-    results = run_eval(model, data, cfg, d / "zero_shot", ledger_path=d / "ledger.db", budget=budget, name="zero-shot")
-    (d / "run.json").write_text(json.dumps({"data": str(data), "model": model, "codec": {**to_dict(codec.config), "alpha": codec.alpha},
-                                            "example_text": example, "eval": to_dict(cfg)}, indent=2))
-    return {"example": example, "alpha": codec.alpha, "results": results, "out_dir": str(d)}

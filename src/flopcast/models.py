@@ -280,3 +280,34 @@ def load_for_inference(spec: ModelSpec | str, adapter: str | Path | None = None)
     if adapter is not None:
         lm.model = load_adapter(lm.model, adapter).eval()
     return lm
+
+
+def load_tokenizer(model: str):
+    """Only the tokenizer of a model (no weights) where possible."""
+    from transformers import AutoTokenizer
+
+    if model in TINY:
+        return tiny_tokenizer()
+    if model == EMBEDDED:
+        return AutoTokenizer.from_pretrained(_embedded_dir())
+    try:
+        return AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError):
+        return load_model(model).tokenizer  # raises a clear ModelNotAvailable
+
+
+def resolve_arch(model: str):
+    """FLOP-count architecture for a preset, tiny-* model, model directory, config.json or HF id."""
+    from .flops import ALIASES, PRESETS, Arch, arch_for
+
+    key = model.lower()
+    if key in TINY:
+        return Arch.from_config(tiny_config(key).to_dict(), name=key)
+    if key == EMBEDDED or key in PRESETS or key in ALIASES or Path(model).exists() or "/" not in model:
+        return arch_for(model)
+    try:
+        from transformers import AutoConfig
+
+        return Arch.from_config(AutoConfig.from_pretrained(model), name=model)
+    except (OSError, ValueError):
+        return arch_for(model)  # raises the helpful message

@@ -24,11 +24,10 @@ class PlanRow:
                 "budget % per 100 steps": 100 * self.share_per_100_steps}
 
 
-def eval_flops(arch: Arch, n_windows: int, seq: int, horizon: int = 5, tokens_per_step: int = 10,
-               batch: int = 16, rank: int | None = None, targets: tuple[str, ...] = ("q_proj", "v_proj")) -> int:
-    """FLOPs to forecast ``horizon`` steps for ``n_windows`` contexts of ``seq`` tokens."""
-    lora = LoraShape(rank, targets) if rank else None
-    new = (horizon + 1) * tokens_per_step  # +1: a partial first step may need completing
+def eval_flops(arch: Arch, n_windows: int, seq: int, new_tokens: int, batch: int = 16,
+               lora: LoraShape | None = None) -> int:
+    """FLOPs to generate ``new_tokens`` after each of ``n_windows`` prompts of ``seq`` tokens, in batches."""
+    new = new_tokens
     full, rest = divmod(n_windows, batch)
     total = full * generate_total(arch, batch, seq, new, lora)
     return total + (generate_total(arch, rest, seq, new, lora) if rest else 0)
@@ -45,6 +44,7 @@ def affordable(arch: Arch, budget: float, seqs: list[int], batches: list[int], r
         for b in batches:
             for r in ranks:
                 per = train_step(arch, b, s, LoraShape(r, targets, head_bias)).total
-                ev = eval_flops(arch, eval_windows, s, horizon, rank=r, targets=targets) if eval_windows else 0
+                new = (horizon + 1) * 10  # ~10 tokens per step, +1 step for a partial first one
+                ev = eval_flops(arch, eval_windows, s, new, lora=LoraShape(r, targets, head_bias)) if eval_windows else 0
                 rows.append(PlanRow(s, b, r, per, ev, max(0, int((budget - ev) // per)), 100 * per / budget))
     return rows

@@ -1,0 +1,178 @@
+"""Markdown report of a study directory (``flopcast report RUN_DIR``). No torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .config import load_toml
+from .ledger import Ledger
+
+
+def _fmt(x, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}" if 1e-4 <= abs(x) < 1e6 or x == 0 else f"{x:.3e}"
+    return str(x)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    out += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _runs(stages: dict) -> list[dict]:
+    return [r for st in stages.values() for r in st.get("runs", [])]
+
+
+def _loss_curves(stages: dict, path: Path) -> Path | None:
+    from .plots import _plt
+
+    runs = _runs(stages)
+    if not runs:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
+    for r in runs:
+        f = Path(r["dir"]) / "metrics.jsonl"
+        if not f.is_file():
+            continue
+        rows = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
+        tr = [(x["step"], x["loss"]) for x in rows if "loss" in x]
+        va = [(x["step"], x["val_loss"]) for x in rows if "val_loss" in x]
+        label = f"{Path(r['dir']).parent.name}/{r['run']}"
+        if tr:
+            ax[0].plot(*zip(*tr), lw=0.8, label=label)
+        if va:
+            ax[1].plot(*zip(*va), marker="o", ms=3, label=label)
+    ax[0].set_title("training loss")
+    ax[1].set_title("validation loss")
+    for a in ax:
+        a.set_xlabel("step")
+    ax[1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _grid_heatmap(stage: str, res: dict, path: Path) -> Path | None:
+    from .plots import _plt
+
+    runs = [r for r in res.get("runs", []) if r.get("val_loss") is not None]
+    lrs, ranks = sorted({r["lr"] for r in runs}), sorted({r["rank"] for r in runs})
+    if len(runs) < 2:
+        return None
+    grid = np.full((len(lrs), len(ranks)), np.nan)
+    for r in runs:
+        grid[lrs.index(r["lr"]), ranks.index(r["rank"])] = r["val_loss"]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.6 * len(ranks) + 2, 1.2 * len(lrs) + 1.2))
+    im = ax.imshow(grid, cmap="viridis_r")
+    ax.set_xticks(range(len(ranks)), [f"r={r}" for r in ranks])
+    ax.set_yticks(range(len(lrs)), [f"lr={lr:g}" for lr in lrs])
+    for i in range(len(lrs)):
+        for j in range(len(ranks)):
+            ax.text(j, i, _fmt(float(grid[i, j])), ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(im, label="validation loss")
+    ax.set_title(f"{stage}: validation loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _context_curve(stage: str, res: dict, path: Path) -> Path | None:
+    from .plots import _plt
+
+    runs = [r for r in res.get("runs", []) if r.get("val_loss") is not None]
+    if len(runs) < 2:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.3))
+    ax.plot([r["seq_len"] for r in runs], [r["val_loss"] for r in runs], marker="o")
+    ax.set_xlabel("training context S (tokens)")
+    ax.set_ylabel("validation loss")
+    ax.set_title(stage)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dir: str | Path) -> Path:
+    d = Path(run_dir)
+    summary = json.loads((d / "summary.json").read_text())
+    plan = load_toml(d / "plan.toml") if (d / "plan.toml").is_file() else {}
+    stages = summary["stages"]
+    fig_dir = d / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    lines = [f"# flopcast report: {summary['plan']}", ""]
+    led = summary["ledger"]
+    lines += [f"Model `{plan.get('model', {}).get('name', '?')}`, budget {led['budget']:.3e} FLOPs, "
+              f"used {led['used']:.3e} ({100 * led['used_share']:.2f}%). Protocol "
+              f"`{plan.get('eval', {}).get('protocol', '?')}`, horizon {plan.get('eval', {}).get('horizon', '?')} steps, "
+              "errors in original units.", ""]
+
+    # metrics per stage x context (the reference's layout)
+    evals = {n: st["test"] for n, st in stages.items() if "test" in st}
+    contexts = sorted({int(S) for r in evals.values() for S in r["contexts"]})
+    if evals:
+        header = ["Context (S)"] + [f"{n} {m}" for n in evals for m in ("MSE", "MAE")]
+        rows = [[S] + [v for r in evals.values() for v in (r["contexts"].get(str(S), {}).get("model", {}).get("mse"),
+                                                             r["contexts"].get(str(S), {}).get("model", {}).get("mae"))]
+                for S in contexts]
+        lines += ["## Test metrics per stage", "", _table(header, rows), ""]
+        first = next(iter(evals.values()))
+        brow = []
+        for S in contexts:
+            e = first["contexts"].get(str(S), {})
+            brow += [[S, b, e[b]["mse"], e[b]["mae"]] for b in ("persistence", "linear", "lv_ode") if b in e]
+        if brow:
+            lines += ["## Baselines (same windows)", "", _table(["S", "baseline", "MSE", "MAE"], brow), ""]
+        ci_rows = [[n, S, r["contexts"][str(S)]["model"].get("mse_ci95"), r["contexts"][str(S)]["model"]["parse_failure_rate"]]
+                   for n, r in evals.items() for S in contexts if "model" in r["contexts"].get(str(S), {})]
+        lines += ["MSE 95% bootstrap CIs and parse failures:", "",
+                  _table(["stage", "S", "MSE 95% CI", "parse failure rate"], [[a, b, str(np.round(c, 5).tolist()), e] for a, b, c, e in ci_rows]), ""]
+
+    # figures
+    figs = []
+    if (p := _loss_curves(stages, fig_dir / "loss_curves.png")):
+        figs.append(("Loss curves", p))
+    for n, st in stages.items():
+        if st.get("kind") == "grid" and (p := _grid_heatmap(n, st, fig_dir / f"grid_{n}.png")):
+            figs.append((f"Grid `{n}` (best: lr={st['best']['lr']:g}, r={st['best']['rank']})", p))
+        if st.get("kind") == "context" and (p := _context_curve(n, st, fig_dir / f"context_{n}.png")):
+            figs.append((f"Context sweep `{n}` (best S={st['best']['seq_len']})", p))
+        for png in sorted((d / "stages" / n / "eval").glob("forecasts_*.png")):
+            figs.append((f"Forecasts after `{n}`", png))
+    if figs:
+        lines += ["## Figures", ""]
+        lines += [f"**{title}**\n\n![{title}]({p.relative_to(d)})\n" for title, p in figs]
+
+    # FLOPs per experiment
+    ledger = Ledger(d / "ledger.db")
+    rows = [[e["name"], e["kind"], e["seq"], e["rank"], e["steps"], e["flops_used"], 100 * e["share"], e["wall_s"], e["status"]]
+            for e in ledger.rows()]
+    lines += ["## FLOPs per experiment", "", _table(["experiment", "kind", "S", "r", "steps", "FLOPs", "budget %", "wall s", "status"], rows), ""]
+    by_stage: dict[str, float] = {}
+    for e in ledger.rows():
+        by_stage[e["name"].split("/")[0]] = by_stage.get(e["name"].split("/")[0], 0) + e["flops_used"]
+    lines += [_table(["stage", "FLOPs", "budget %"], [[k, v, 100 * v / led["budget"]] for k, v in by_stage.items()]), ""]
+
+    # time and energy
+    wall = sum(st.get("wall_s", 0.0) for st in stages.values())
+    power = float(plan.get("device_power_w", 65.0))
+    carbon = float(plan.get("carbon_g_per_kwh", 300.0))
+    kwh = wall / 3600 * power / 1000
+    lines += ["## Time and energy", "",
+              f"Total wall time {wall / 3600:.2f} h. At a stated device power of {power:g} W this is "
+              f"{kwh:.3f} kWh, about {kwh * carbon:.0f} g CO2e at {carbon:g} g/kWh "
+              "(power x time x grid intensity; set `device_power_w` and `carbon_g_per_kwh` in the plan).", ""]
+    out = d / "report.md"
+    out.write_text("\n".join(lines))
+    return out

@@ -1,0 +1,311 @@
+"""One readable LoRA training loop with FLOP accounting, checkpoints and resume.
+
+Read :func:`train` top to bottom: set-up, then ``for step in ...``: budget check, batch, forward,
+backward, clip, optimizer step, FLOPs, log, validate, checkpoint. It runs under Accelerate, so
+``accelerate launch -m flopcast.cli train ...`` trains on several processes/GPUs (each process takes
+its share of every global batch; the main process logs, checkpoints and writes the ledger).
+
+A run directory holds::
+
+    config.toml      resolved run configuration (model, LoRA, codec with alpha, training, data)
+    metrics.jsonl    one line per step (loss, lr, flops) and per validation
+    checkpoint/      adapter + state.pt (optimizer, RNG, step, FLOPs) for resuming
+    adapter/         last adapter       adapter_best/  adapter with the lowest validation loss
+    flops.json       FLOPs per step, steps done, total, ledger row
+    status.json      done | stopped_budget | interrupted
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import flops as F
+from .chunks import Chunks, make_chunks, series_token_ids
+from .codec import LLMTimeCodec
+from .config import LoraSpec, TrainConfig, to_dict
+from .models import attach_lora, load_adapter, save_adapter, trainable_parameters
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    flops: int
+    best_val_loss: float | None
+    status: str
+    wall_s: float
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Warmup then constant / cosine / linear decay to 0."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.5 * (1 + math.cos(math.pi * frac)) if cfg.schedule == "cosine" else 1 - frac)
+
+
+def _batch(chunks: Chunks, idx: np.ndarray, device) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(getattr(chunks, k)[idx], device=device) for k in ("input_ids", "attention_mask", "labels")}
+
+
+class BatchOrder:
+    """Seeded epoch shuffles; its state (epoch, position) is checkpointed for exact resume."""
+
+    def __init__(self, n: int, batch: int, seed: int, epoch: int = 0, pos: int = 0):
+        self.n, self.batch, self.seed, self.epoch, self.pos = n, batch, seed, epoch, pos
+
+    def _perm(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
+    def next(self) -> np.ndarray:
+        out = []
+        while len(out) < self.batch:
+            perm = self._perm()
+            take = perm[self.pos:self.pos + self.batch - len(out)]
+            out.extend(take.tolist())
+            self.pos += len(take)
+            if self.pos >= self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+        return np.array(out)
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+
+def _log(fh, **row) -> None:
+    fh.write(json.dumps(row) + "\n")
+    fh.flush()
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+
+
+@torch.no_grad()
+def validation_loss(model, chunks: Chunks | None, batch: int, acc) -> float | None:
+    """Mean loss per target token; each process scores its share of every batch."""
+    if chunks is None or len(chunks) == 0:
+        return None
+    was = model.training
+    model.eval()
+    tot = torch.zeros(2, dtype=torch.float64, device=acc.device)
+    for i in range(0, len(chunks), batch):
+        idx = np.arange(i, min(i + batch, len(chunks)))[acc.process_index::acc.num_processes]
+        if len(idx) == 0:
+            continue
+        b = _batch(chunks, idx, acc.device)
+        k = int((b["labels"][:, 1:] != -100).sum())
+        tot += torch.tensor([float(model(**b).loss) * k, k], dtype=torch.float64, device=acc.device)
+    tot = acc.reduce(tot, reduction="sum")
+    model.train(was)
+    return float(tot[0] / max(float(tot[1]), 1.0))
+
+
+def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndarray], val_series: list[np.ndarray],
+          lora: LoraSpec, cfg: TrainConfig, run_dir: str | Path, ledger=None, name: str = "train",
+          model_name: str = "", init_adapter: str | Path | None = None, progress: bool = True,
+          extra_config: dict | None = None, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train a LoRA adapter on ``train_series``; resumes from ``run_dir/checkpoint`` if present.
+
+    ``on_step(step, loss)`` is called after every optimizer step (custom logging, tests).
+    """
+    from accelerate import Accelerator
+
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    main = acc.is_main_process
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    # ---- data: every training token is a target once; validation uses the first chunks of val
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    chunks = make_chunks(series_token_ids(train_series, codec, tokenizer), cfg.seq_len, pad, cfg.stride)
+    val = make_chunks(series_token_ids(val_series, codec, tokenizer), cfg.seq_len, pad, cfg.stride) if val_series else None
+    if val is not None:
+        k = min(len(val), cfg.val_batches * cfg.batch_size)
+        val = Chunks(val.input_ids[:k], val.attention_mask[:k], val.labels[:k]) if k else None
+
+    # ---- model + optimizer (resume restores adapter weights, optimizer, RNG, step, FLOPs)
+    ckpt = run / "checkpoint"
+    resuming = (ckpt / "state.pt").is_file()
+    if resuming:
+        model = load_adapter(base_model, ckpt, trainable=True)
+    elif init_adapter is not None:
+        model = load_adapter(base_model, init_adapter, trainable=True)
+    else:
+        model = attach_lora(base_model, lora)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = torch.load(ckpt / "state.pt", weights_only=False) if resuming else None
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"])
+    model, opt = acc.prepare(model, opt)
+    device = acc.device
+    world = acc.num_processes
+
+    # ---- FLOPs: analytic per global step (padded tokens are computed, so they count)
+    arch = F.Arch.from_config(base_model.config)
+    shape = F.LoraShape(lora.rank, lora.targets, lora.train_lm_head_bias)
+    per_step = F.train_step(arch, cfg.batch_size, cfg.seq_len, shape).total
+    per_val = F.forward(arch, cfg.batch_size, cfg.seq_len, lora=shape, loss=True).total * math.ceil(len(val or []) / cfg.batch_size)
+    step = state["step"] if state else 0
+    used = state["flops"] if state else 0
+    best = state["best_val"] if state else None
+    order = BatchOrder(len(chunks), cfg.batch_size, cfg.seed, **(state["order"] if state else {}))
+    n_val = cfg.steps // cfg.eval_every + 1
+    planned = per_step * cfg.steps + per_val * n_val
+    if cfg.max_flops is not None:
+        planned = min(planned, int(cfg.max_flops))
+
+    # ---- ledger: reserve once; a resumed run continues its row, so nothing is counted twice
+    row = None
+    if ledger is not None and main:
+        prev = ledger.resume(name)
+        row = prev.id if prev is not None else ledger.reserve(
+            name, "train", planned, model=model_name, seq=cfg.seq_len, batch=cfg.batch_size, rank=lora.rank,
+            steps=cfg.steps, info={"lr": cfg.lr, "run_dir": str(run)})
+    if main:
+        from .config import save_toml
+
+        save_toml({"name": name, "model": model_name, "lora": to_dict(lora), "train": to_dict(cfg),
+                   "codec": {**to_dict(codec.config), "alpha": codec.alpha}, "seed": cfg.seed,
+                   "chunks": {"train": len(chunks), "val": len(val or []), "train_targets": chunks.n_targets},
+                   "trainable_parameters": trainable_parameters(model), **(extra_config or {})}, run / "config.toml")
+    if main and state is not None:
+        _truncate_log(run / "metrics.jsonl", step)  # steps after the checkpoint are redone
+    log = (run / "metrics.jsonl").open("a") if main else None
+    tracker = _wandb(cfg, name, run) if main else None
+    meta = {"codec": {**to_dict(codec.config), "alpha": codec.alpha}}
+
+    def save(directory: Path) -> None:
+        save_adapter(acc.unwrap_model(model), directory, lora, model_name, meta)
+
+    def checkpoint() -> None:
+        if not main:
+            return
+        tmp = run / "checkpoint.tmp"
+        save(tmp)
+        torch.save({"optimizer": opt.state_dict(), "rng": _rng_state(), "step": step, "flops": used,
+                    "best_val": best, "order": order.state()}, tmp / "state.pt")
+        if ckpt.exists():
+            import shutil
+
+            shutil.rmtree(ckpt)
+        tmp.rename(ckpt)  # the old checkpoint stays valid until the new one is complete
+        if row is not None:
+            ledger.progress(row, used, wall_s=time.time() - t0 + wall_before, steps=step)
+
+    # ---- the loop
+    t0, wall_before = time.time(), (state or {}).get("wall", 0.0)
+    status = "done"
+    bar = None
+    if progress and main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc=name, unit="step", disable=None)  # off without a terminal
+    try:
+        while step < cfg.steps:
+            val_due = (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps
+            if cfg.max_flops is not None and used + per_step + (per_val if val_due else 0) > cfg.max_flops:
+                status = "stopped_budget"
+                break
+            idx = order.next()
+            shard = idx[acc.process_index::world]  # each process takes its share of the global batch
+            lr = lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss = model(**_batch(chunks, shard, device)).loss
+            acc.backward(loss)
+            if cfg.grad_clip:
+                acc.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            used += per_step
+            loss_v = float(acc.reduce(loss.detach(), reduction="mean"))
+            if main:
+                _log(log, step=step, loss=loss_v, lr=lr, flops=used, time=time.time() - t0 + wall_before)
+                if tracker:
+                    tracker.log({"loss": loss_v, "lr": lr, "flops": used}, step=step)
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                v = validation_loss(model, val, cfg.batch_size, acc)
+                if v is not None:
+                    used += per_val
+                    if main:
+                        _log(log, step=step, val_loss=v, flops=used)
+                        if tracker:
+                            tracker.log({"val_loss": v}, step=step)
+                        if best is None or v < best:
+                            best = v
+                            save(run / "adapter_best")
+            if step % cfg.checkpoint_every == 0:
+                checkpoint()
+            if bar:
+                bar.set_postfix(loss=f"{loss_v:.4f}", flops=f"{used:.2e}")
+                bar.update(1)
+            if on_step:
+                on_step(step, loss_v)
+    except KeyboardInterrupt:
+        status = "interrupted"
+    finally:
+        if bar:
+            bar.close()
+    checkpoint()
+    wall = time.time() - t0 + wall_before
+    if main:
+        save(run / "adapter")
+        if best is None:
+            save(run / "adapter_best")
+        (run / "flops.json").write_text(json.dumps({"per_step": per_step, "per_validation": per_val, "steps": step,
+                                                    "total": used, "planned": planned, "ledger_id": row}, indent=2))
+        (run / "status.json").write_text(json.dumps({"status": status, "steps": step, "wall_s": wall}))
+        if row is not None and status != "interrupted":
+            ledger.settle(row, used, wall_s=wall, steps=step, info={"best_val_loss": best, "status": status})
+        log.close()
+        if tracker:
+            tracker.finish()
+    if status == "interrupted":
+        raise KeyboardInterrupt
+    return TrainResult(run, step, used, best, status, wall)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    if path.is_file():
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def _wandb(cfg: TrainConfig, name: str, run: Path):
+    """A wandb run when wandb is installed (offline unless an API key is configured)."""
+    if not cfg.wandb:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        return None
+    import os
+
+    mode = "online" if os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").exists() else "offline"
+    return wandb.init(project="flopcast", name=name, dir=str(run), mode=os.environ.get("WANDB_MODE", mode),
+                      config=to_dict(cfg), reinit=True)

@@ -1,0 +1,95 @@
+
+import pytest
+
+from flopcast.cli import main
+from flopcast.config import load_toml
+from flopcast.errors import FlopcastError
+from flopcast.ledger import Ledger
+from flopcast.pipeline import run_plan
+from flopcast.plan import load_plan, plan_from_dict
+
+PLAN = {
+    "name": "tiny", "budget": 2e10,
+    "model": {"name": "tiny-qwen2"},
+    "simulate": {"n_systems": 20, "n_steps": 40},
+    "eval": {"contexts": [64], "max_series": 2, "baselines": ["persistence"], "n_boot": 20},
+    "lora": {"rank": 2},
+    "train": {"batch_size": 2, "seq_len": 64, "lr": 3e-3, "eval_every": 5, "checkpoint_every": 5, "wandb": False},
+    "stages": [
+        {"name": "zero_shot", "kind": "eval"},
+        {"name": "initial", "kind": "train", "steps": 6},
+        {"name": "grid", "kind": "grid", "lr": [1e-3, 3e-3], "rank": [2, 4], "steps": 3, "evaluate": False},
+        {"name": "context", "kind": "context", "base": "grid", "seq_len": [32, 64], "steps": 3, "evaluate": False},
+        {"name": "final_eval", "kind": "eval", "adapter_from": "initial"},
+        {"name": "final", "kind": "train", "base": "context", "steps": "remaining"},
+    ],
+}
+
+
+def test_run_plan_end_to_end_artifacts(tmp_path):
+    plan = plan_from_dict(PLAN)
+    out = tmp_path / "study"
+    summary = run_plan(plan, out, progress=False)
+    for f in ("plan.toml", "split.json", "ledger.db", "summary.json", "report.md", "data.h5", "figures/loss_curves.png"):
+        assert (out / f).is_file(), f
+    st = summary["stages"]
+    assert [s for s in st] == ["zero_shot", "initial", "grid", "context", "final_eval", "final"]
+    assert len(st["grid"]["runs"]) == 4 and st["grid"]["best"]["val_loss"] == min(r["val_loss"] for r in st["grid"]["runs"])
+    best = st["grid"]["best"]
+    assert all(r["lr"] == best["lr"] and r["rank"] == best["rank"] for r in st["context"]["runs"])
+    assert st["final"]["best"]["seq_len"] == st["context"]["best"]["seq_len"]
+    for run in st["initial"]["runs"] + st["final"]["runs"]:
+        d = out / "stages" / ("initial" if run in st["initial"]["runs"] else "final") / run["run"]
+        for f in ("config.toml", "metrics.jsonl", "flops.json", "status.json", "adapter/adapter_config.json"):
+            assert (d / f).is_file(), f
+        assert load_toml(d / "config.toml")["seed"] == 0
+    # every stage's FLOPs are in one ledger, inside the budget; the final stage spent what was left
+    led = Ledger(out / "ledger.db")
+    assert led.used() <= plan.budget and led.used() > 0.9 * plan.budget
+    names = [e.name for e in led.entries()]
+    assert "zero_shot/test/S=64" in names and "final/run" in names and "grid/lr=0.001_r=4" in names
+    # evaluating another stage's adapter reproduces that stage's own test evaluation
+    assert st["final_eval"]["test"]["contexts"]["64"]["model"]["mse"] == pytest.approx(st["initial"]["test"]["contexts"]["64"]["model"]["mse"])
+    report = (out / "report.md").read_text()
+    for heading in ("Test metrics per stage", "Baselines", "FLOPs per experiment", "Time and energy", "Grid `grid`", "Context sweep"):
+        assert heading in report
+
+    # re-running skips finished stages: no new ledger rows, same results
+    again = run_plan(plan, out, progress=False)
+    assert len(Ledger(out / "ledger.db").entries()) == len(names)
+    assert again["stages"]["final"]["best"] == st["final"]["best"]
+
+
+def test_shipped_plans_parse():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "plans"
+    q, r = load_plan(root / "quickstart.toml"), load_plan(root / "reference.toml")
+    assert q.model.name == "smollm2-135m" and q.stages[-1].steps == "remaining"
+    assert r.budget == 1e17 and r.eval.protocol == "seed" and r.stage("grid").lr == (1e-5, 5e-5, 1e-4)
+    assert r.stage("grid").rank == (2, 4, 8) and r.stage("context").seq_len == (128, 512, 768)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"stages": []}, "at least one"),
+    ({"stages": [{"name": "a", "kind": "train", "base": "zz"}]}, "not an earlier stage"),
+    ({"stages": [{"name": "g", "kind": "grid", "lr": [1e-4]}]}, "needs lr"),
+    ({"budget": -1}, "budget"),
+    ({"train": {"stepz": 3}}, "unknown key"),
+])
+def test_bad_plans(change, match):
+    with pytest.raises(FlopcastError, match=match):
+        plan_from_dict({**PLAN, **change})
+
+
+def test_cli_run_and_report(tmp_path, capsys):
+    import tomli_w
+
+    p = tmp_path / "plan.toml"
+    small = {**PLAN, "stages": PLAN["stages"][:2]}
+    p.write_text(tomli_w.dumps(small))
+    assert main(["run", str(p), "--out", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "zero_shot" in out and "report" in out
+    assert main(["report", str(tmp_path / "s")]) == 0
+    assert main(["report", str(tmp_path / "nothing")]) == 2

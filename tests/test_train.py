@@ -1,0 +1,163 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from flopcast import flops as F
+from flopcast.chunks import IGNORE, make_chunks
+from flopcast.codec import LLMTimeCodec
+from flopcast.config import CodecConfig, LoraSpec, SimConfig, TrainConfig, load_toml
+from flopcast.ledger import Ledger
+from flopcast.models import load_model
+from flopcast.train import lr_at, train
+
+
+def test_chunks_every_token_a_target_once():
+    toks = list(range(100, 137))  # 37 tokens
+    ch = make_chunks([toks, [1, 2, 3]], seq_len=10, pad_id=0)
+    targets = []
+    for ids, lab in zip(ch.input_ids, ch.labels):
+        targets += [int(t) for t in lab[1:] if t != IGNORE]  # position 0 is never predicted
+    assert sorted(targets) == sorted(toks[1:] + [2, 3])
+    last = ch.input_ids[-2]
+    assert last.tolist() == toks[-10:]  # the tail gets a full window, not dropped
+    assert ch.input_ids[-1].tolist() == [1, 2, 3] + [0] * 7 and ch.labels[-1][3:].tolist() == [IGNORE] * 7
+    assert ch.attention_mask[-1].tolist() == [1, 1, 1] + [0] * 7
+
+
+def test_lr_schedules():
+    c = TrainConfig(steps=10, lr=1.0, warmup_steps=2, schedule="cosine")
+    assert lr_at(0, c) == 0.5 and lr_at(1, c) == 1.0 and lr_at(2, c) == 1.0
+    assert lr_at(9, c) < 0.1
+    assert lr_at(5, TrainConfig(steps=10, lr=1.0, schedule="linear")) == 0.5
+
+
+@pytest.fixture(scope="module")
+def data():
+    from flopcast.simulate import simulate
+
+    ds = simulate(SimConfig(n_systems=12, n_steps=30, seed=1))
+    return ds.series[:10], ds.series[10:], LLMTimeCodec.fit(CodecConfig(), ds.series[:10])
+
+
+CFG = dict(batch_size=2, seq_len=64, lr=3e-3, eval_every=4, checkpoint_every=5, val_batches=2, wandb=False)
+
+
+def _train(tmp, data, steps=12, ledger=None, **kw):
+    tr, va, codec = data
+    lm = load_model("tiny-qwen2", seed=0)
+    return train(lm.model, lm.tokenizer, codec, tr, va, LoraSpec(rank=4), TrainConfig(steps=steps, **{**CFG, **kw}),
+                 tmp, ledger=ledger, name="t", model_name="tiny-qwen2", progress=False)
+
+
+def test_training_artifacts_and_loss_goes_down(tmp_path, data):
+    lg = Ledger(tmp_path / "l.db", 1e13)
+    r = _train(tmp_path / "run", data, steps=40, ledger=lg)
+    run = tmp_path / "run"
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    vals = [x["val_loss"] for x in rows if "val_loss" in x]
+    assert vals[-1] < vals[0] and r.best_val_loss == min(vals)
+    assert [x["step"] for x in rows if "loss" in x] == list(range(1, 41))
+    cfg = load_toml(run / "config.toml")
+    assert cfg["lora"]["rank"] == 4 and cfg["codec"]["alpha"] > 0 and cfg["seed"] == 0
+    fl = json.loads((run / "flops.json").read_text())
+    arch = F.Arch.from_config(load_model("tiny-qwen2").model.config)
+    assert fl["per_step"] == F.train_step(arch, 2, 64, F.LoraShape(4)).total
+    assert fl["total"] == 40 * fl["per_step"] + 10 * fl["per_validation"] == r.flops
+    e = lg.entries()[0]
+    assert (e.status, e.flops_used, e.steps) == ("done", r.flops, 40)
+    for d in ("adapter", "adapter_best", "checkpoint"):
+        assert (run / d / "adapter_config.json").is_file()
+    assert json.loads((run / "status.json").read_text())["status"] == "done"
+
+
+def test_stops_before_flop_allotment(tmp_path, data):
+    tr, va, codec = data
+    arch = F.Arch.from_config(load_model("tiny-qwen2").model.config)
+    per = F.train_step(arch, 2, 64, F.LoraShape(4)).total
+    r = _train(tmp_path / "run", (tr, [], codec), steps=50, max_flops=5.5 * per)
+    assert r.status == "stopped_budget" and r.steps == 5 and r.flops == 5 * per <= 5.5 * per
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from test_train import _train, _data
+    from flopcast.ledger import Ledger
+    import flopcast.train as T
+    def kill(step, loss):
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGKILL)
+    orig = T.train
+    T.train = lambda *a, **k: orig(*a, **{{**k, "on_step": kill}})
+    import test_train
+    test_train.train = T.train
+    _train({run!r}, _data(), steps=12, ledger=Ledger({db!r}))
+""")
+
+
+def _data():
+    from flopcast.simulate import simulate
+
+    ds = simulate(SimConfig(n_systems=12, n_steps=30, seed=1))
+    return ds.series[:10], ds.series[10:], LLMTimeCodec.fit(CodecConfig(), ds.series[:10])
+
+
+def test_kill9_then_resume_matches_uninterrupted(tmp_path, data):
+    ref = _train(tmp_path / "ref", data, steps=12, ledger=Ledger(tmp_path / "ref.db", 1e13))
+    db = tmp_path / "l.db"
+    Ledger(db, 1e13)
+    script = KILL_SCRIPT.format(tests=str(__import__("pathlib").Path(__file__).parent), run=str(tmp_path / "run"), db=str(db))
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert p.returncode == -9, p.stderr[-2000:]
+    state = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)
+    assert state["step"] == 5  # last checkpoint before the kill at step 7
+    lg = Ledger(db)
+    assert lg.entries()[0].status == "running" and lg.entries()[0].flops_used == state["flops"]
+    res = _train(tmp_path / "run", data, steps=12, ledger=lg)  # re-run: resumes
+    assert res.steps == 12 and res.flops == ref.flops
+    assert len(lg.entries()) == 1 and lg.used() == ref.flops  # no double counting
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == list(range(1, 13))
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "ref" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    from accelerate import PartialState
+    from test_train import _data, _train
+    r = _train({run!r}, _data(), steps=6)
+    if PartialState().is_main_process:
+        json.dump({{"steps": r.steps, "flops": r.flops, "world": PartialState().num_processes}}, open({out!r}, "w"))
+""")
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), run=str(tmp_path / "run"), out=str(tmp_path / "r.json")))
+    launcher = Path(sys.executable).parent / "accelerate"
+    # on a machine without GPUs, --multi_gpu starts torchrun and Accelerate picks MULTI_CPU with gloo
+    cmd = [str(launcher) if launcher.exists() else shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["world"] == 2 and r["steps"] == 6
+    single = _train(tmp_path / "single", _data(), steps=6)
+    assert r["flops"] == single.flops  # FLOPs are per global batch, whatever the number of processes
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in rows if "loss" in x] == list(range(1, 7))  # only the main process logs
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
