@@ -107,8 +107,11 @@ def test_eval_forecast_baselines_commands(tmp_path, capsys, sim_ds):
     csv_in = tmp_path / "mine.csv"
     csv_in.write_text("prey,predator\n1,1\n1.5,0.8\n2.2,0.6\n2.9,0.5\n")
     code, text, err = run(capsys, "forecast", "-i", str(csv_in), "--model", "tiny-qwen2", "--steps", "3",
-                          "-o", str(tmp_path / "f.csv"), "--plot", str(tmp_path / "f.png"))
+                          "-o", str(tmp_path / "f.csv"), "--plot", str(tmp_path / "f.png"),
+                          "--ledger", str(tmp_path / "f.db"), "--budget", "1e12")
     assert code == 0, err
+    charged = Ledger(tmp_path / "f.db").entries()
+    assert len(charged) == 1 and charged[0].kind == "forecast" and 0 < charged[0].flops_used <= charged[0].flops_planned
     lines = (tmp_path / "f.csv").read_text().strip().splitlines()
     assert lines[0] == "series,step,prey,predator" and len(lines) == 4
     assert (tmp_path / "f.png").stat().st_size > 1000

@@ -93,3 +93,13 @@ def test_cli_run_and_report(tmp_path, capsys):
     assert "zero_shot" in out and "report" in out
     assert main(["report", str(tmp_path / "s")]) == 0
     assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_same_seed_twice_identical_metrics(tmp_path):
+    small = plan_from_dict({**PLAN, "budget": 5e9, "stages": [PLAN["stages"][0], PLAN["stages"][1]]})
+    a = run_plan(small, tmp_path / "a", progress=False)["stages"]
+    b = run_plan(small, tmp_path / "b", progress=False)["stages"]
+    for stage in ("zero_shot", "initial"):
+        ma, mb = a[stage]["test"]["contexts"]["64"]["model"], b[stage]["test"]["contexts"]["64"]["model"]
+        assert ma["mse"] == mb["mse"] and ma["mae_per_step"] == mb["mae_per_step"] and ma["flops"] == mb["flops"]
+    assert a["initial"]["runs"][0]["val_loss"] == b["initial"]["runs"][0]["val_loss"]

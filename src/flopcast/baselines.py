@@ -74,9 +74,9 @@ def lv_ode(context: np.ndarray, horizon: int, dt: float = 1.0, max_fit_steps: in
     log_ctx = np.log(ctx)
 
     def simulate(theta):
-        a, b, d, g, K, x0, y0 = np.exp(theta)
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            a, b, d, g, K, x0, y0 = np.exp(theta)
             return odeint(_lv_rhs, [x0, y0], t_all, args=(a, b, d, g, K), mxstep=2000)
 
     def resid(theta):

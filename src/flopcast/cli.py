@@ -197,11 +197,14 @@ def forecast_cmd(
     out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="write the forecast as CSV"),
     plot: Optional[Path] = typer.Option(None, help="save a PNG of context + forecast"),
     seed: int = 0,
+    ledger: Optional[Path] = typer.Option(None, help="charge the FLOPs to this ledger"),
+    budget: Optional[float] = typer.Option(None, help="budget when creating the ledger"),
 ):
     """Forecast the next steps of your own series."""
     from .inference import run_forecast
 
-    res = run_forecast(model, input, steps, adapter, samples, context_tokens, out_file, plot, seed=seed)
+    res = run_forecast(model, input, steps, adapter, samples, context_tokens, out_file, plot, seed=seed,
+                       ledger_path=ledger, budget=budget)
     _print_table(f"forecast ({model})", res["rows"])
     if res["parse_failure_rate"]:
         err.print(f"warning: {100 * res['parse_failure_rate']:.1f}% of forecasts did not parse completely")

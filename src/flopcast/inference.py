@@ -66,17 +66,43 @@ def run_eval(model: str, data: str | Path | None, cfg: EvalConfig, out_dir: str 
 
 def run_forecast(model: str, input_path: str | Path, steps: int, adapter: str | Path | None = None,
                  samples: int = 1, context_tokens: int | None = None, out: str | Path | None = None,
-                 plot: str | Path | None = None, codec_cfg: CodecConfig | None = None, seed: int = 0) -> dict:
-    """Forecast ``steps`` steps after every series in a CSV/HDF5 file (whole series as context)."""
-    from .forecast import forecast
+                 plot: str | Path | None = None, codec_cfg: CodecConfig | None = None, seed: int = 0,
+                 ledger_path: str | Path | None = None, budget: float | None = None) -> dict:
+    """Forecast ``steps`` steps after every series in a CSV/HDF5 file (whole series as context).
+
+    With ``ledger_path`` the generation's FLOPs are charged to that ledger (reserved before, settled after).
+    """
+    import time
+
+    from .forecast import forecast, forecast_flops
     from .models import load_for_inference
 
     ds = load(input_path)
     codec = codec_for(None, codec_cfg or CodecConfig(scale_mode="per_series"), adapter)
     lm = load_for_inference(model, adapter)
     contexts = [_fit_context(s, codec, lm.tokenizer, context_tokens) for s in ds.series]
-    res = forecast(lm.model, lm.tokenizer, codec, contexts, ForecastConfig(horizon=steps, n_samples=samples, seed=seed),
-                   progress=len(contexts) > 16)
+    fcfg = ForecastConfig(horizon=steps, n_samples=samples, seed=seed)
+    ledger, row, t0 = None, None, time.time()
+    if ledger_path:
+        from .evaluate import eval_flops_bound
+        from .config import EvalConfig
+        from .flops import Arch
+        from .forecast import lora_shape_of
+        from .ledger import Ledger
+
+        ledger = Ledger(ledger_path, budget)
+        longest = max(len(lm.tokenizer(codec.encode(c), add_special_tokens=False).input_ids) for c in contexts)
+        bound = eval_flops_bound(Arch.from_config(lm.model.config), len(contexts) * samples, longest,
+                                 EvalConfig(horizon=steps, batch_size=fcfg.batch_size), ds.n_vars, codec, lora_shape_of(lm.model))
+        row = ledger.reserve(f"forecast/{Path(input_path).name}", "forecast", bound, model=model)
+    try:
+        res = forecast(lm.model, lm.tokenizer, codec, contexts, fcfg, progress=len(contexts) > 16)
+    except BaseException:
+        if row is not None:
+            ledger.settle(row, 0, status="failed")
+        raise
+    if row is not None:
+        ledger.settle(row, forecast_flops(lm.model, res), wall_s=time.time() - t0)
     rows = []
     for i in range(len(contexts)):
         for h in range(steps):

@@ -18,6 +18,17 @@ def _plt():
     return plt
 
 
+def save_figure(fig, path: str | Path, dpi: int = 90) -> Path:
+    """Lay out, write as PNG (creating the folder) and close a figure."""
+    plt = _plt()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(p, dpi=dpi)
+    plt.close(fig)
+    return p
+
+
 def plot_series(ds: Dataset, path: str | Path, n: int = 4) -> Path:
     """A grid of the first ``n`` series, one line per variable."""
     plt = _plt()
@@ -32,27 +43,26 @@ def plot_series(ds: Dataset, path: str | Path, n: int = 4) -> Path:
     axes[0, 0].legend(loc="upper right")
     axes[-1, 0].set_xlabel("time")
     fig.suptitle(ds.source or "dataset")
-    fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    return p
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_forecasts(windows, preds: dict, path: str | Path, n: int = 4, variables=("prey", "predator"),
                    quantiles: dict | None = None) -> Path:
-    """Context + truth + forecasts (model and baselines) for the first ``n`` windows."""
+    """Context + truth + forecasts (model and baselines) for ``n`` windows of different series."""
     plt = _plt()
-    n = max(1, min(n, len(windows)))
+    first: dict[int, int] = {}
+    for k, w in enumerate(windows):  # the last window of each series (the longest history)
+        first[w.series] = k
+    picks = (list(first.values()) + [k for k in range(len(windows)) if k not in first.values()])[:max(1, n)]
+    n = len(picks)
     V = windows[0].truth.shape[1]
     fig, axes = plt.subplots(n, V, figsize=(5 * V, 2.2 * n), squeeze=False)
-    for r in range(n):
+    for row, r in enumerate(picks):
         w = windows[r]
         c, H = len(w.context), len(w.truth)
         tc, tf = np.arange(w.cut - c, w.cut), np.arange(w.cut, w.cut + H)
         for j in range(V):
-            ax = axes[r, j]
+            ax = axes[row, j]
             ax.plot(tc, w.context[:, j], color="0.3", lw=1, label="context")
             ax.plot(tf, w.truth[:, j], color="k", lw=2, label="truth")
             for name, p in preds.items():
@@ -63,11 +73,7 @@ def plot_forecasts(windows, preds: dict, path: str | Path, n: int = 4, variables
                 ax.fill_between(tf, quantiles[lo][r, :, j], quantiles[hi][r, :, j], alpha=0.25, label=f"q{lo}-q{hi}")
             ax.set_title(f"series {w.series}, {variables[j] if j < len(variables) else j}", fontsize=9)
     axes[0, -1].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    p = Path(path)
-    fig.savefig(p, dpi=90)
-    plt.close(fig)
-    return p
+    return save_figure(fig, path)
 
 
 def plot_error_vs_horizon(results: dict, path: str | Path) -> Path:
@@ -83,8 +89,4 @@ def plot_error_vs_horizon(results: dict, path: str | Path) -> Path:
         ax.set_xlabel("horizon step")
         ax.set_ylabel("MAE")
     axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    p = Path(path)
-    fig.savefig(p, dpi=90)
-    plt.close(fig)
-    return p
+    return save_figure(fig, path)

@@ -9,6 +9,7 @@ import numpy as np
 
 from .config import load_toml
 from .ledger import Ledger
+from .plots import save_figure
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -54,19 +55,20 @@ def _loss_curves(stages: dict, path: Path) -> Path | None:
     for a in ax:
         a.set_xlabel("step")
     ax[1].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
+
+
+def _scored_runs(res: dict) -> list[dict]:
+    return [r for r in res.get("runs", []) if r.get("val_loss") is not None]
 
 
 def _grid_heatmap(stage: str, res: dict, path: Path) -> Path | None:
     from .plots import _plt
 
-    runs = [r for r in res.get("runs", []) if r.get("val_loss") is not None]
-    lrs, ranks = sorted({r["lr"] for r in runs}), sorted({r["rank"] for r in runs})
+    runs = _scored_runs(res)
     if len(runs) < 2:
         return None
+    lrs, ranks = sorted({r["lr"] for r in runs}), sorted({r["rank"] for r in runs})
     grid = np.full((len(lrs), len(ranks)), np.nan)
     for r in runs:
         grid[lrs.index(r["lr"]), ranks.index(r["rank"])] = r["val_loss"]
@@ -80,16 +82,13 @@ def _grid_heatmap(stage: str, res: dict, path: Path) -> Path | None:
             ax.text(j, i, _fmt(float(grid[i, j])), ha="center", va="center", color="w", fontsize=8)
     fig.colorbar(im, label="validation loss")
     ax.set_title(f"{stage}: validation loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _context_curve(stage: str, res: dict, path: Path) -> Path | None:
     from .plots import _plt
 
-    runs = [r for r in res.get("runs", []) if r.get("val_loss") is not None]
+    runs = _scored_runs(res)
     if len(runs) < 2:
         return None
     plt = _plt()
@@ -98,10 +97,7 @@ def _context_curve(stage: str, res: dict, path: Path) -> Path | None:
     ax.set_xlabel("training context S (tokens)")
     ax.set_ylabel("validation loss")
     ax.set_title(stage)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(run_dir: str | Path) -> Path:
