@@ -103,3 +103,14 @@ def test_evaluate_writes_results_and_charges_ledger(tmp_path, tiny, sim_ds):
     charged = {e.name: e.flops_used for e in lg.entries()}
     assert charged == {"zs/S=64": res["contexts"]["64"]["model"]["flops"], "zs/S=128": res["contexts"]["128"]["model"]["flops"]}
     assert all(e.status == "done" for e in lg.entries())
+
+
+def test_context_without_windows_is_skipped_not_fatal(tmp_path, tiny, sim_ds):
+    codec = LLMTimeCodec.fit(CodecConfig(), sim_ds.series)
+    cfg = EvalConfig(protocol="seed", contexts=(64, 100000), max_series=2, baselines=("persistence",), n_boot=20)
+    with pytest.warns(UserWarning, match="no windows of 100000 tokens"):
+        res = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, out_dir=tmp_path, progress=False)
+    assert res["contexts"]["100000"]["n_windows"] == 0 and "skipped" in res["contexts"]["100000"]
+    assert res["contexts"]["64"]["model"]["n_windows"] > 0
+    with pytest.raises(FlopcastError, match="at any context length"):
+        evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, EvalConfig(protocol="seed", contexts=(100000,)), progress=False)

@@ -161,3 +161,30 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in rows if "loss" in x] == list(range(1, 7))  # only the main process logs
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_wandb_logging_offline_when_not_logged_in(tmp_path, data, monkeypatch):
+    import types
+
+    calls = {"init": [], "log": [], "finish": 0}
+
+    class Run:
+        def log(self, row, step=None):
+            calls["log"].append((step, row))
+
+        def finish(self):
+            calls["finish"] += 1
+
+    import importlib.machinery
+
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    fake.init = lambda **kw: calls["init"].append(kw) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: not logged in
+    _train(tmp_path / "run", data, steps=4, wandb=True)
+    assert calls["init"][0]["mode"] == "offline" and calls["init"][0]["project"] == "flopcast"
+    steps = [s for s, row in calls["log"] if "loss" in row]
+    assert steps == [1, 2, 3, 4] and any("val_loss" in row for _, row in calls["log"]) and calls["finish"] == 1

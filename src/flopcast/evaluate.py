@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +62,11 @@ def evaluate(model, tokenizer, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig
     examples: dict = {}
     for S in cfg.contexts:
         wins = build_windows(series, codec, tokenizer, S, cfg)
-        if not wins:
-            raise FlopcastError(f"no evaluation windows of {S} tokens: series too short for protocol {cfg.protocol!r} "
-                                f"(horizon {cfg.horizon})")
+        if not wins:  # e.g. the seed protocol at an S longer than the series' text
+            reason = f"no windows of {S} tokens: series too short for protocol {cfg.protocol!r} (horizon {cfg.horizon})"
+            warnings.warn(reason, stacklevel=2)
+            results["contexts"][str(S)] = {"n_windows": 0, "skipped": reason}
+            continue
         truth = np.stack([w.truth for w in wins])
         alphas = np.array([w.alpha for w in wins])
         entry: dict = {"n_windows": len(wins), "context_steps_mean": float(np.mean([len(w.context) for w in wins])),
@@ -104,6 +107,9 @@ def evaluate(model, tokenizer, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig
             rows += [{"S": S, "method": method, "series": w.series, "cut": w.cut, "mse": m, "mae": a,
                       "parsed": bool(np.isfinite(m))} for w, m, a in zip(wins, mse, mae)]
         examples[S] = (wins, preds)
+    if not examples:
+        raise FlopcastError(f"no evaluation windows at any context length {list(cfg.contexts)}: "
+                            f"series too short for protocol {cfg.protocol!r} (horizon {cfg.horizon})")
     if out_dir is not None:
         write_results(results, rows, examples, out_dir, ds)
     return results
