@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-BASELINES = ("persistence", "linear", "lv_ode")
+from .config import BASELINES
 
 
 def persistence(context: np.ndarray, horizon: int, dt: float = 1.0) -> np.ndarray:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import CodecConfig
+from .config import CodecConfig, from_dict, to_dict
 from .errors import DataError, FlopcastError
 
 
@@ -90,6 +90,16 @@ class LLMTimeCodec:
         """A codec whose global alpha comes from the training split."""
         alpha = fit_alpha(train, config) if config.scale_mode == "global" else None
         return cls(config, alpha)
+
+    def state(self) -> dict:
+        """Config plus alpha as plain data (saved with adapters and results)."""
+        return {**to_dict(self.config), "alpha": self.alpha}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "LLMTimeCodec":
+        d = dict(state)
+        alpha = d.pop("alpha", None)
+        return cls(from_dict(CodecConfig, d), alpha)
 
     def series_alpha(self, context: np.ndarray) -> float:
         """The alpha used for one series, given (only) its context values."""

@@ -129,7 +129,6 @@ class ForecastConfig:
     n_samples: int = 1
     temperature: float = 1.0
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
-    constrained: bool = True
     max_int_digits: int = 3
     seed: int = 0
 
@@ -148,6 +147,7 @@ class ForecastConfig:
 
 
 PROTOCOLS = ("aligned", "seed")
+BASELINES = ("persistence", "linear", "lv_ode")
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ class EvalConfig:
     window_stride_tokens: int = 256
     split: str = "test"
     max_series: int | None = None
-    baselines: tuple[str, ...] = ("persistence", "linear", "lv_ode")
+    baselines: tuple[str, ...] = BASELINES
     batch_size: int = 16
     n_boot: int = 1000
     seed: int = 0
@@ -183,8 +183,8 @@ class EvalConfig:
         _check(self.window_stride_tokens >= 1, "window_stride_tokens must be >= 1")
         _check(self.split in ("train", "val", "test"), f"split must be train, val or test, got {self.split!r}")
         _check(self.max_series is None or self.max_series >= 1, "max_series must be >= 1")
-        unknown = set(self.baselines) - {"persistence", "linear", "lv_ode"}
-        _check(not unknown, f"unknown baseline(s) {sorted(unknown)} (persistence, linear, lv_ode)")
+        unknown = set(self.baselines) - set(BASELINES)
+        _check(not unknown, f"unknown baseline(s) {sorted(unknown)} ({', '.join(BASELINES)})")
 
 
 SCHEDULES = ("constant", "cosine", "linear")

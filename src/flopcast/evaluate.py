@@ -17,7 +17,7 @@ import numpy as np
 
 from .baselines import run_baseline
 from .codec import LLMTimeCodec
-from .config import EvalConfig, ForecastConfig, to_dict
+from .config import BASELINES, EvalConfig, ForecastConfig, to_dict
 from .data import Dataset
 from .errors import FlopcastError
 from .forecast import ForecastResult, forecast_flops, forecast_prompts
@@ -40,6 +40,21 @@ def eval_flops_bound(arch, n_windows: int, S: int, cfg: EvalConfig, n_vars: int,
     return eval_flops(arch, n_windows, S, new, cfg.batch_size, lora)
 
 
+def forecast_reservation(ledger, forecaster, name: str, kind: str, n_windows: int, S: int, cfg: EvalConfig, n_vars: int,
+                 codec: LLMTimeCodec, **fields):
+    """``ledger.reserved`` for a forecast of ``n_windows`` prompts of up to ``S`` tokens (a no-op without a ledger)."""
+    from contextlib import nullcontext
+
+    from .flops import Arch
+    from .forecast import lora_shape_of
+    from .ledger import Charge
+
+    if ledger is None:
+        return nullcontext(Charge())
+    bound = eval_flops_bound(Arch.from_config(forecaster.config), n_windows, S, cfg, n_vars, codec, lora_shape_of(forecaster))
+    return ledger.reserved(name, kind, bound, **fields)
+
+
 def _dt(ds: Dataset) -> float:
     return float(ds.time[1] - ds.time[0]) if ds.time is not None and len(ds.time) > 1 else 1.0
 
@@ -57,7 +72,7 @@ def evaluate(model, tokenizer, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig
     """Score ``model`` (None: baselines only) on every context length of ``cfg``; returns the results dict."""
     series = ds.series[: cfg.max_series] if cfg.max_series else ds.series
     results: dict = {"name": name, "model": model_name, "protocol": cfg.protocol, "config": to_dict(cfg),
-                     "codec": {**to_dict(codec.config), "alpha": codec.alpha}, "n_series": len(series), "contexts": {}}
+                     "codec": codec.state(), "n_series": len(series), "contexts": {}}
     rows: list[dict] = []
     examples: dict = {}
     for S in cfg.contexts:
@@ -74,27 +89,14 @@ def evaluate(model, tokenizer, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig
         preds: dict[str, np.ndarray] = {}
         if model is not None:
             t0 = time.time()
-            res_id = None
-            if ledger is not None:
-                from .flops import Arch
-                from .forecast import lora_shape_of
-
-                plan = eval_flops_bound(Arch.from_config(model.config), len(wins), S, cfg, truth.shape[2], codec,
-                                        lora_shape_of(model))
-                res_id = ledger.reserve(f"{name}/S={S}", "eval", plan, model=model_name, seq=S, batch=cfg.batch_size)
-            try:
+            with forecast_reservation(ledger, model, f"{name}/S={S}", "eval", len(wins), S, cfg, truth.shape[2], codec,
+                              model=model_name, seq=S, batch=cfg.batch_size) as charge:
                 fr = forecast_windows(model, tokenizer, codec, wins, cfg.horizon, cfg.batch_size, progress)
-            except BaseException:
-                if res_id is not None:
-                    ledger.settle(res_id, 0, status="failed")
-                raise
+                charge.used = forecast_flops(model, fr)
             wall = time.time() - t0
-            used = forecast_flops(model, fr)
-            if res_id is not None:
-                ledger.settle(res_id, used, wall_s=wall)
             preds["model"] = fr.point
             entry["model"] = score(fr.point, truth, alphas, cfg.n_boot, cfg.seed)
-            entry["model"].update({"flops": used, "wall_s": wall})
+            entry["model"].update({"flops": charge.used, "wall_s": wall})
         dt = _dt(ds)
         for b in cfg.baselines:
             if b == "lv_ode" and truth.shape[2] != 2:
@@ -136,7 +138,7 @@ def summary_rows(results: dict) -> list[dict]:
     """One row per (S, method) for tables."""
     out = []
     for S, entry in results["contexts"].items():
-        for method in ["model", "persistence", "linear", "lv_ode"]:
+        for method in ("model", *BASELINES):
             m = entry.get(method)
             if m:
                 out.append({"S": int(S), "method": method, "windows": m["n_windows"], "MSE": m["mse"], "MAE": m["mae"],

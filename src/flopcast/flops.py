@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import LoraSpec
 from .errors import FlopcastError
 
 ADAMW_PER_PARAM = 26  # m: 3, v: 4, bias corrections 2, sqrt 10, eps 1, div 1, lr 1, update 1, decay 3
@@ -120,6 +121,11 @@ class LoraShape:
     rank: int
     targets: tuple[str, ...] = ("q_proj", "v_proj")
     head_bias: bool = False
+
+
+def lora_shape(spec: LoraSpec) -> LoraShape:
+    """What the FLOP count needs from a LoRA configuration."""
+    return LoraShape(spec.rank, tuple(spec.targets), spec.train_lm_head_bias)
 
 
 @dataclass

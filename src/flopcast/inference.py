@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .codec import LLMTimeCodec
-from .config import CodecConfig, EvalConfig, ForecastConfig, SplitConfig, from_dict
+from .config import CodecConfig, EvalConfig, ForecastConfig, SplitConfig
 from .data import Dataset, load, split
 from .errors import DataError
 
@@ -20,8 +20,7 @@ def codec_for(ds: Dataset | None, config: CodecConfig, adapter: str | Path | Non
 
         meta = read_adapter_meta(adapter).get("codec")
         if meta:
-            alpha = meta.pop("alpha", None)
-            return LLMTimeCodec(from_dict(CodecConfig, meta), alpha)
+            return LLMTimeCodec.from_state(meta)
     if config.scale_mode != "global" or ds is None:
         return LLMTimeCodec(config, 1.0 if config.scale_mode == "none" else None)
     sp = split(ds.n_series, split_cfg or SplitConfig())
@@ -72,9 +71,9 @@ def run_forecast(model: str, input_path: str | Path, steps: int, adapter: str | 
 
     With ``ledger_path`` the generation's FLOPs are charged to that ledger (reserved before, settled after).
     """
-    import time
-
+    from .evaluate import forecast_reservation
     from .forecast import forecast, forecast_flops
+    from .ledger import Ledger
     from .models import load_for_inference
 
     ds = load(input_path)
@@ -82,27 +81,12 @@ def run_forecast(model: str, input_path: str | Path, steps: int, adapter: str | 
     lm = load_for_inference(model, adapter)
     contexts = [_fit_context(s, codec, lm.tokenizer, context_tokens) for s in ds.series]
     fcfg = ForecastConfig(horizon=steps, n_samples=samples, seed=seed)
-    ledger, row, t0 = None, None, time.time()
-    if ledger_path:
-        from .evaluate import eval_flops_bound
-        from .config import EvalConfig
-        from .flops import Arch
-        from .forecast import lora_shape_of
-        from .ledger import Ledger
-
-        ledger = Ledger(ledger_path, budget)
-        longest = max(len(lm.tokenizer(codec.encode(c), add_special_tokens=False).input_ids) for c in contexts)
-        bound = eval_flops_bound(Arch.from_config(lm.model.config), len(contexts) * samples, longest,
-                                 EvalConfig(horizon=steps, batch_size=fcfg.batch_size), ds.n_vars, codec, lora_shape_of(lm.model))
-        row = ledger.reserve(f"forecast/{Path(input_path).name}", "forecast", bound, model=model)
-    try:
+    ledger = Ledger(ledger_path, budget) if ledger_path else None
+    longest = max(len(lm.tokenizer(codec.encode(c), add_special_tokens=False).input_ids) for c in contexts) if ledger else 0
+    with forecast_reservation(ledger, lm.model, f"forecast/{Path(input_path).name}", "forecast", len(contexts) * samples, longest,
+                      EvalConfig(horizon=steps, batch_size=fcfg.batch_size), ds.n_vars, codec, model=model) as charge:
         res = forecast(lm.model, lm.tokenizer, codec, contexts, fcfg, progress=len(contexts) > 16)
-    except BaseException:
-        if row is not None:
-            ledger.settle(row, 0, status="failed")
-        raise
-    if row is not None:
-        ledger.settle(row, forecast_flops(lm.model, res), wall_s=time.time() - t0)
+        charge.used = forecast_flops(lm.model, res)
     rows = []
     for i in range(len(contexts)):
         for h in range(steps):

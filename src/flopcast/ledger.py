@@ -74,6 +74,14 @@ class Entry:
         return self.flops_used if self.status in FINISHED else max(self.flops_planned, self.flops_used)
 
 
+@dataclass
+class Charge:
+    """An open reservation (``id`` None when no ledger is kept); set ``used`` before it closes."""
+
+    id: int | None = None
+    used: int = 0
+
+
 class Ledger:
     """A FLOP budget and the experiments charged to it."""
 
@@ -229,6 +237,21 @@ class Ledger:
                        " info=?, updated=? WHERE id=?",
                        (int(flops_used), status, wall_s, steps, json.dumps(merged), time.time(), id))
         return self.get(id)
+
+    @contextmanager
+    def reserved(self, name: str, kind: str, flops_planned: float, **fields):
+        """Reserve, run the block, settle: the block sets ``.used`` on the yielded :class:`Charge`.
+
+        If the block raises, the experiment is settled as failed with 0 FLOPs and the error propagates.
+        """
+        charge = Charge(self.reserve(name, kind, flops_planned, **fields))
+        t0 = time.time()
+        try:
+            yield charge
+        except BaseException:
+            self.settle(charge.id, 0, status="failed")
+            raise
+        self.settle(charge.id, charge.used, wall_s=time.time() - t0)
 
     def charge(self, name: str, kind: str, flops: float, wall_s: float = 0.0, **fields) -> Entry:
         """Reserve and settle in one go (for work already bounded, like an evaluation)."""

@@ -131,8 +131,9 @@ def _settings(study: Study, stage: Stage) -> tuple[TrainConfig, dict]:
 
 def _eval_reserve(study: Study, lora: dict) -> int:
     """The FLOPs a test evaluation reserves (kept aside when spending the remaining budget)."""
-    from . import flops as F
+    from .config import LoraSpec
     from .evaluate import build_windows, eval_flops_bound
+    from .flops import lora_shape
     from .models import load_tokenizer, resolve_arch
 
     name = study.plan.model.name
@@ -140,7 +141,7 @@ def _eval_reserve(study: Study, lora: dict) -> int:
     tok = load_tokenizer(name)
     cfg = study.plan.eval
     series = study.test.series[: cfg.max_series] if cfg.max_series else study.test.series
-    shape = F.LoraShape(lora["rank"], tuple(sorted(lora["targets"])), lora.get("train_lm_head_bias", False))
+    shape = lora_shape(from_dict(LoraSpec, lora))
     return sum(eval_flops_bound(arch, len(build_windows(series, study.codec, tok, S, cfg)), S, cfg,
                                 study.test.n_vars, study.codec, shape) for S in cfg.contexts)
 
@@ -181,10 +182,11 @@ def run_train_stage(study: Study, stage: Stage) -> dict:
     tcfg, lora = _settings(study, stage)
     if stage.steps == "remaining":
         from . import flops as F
+        from .config import LoraSpec
         from .models import resolve_arch
 
         arch = resolve_arch(study.plan.model.name)
-        per = F.train_step(arch, tcfg.batch_size, tcfg.seq_len, F.LoraShape(lora["rank"], tuple(lora["targets"]))).total
+        per = F.train_step(arch, tcfg.batch_size, tcfg.seq_len, F.lora_shape(from_dict(LoraSpec, lora))).total
         prev = study.ledger.resume(f"{stage.name}/run")
         spendable = study.ledger.left() + (prev.committed if prev else 0) - (_eval_reserve(study, lora) if stage.evaluate else 0)
         steps = int(spendable // per)  # validation passes come out of this too: training stops at max_flops

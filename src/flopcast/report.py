@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import load_toml
+from .config import BASELINES, load_toml
 from .ledger import Ledger
 from .plots import save_figure
 
@@ -127,7 +127,7 @@ def write_report(run_dir: str | Path) -> Path:
         brow = []
         for S in contexts:
             e = first["contexts"].get(str(S), {})
-            brow += [[S, b, e[b]["mse"], e[b]["mae"]] for b in ("persistence", "linear", "lv_ode") if b in e]
+            brow += [[S, b, e[b]["mse"], e[b]["mae"]] for b in BASELINES if b in e]
         if brow:
             lines += ["## Baselines (same windows)", "", _table(["S", "baseline", "MSE", "MAE"], brow), ""]
         ci_rows = [[n, S, r["contexts"][str(S)]["model"].get("mse_ci95"), r["contexts"][str(S)]["model"]["parse_failure_rate"]]

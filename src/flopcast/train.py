@@ -166,7 +166,7 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
 
     # ---- FLOPs: analytic per global step (padded tokens are computed, so they count)
     arch = F.Arch.from_config(base_model.config)
-    shape = F.LoraShape(lora.rank, lora.targets, lora.train_lm_head_bias)
+    shape = F.lora_shape(lora)
     per_step = F.train_step(arch, cfg.batch_size, cfg.seq_len, shape).total
     per_val = F.forward(arch, cfg.batch_size, cfg.seq_len, lora=shape, loss=True).total * math.ceil(len(val or []) / cfg.batch_size)
     step = state["step"] if state else 0
@@ -189,14 +189,14 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
         from .config import save_toml
 
         save_toml({"name": name, "model": model_name, "lora": to_dict(lora), "train": to_dict(cfg),
-                   "codec": {**to_dict(codec.config), "alpha": codec.alpha}, "seed": cfg.seed,
+                   "codec": codec.state(), "seed": cfg.seed,
                    "chunks": {"train": len(chunks), "val": len(val or []), "train_targets": chunks.n_targets},
                    "trainable_parameters": trainable_parameters(model), **(extra_config or {})}, run / "config.toml")
     if main and state is not None:
         _truncate_log(run / "metrics.jsonl", step)  # steps after the checkpoint are redone
     log = (run / "metrics.jsonl").open("a") if main else None
     tracker = _wandb(cfg, name, run) if main else None
-    meta = {"codec": {**to_dict(codec.config), "alpha": codec.alpha}}
+    meta = {"codec": codec.state()}
 
     def save(directory: Path) -> None:
         save_adapter(acc.unwrap_model(model), directory, lora, model_name, meta)
@@ -212,7 +212,7 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
             import shutil
 
             shutil.rmtree(ckpt)
-        tmp.rename(ckpt)  # the old checkpoint stays valid until the new one is complete
+        tmp.rename(ckpt)  # the new checkpoint is complete on disk before the old one is removed
         if row is not None:
             ledger.progress(row, used, wall_s=time.time() - t0 + wall_before, steps=step)
 
