@@ -8,6 +8,7 @@ evaluation is charged to the study's ledger.
 
     python benchmarks/accuracy.py --out runs/accuracy [--budget 1e15] [--max-series 100] [--seq-len 512]
     python benchmarks/accuracy.py --out runs/accuracy --no-point       # a variant: digits only
+    python benchmarks/accuracy.py --out runs/accuracy --head numeric   # a variant: softmax over the series' tokens
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def plan(a) -> dict:
         "codec": {"decimals": 2, "scale_mode": "global", "drop_decimal_point": a.no_point},
         "eval": {"protocol": "seed", "contexts": [128, 512, 768], "max_series": a.max_series, "batch_size": 16},
         "lora": {"rank": a.rank, "targets": ["q_proj", "v_proj"]},
-        "train": {"batch_size": 4, "seq_len": a.seq_len, "lr": a.lr, "warmup_steps": 10, "schedule": "cosine",
+        "train": {"batch_size": 4, "seq_len": a.seq_len, "lr": a.lr, "warmup_steps": 10, "schedule": a.schedule, "head": a.head,
                   "eval_every": 25, "val_batches": 4, "checkpoint_every": 25},
         "stages": [{"name": "zero_shot", "kind": "eval"},
                    {"name": "trained", "kind": "train", "steps": "remaining"}],
@@ -50,6 +51,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--schedule", default="cosine", choices=["constant", "cosine", "linear"])
+    ap.add_argument("--head", default="full", choices=["full", "numeric"], help="LM head during training")
     ap.add_argument("--no-point", action="store_true")
     a = ap.parse_args()
     if not Path(a.data).is_file():

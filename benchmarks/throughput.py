@@ -4,10 +4,12 @@
 2. LoRA training steps of the embedded SmolLM2-135M (r=8, q/v, batch 4) at S=128 and 512:
    tokens/s, achieved FLOP/s by the reference convention (backward = 2 x forward) and by what
    torch actually executes (FlopCounterMode), each as a fraction of the measured peak.
+   Each S is measured with the full LM head and with ``head = "numeric"`` (logits and softmax
+   over the series' tokens only, heads.py): the same batch of LLMTime text, side by side.
 3. Forecasting series/s, batched constrained decoder vs a naive per-series loop
    (see forecast_throughput.py; ``--forecast`` to include it, it takes a few minutes).
 
-    python benchmarks/throughput.py [--steps 3] [--seq 128,512] [--forecast]
+    python benchmarks/throughput.py [--steps 3] [--seq 128,512] [--heads full,numeric] [--forecast]
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from flopcast import flops as F
-from flopcast.config import LoraSpec
+from flopcast.codec import LLMTimeCodec
+from flopcast.config import CodecConfig, LoraSpec, SimConfig
+from flopcast.heads import numeric_head, remap_table, restricted_loss, target_ids
 from flopcast.models import attach_lora, load_model
+from flopcast.simulate import simulate
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:
@@ -33,10 +39,20 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
     return reps * 2 * n ** 3 / (time.perf_counter() - t)
 
 
-def train_steps(model, batch: dict, steps: int) -> float:
+def llmtime_batch(tokenizer, batch: int, seq: int) -> dict:
+    """``batch`` rows of ``seq`` tokens of LLMTime text (simulated Lotka-Volterra series)."""
+    ds = simulate(SimConfig(n_systems=4 * batch, n_steps=200, seed=0))
+    codec = LLMTimeCodec.fit(CodecConfig(), ds.series)
+    rows = [tokenizer(codec.encode(x), add_special_tokens=False).input_ids for x in ds.series]
+    stream = [t for r in rows for t in r]
+    ids = torch.tensor(stream[:batch * seq]).view(batch, seq)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+def train_steps(model, loss_fn, batch: dict, steps: int) -> float:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     def step():
-        model(**batch).loss.backward()
+        loss_fn(batch).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     step()  # warm-up
@@ -46,13 +62,19 @@ def train_steps(model, batch: dict, steps: int) -> float:
     return (time.perf_counter() - t) / steps
 
 
-def executed_flops(model, batch: dict) -> int:
+def executed_flops(model, loss_fn, batch: dict) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as fc:
-        model(**batch).loss.backward()
+        loss_fn(batch).backward()
     model.zero_grad(set_to_none=True)
     return fc.get_total_flops()
+
+
+def measure(model, loss_fn, batch: dict, steps: int, arch, S: int, B: int) -> tuple[float, int, int]:
+    """(seconds per step, reference-convention FLOPs, executed FLOPs) of one training step."""
+    return (train_steps(model, loss_fn, batch, steps), F.train_step(arch, B, S, F.LoraShape(8)).total,
+            executed_flops(model, loss_fn, batch))
 
 
 def main() -> None:
@@ -61,6 +83,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--seq", default="128,512")
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--heads", default="full,numeric", help="LM heads to compare (full, numeric)")
     ap.add_argument("--forecast", action="store_true")
     a = ap.parse_args()
     peak = matmul_peak()
@@ -69,15 +92,21 @@ def main() -> None:
     model = attach_lora(lm.model, LoraSpec(rank=8))
     model.train()
     arch = F.Arch.from_config(lm.model.config)
-    print(f"{'S':>5} {'s/step':>8} {'tokens/s':>9} {'ref GFLOP/s':>12} {'ref/peak':>9} {'exec GFLOP/s':>13} {'exec/peak':>10} {'ref/exec':>9}")
+    print(f"{'S':>5} {'head':>8} {'s/step':>8} {'tokens/s':>9} {'ref GFLOP/s':>12} {'ref/peak':>9} {'exec GFLOP/s':>13} {'exec/peak':>10} {'ref/exec':>9}")
     for S in [int(s) for s in a.seq.split(",")]:
-        ids = torch.randint(0, lm.tokenizer.vocab_size, (a.batch, S))
-        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
-        dt = train_steps(model, batch, a.steps)
-        ref = F.train_step(arch, a.batch, S, F.LoraShape(8)).total
-        exe = executed_flops(model, batch)
-        print(f"{S:>5} {dt:>8.2f} {a.batch * S / dt:>9.0f} {ref / dt / 1e9:>12.1f} {ref / dt / peak:>9.2f} "
-              f"{exe / dt / 1e9:>13.1f} {exe / dt / peak:>10.2f} {ref / exe:>9.2f}")
+        batch = llmtime_batch(lm.tokenizer, a.batch, S)
+        ids = target_ids(batch["labels"].numpy())
+        table = remap_table(ids, arch.vocab, "cpu")
+        for head in a.heads.split(","):
+            if head == "numeric":
+                with numeric_head(model, ids):
+                    dt, ref, exe = measure(model, lambda b: restricted_loss(model, b, table), batch, a.steps,
+                                           replace(arch, vocab=len(ids)), S, a.batch)
+            else:
+                dt, ref, exe = measure(model, lambda b: model(**b).loss, batch, a.steps, arch, S, a.batch)
+            print(f"{S:>5} {head:>8} {dt:>8.2f} {a.batch * S / dt:>9.0f} {ref / dt / 1e9:>12.1f} {ref / dt / peak:>9.2f} "
+                  f"{exe / dt / 1e9:>13.1f} {exe / dt / peak:>10.2f} {ref / exe:>9.2f}")
+    print("numeric: logits and softmax over the series' tokens only; its reference FLOPs count that smaller head.")
     print("ref = reference convention (backward = 2 x forward); exec = matmul FLOPs torch ran (FlopCounterMode).\n"
           "LoRA freezes the base weights, so their weight gradients are never computed: ref/exec > 1.")
     if a.forecast:

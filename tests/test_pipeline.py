@@ -103,3 +103,15 @@ def test_same_seed_twice_identical_metrics(tmp_path):
         ma, mb = a[stage]["test"]["contexts"]["64"]["model"], b[stage]["test"]["contexts"]["64"]["model"]
         assert ma["mse"] == mb["mse"] and ma["mae_per_step"] == mb["mae_per_step"] and ma["flops"] == mb["flops"]
     assert a["initial"]["runs"][0]["val_loss"] == b["initial"]["runs"][0]["val_loss"]
+
+
+def test_remaining_budget_buys_more_steps_with_numeric_head(tmp_path):
+    steps = {}
+    for head in ("full", "numeric"):
+        plan = plan_from_dict({**PLAN, "budget": 3e9, "train": {**PLAN["train"], "head": head},
+                               "stages": [{"name": "only", "kind": "train", "steps": "remaining", "evaluate": False}]})
+        st = run_plan(plan, tmp_path / head, progress=False)["stages"]["only"]
+        steps[head] = st["runs"][0]["steps"]
+        used = Ledger(tmp_path / head / "ledger.db").used()
+        assert 0.9 * plan.budget < used <= plan.budget
+    assert steps["numeric"] > steps["full"] >= 1

@@ -188,3 +188,49 @@ def test_wandb_logging_offline_when_not_logged_in(tmp_path, data, monkeypatch):
     assert calls["init"][0]["mode"] == "offline" and calls["init"][0]["project"] == "flopcast"
     steps = [s for s, row in calls["log"] if "loss" in row]
     assert steps == [1, 2, 3, 4] and any("val_loss" in row for _, row in calls["log"]) and calls["finish"] == 1
+
+
+def test_numeric_head_trains_counts_fewer_flops_and_restores_head(tmp_path, data):
+    from flopcast.heads import SubsetHead, numeric_head, remap_table, restricted_loss
+
+    tr, va, codec = data
+    lm = load_model("tiny-qwen2", seed=0)
+    head = lm.model.get_output_embeddings()
+    r = train(lm.model, lm.tokenizer, codec, tr, va, LoraSpec(rank=4), TrainConfig(steps=30, head="numeric", **CFG),
+              tmp_path / "run", name="t", model_name="tiny-qwen2", progress=False)
+    assert lm.model.get_output_embeddings() is head  # the shared base model gets its full head back
+    cfg = load_toml(tmp_path / "run" / "config.toml")
+    ids = cfg["head_token_ids"]
+    assert set(lm.tokenizer.convert_ids_to_tokens(ids)) == set("0123456789.,;")
+    arch = F.Arch.from_config(lm.model.config)
+    small = F.train_step(F.Arch(**{**arch.__dict__, "vocab": len(ids)}), 2, 64, F.LoraShape(4)).total
+    fl = json.loads((tmp_path / "run" / "flops.json").read_text())
+    assert fl["per_step"] == small < F.train_step(arch, 2, 64, F.LoraShape(4)).total
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    vals = [x["val_loss"] for x in rows if "val_loss" in x]
+    assert vals[-1] < vals[0]
+
+    # the restricted loss is the cross-entropy of the full logits' numeric columns
+    x = torch.tensor([lm.tokenizer("1.5,2.25;3.0", add_special_tokens=False).input_ids])
+    b = {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
+    b["labels"][0, :2] = IGNORE
+    with torch.no_grad():
+        full = lm.model(input_ids=x).logits[:, :, ids]
+        lab = b["labels"][0, 1:]
+        keep = lab != IGNORE
+        want = torch.nn.functional.cross_entropy(full[0, :-1][keep], remap_table(ids, arch.vocab, "cpu")[lab[keep]])
+        with numeric_head(lm.model, ids):
+            assert isinstance(lm.model.get_output_embeddings(), SubsetHead)
+            got = restricted_loss(lm.model, b, remap_table(ids, arch.vocab, "cpu"))
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_resume_after_checkpoint_swap_cut_short(tmp_path, data):
+    run = tmp_path / "run"
+    _train(run, data, steps=10)
+    (run / "checkpoint").rename(run / "checkpoint.old")  # killed between the two renames of a swap
+    r = _train(run, data, steps=12)
+    steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(ln)]
+    assert r.steps == 12 and steps == list(range(1, 13))
+    assert not (run / "checkpoint.old").exists() and (run / "checkpoint" / "state.pt").is_file()

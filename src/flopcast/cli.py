@@ -259,6 +259,7 @@ def train_cmd(
     model: str = typer.Option("smollm2-135m"), data: Optional[Path] = typer.Option(None, help=".h5/.csv (default: simulated)"),
     steps: int = 100, lr: float = 1e-4, rank: int = 8, seq_len: int = 512, batch_size: int = 4,
     schedule: str = "constant", budget: float = typer.Option(1e17, help="ledger budget"),
+    head: str = typer.Option("full", help="LM head in training: full | numeric (softmax over the series' tokens)"),
     context: str = typer.Option("128,512", help="test evaluation context lengths"),
     max_series: Optional[int] = typer.Option(None, help="test series evaluated"),
     out_dir: Path = typer.Option(Path("runs/train"), "--out", "-o"),
@@ -267,7 +268,8 @@ def train_cmd(
     from .pipeline import run_plan
 
     p = _one_stage_plan("train", {"name": "train", "kind": "train", "steps": steps}, model, data, budget,
-                        {"lr": lr, "seq_len": seq_len, "batch_size": batch_size, "schedule": schedule}, {"rank": rank},
+                        {"lr": lr, "seq_len": seq_len, "batch_size": batch_size, "schedule": schedule, "head": head},
+                        {"rank": rank},
                         context, max_series)
     _show_study(run_plan(p, out_dir), out_dir)
 

@@ -188,6 +188,7 @@ class EvalConfig:
 
 
 SCHEDULES = ("constant", "cosine", "linear")
+HEADS = ("full", "numeric")
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     max_flops: float | None = None
     seed: int = 0
+    head: str = "full"                 # "numeric": train the LM head's softmax over the series' tokens only
     wandb: bool = True                 # log to wandb when installed (offline unless logged in)
 
     def __post_init__(self) -> None:
@@ -220,6 +222,7 @@ class TrainConfig:
         _check(self.warmup_steps >= 0 and self.grad_clip >= 0 and self.weight_decay >= 0, "warmup_steps, grad_clip and weight_decay must be >= 0")
         _check(self.eval_every >= 1 and self.checkpoint_every >= 1 and self.val_batches >= 0, "eval_every and checkpoint_every must be >= 1")
         _check(self.max_flops is None or self.max_flops > 0, "max_flops must be > 0")
+        _check(self.head in HEADS, f"head must be one of {HEADS}, got {self.head!r}")
 
 
 # ----------------------------------------------------------------------------- serialisation

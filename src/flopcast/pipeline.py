@@ -186,6 +186,10 @@ def run_train_stage(study: Study, stage: Stage) -> dict:
         from .models import resolve_arch
 
         arch = resolve_arch(study.plan.model.name)
+        if tcfg.head == "numeric":  # training computes logits for the series' characters only (heads.py)
+            from .grammar import LLMTimeGrammar
+
+            arch = replace(arch, vocab=len(LLMTimeGrammar(study.plan.codec, study.test.n_vars).alphabet))
         per = F.train_step(arch, tcfg.batch_size, tcfg.seq_len, F.lora_shape(from_dict(LoraSpec, lora))).total
         prev = study.ledger.resume(f"{stage.name}/run")
         spendable = study.ledger.left() + (prev.committed if prev else 0) - (_eval_reserve(study, lora) if stage.evaluate else 0)

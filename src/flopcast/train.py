@@ -17,10 +17,13 @@ A run directory holds::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
+import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,6 +35,7 @@ from . import flops as F
 from .chunks import Chunks, make_chunks, series_token_ids
 from .codec import LLMTimeCodec
 from .config import LoraSpec, TrainConfig, to_dict
+from .heads import numeric_head, remap_table, restricted_loss, target_ids
 from .models import attach_lora, load_adapter, save_adapter, trainable_parameters
 
 
@@ -99,8 +103,9 @@ def _set_rng_state(s: dict) -> None:
 
 
 @torch.no_grad()
-def validation_loss(model, chunks: Chunks | None, batch: int, acc) -> float | None:
+def validation_loss(model, chunks: Chunks | None, batch: int, acc, loss_fn=None) -> float | None:
     """Mean loss per target token; each process scores its share of every batch."""
+    loss_fn = loss_fn or (lambda b: model(**b).loss)
     if chunks is None or len(chunks) == 0:
         return None
     was = model.training
@@ -112,7 +117,7 @@ def validation_loss(model, chunks: Chunks | None, batch: int, acc) -> float | No
             continue
         b = _batch(chunks, idx, acc.device)
         k = int((b["labels"][:, 1:] != -100).sum())
-        tot += torch.tensor([float(model(**b).loss) * k, k], dtype=torch.float64, device=acc.device)
+        tot += torch.tensor([float(loss_fn(b)) * k, k], dtype=torch.float64, device=acc.device)
     tot = acc.reduce(tot, reduction="sum")
     model.train(was)
     return float(tot[0] / max(float(tot[1]), 1.0))
@@ -146,6 +151,9 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
 
     # ---- model + optimizer (resume restores adapter weights, optimizer, RNG, step, FLOPs)
     ckpt = run / "checkpoint"
+    if main:
+        _recover_checkpoint(run)
+    acc.wait_for_everyone()
     resuming = (ckpt / "state.pt").is_file()
     if resuming:
         model = load_adapter(base_model, ckpt, trainable=True)
@@ -164,8 +172,17 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
     device = acc.device
     world = acc.num_processes
 
+    # ---- optional numeric head: logits and softmax over the series' tokens only (see heads.py)
+    head_ids = target_ids(chunks.labels, *([] if val is None else [val.labels])) if cfg.head == "numeric" else None
+    table = remap_table(head_ids, base_model.config.vocab_size, device) if head_ids else None
+
+    def loss_of(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return restricted_loss(model, b, table) if table is not None else model(**b).loss
+
     # ---- FLOPs: analytic per global step (padded tokens are computed, so they count)
     arch = F.Arch.from_config(base_model.config)
+    if head_ids:
+        arch = dataclasses.replace(arch, vocab=len(head_ids))
     shape = F.lora_shape(lora)
     per_step = F.train_step(arch, cfg.batch_size, cfg.seq_len, shape).total
     per_val = F.forward(arch, cfg.batch_size, cfg.seq_len, lora=shape, loss=True).total * math.ceil(len(val or []) / cfg.batch_size)
@@ -191,7 +208,8 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
         save_toml({"name": name, "model": model_name, "lora": to_dict(lora), "train": to_dict(cfg),
                    "codec": codec.state(), "seed": cfg.seed,
                    "chunks": {"train": len(chunks), "val": len(val or []), "train_targets": chunks.n_targets},
-                   "trainable_parameters": trainable_parameters(model), **(extra_config or {})}, run / "config.toml")
+                   "trainable_parameters": trainable_parameters(model),
+                   **({"head_token_ids": head_ids} if head_ids else {}), **(extra_config or {})}, run / "config.toml")
     if main and state is not None:
         _truncate_log(run / "metrics.jsonl", step)  # steps after the checkpoint are redone
     log = (run / "metrics.jsonl").open("a") if main else None
@@ -207,12 +225,14 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
         tmp = run / "checkpoint.tmp"
         save(tmp)
         torch.save({"optimizer": opt.state_dict(), "rng": _rng_state(), "step": step, "flops": used,
-                    "best_val": best, "order": order.state()}, tmp / "state.pt")
+                    "best_val": best, "order": order.state()}, tmp / "state.pt.part")
+        (tmp / "state.pt.part").rename(tmp / "state.pt")  # so a state.pt is always a complete one
+        old = run / "checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)
         if ckpt.exists():
-            import shutil
-
-            shutil.rmtree(ckpt)
-        tmp.rename(ckpt)  # the new checkpoint is complete on disk before the old one is removed
+            ckpt.rename(old)
+        tmp.rename(ckpt)  # at every moment a complete checkpoint exists (checkpoint/ or checkpoint.old/)
+        shutil.rmtree(old, ignore_errors=True)
         if row is not None:
             ledger.progress(row, used, wall_s=time.time() - t0 + wall_before, steps=step)
 
@@ -224,6 +244,8 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc=name, unit="step", disable=None)  # off without a terminal
+    head_ctx = numeric_head(acc.unwrap_model(model), head_ids) if head_ids else nullcontext()
+    head_ctx.__enter__()
     try:
         while step < cfg.steps:
             val_due = (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps
@@ -235,7 +257,7 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = model(**_batch(chunks, shard, device)).loss
+            loss = loss_of(_batch(chunks, shard, device))
             acc.backward(loss)
             if cfg.grad_clip:
                 acc.clip_grad_norm_(params, cfg.grad_clip)
@@ -249,7 +271,7 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
                 if tracker:
                     tracker.log({"loss": loss_v, "lr": lr, "flops": used}, step=step)
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                v = validation_loss(model, val, cfg.batch_size, acc)
+                v = validation_loss(model, val, cfg.batch_size, acc, loss_of)
                 if v is not None:
                     used += per_val
                     if main:
@@ -269,6 +291,7 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
     except KeyboardInterrupt:
         status = "interrupted"
     finally:
+        head_ctx.__exit__(None, None, None)  # the shared base model gets its full head back
         if bar:
             bar.close()
     checkpoint()
@@ -288,6 +311,19 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
     if status == "interrupted":
         raise KeyboardInterrupt
     return TrainResult(run, step, used, best, status, wall)
+
+
+def _recover_checkpoint(run: Path) -> None:
+    """Finish a checkpoint swap cut short: keep the newest complete checkpoint as ``checkpoint/``."""
+    ckpt, old, tmp = run / "checkpoint", run / "checkpoint.old", run / "checkpoint.tmp"
+    if not (ckpt / "state.pt").is_file():
+        for cand in (tmp, old):  # a checkpoint with state.pt is complete (state.pt is renamed into place last)
+            if (cand / "state.pt").is_file():
+                shutil.rmtree(ckpt, ignore_errors=True)
+                cand.rename(ckpt)
+                break
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _truncate_log(path: Path, step: int) -> None:
