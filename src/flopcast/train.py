@@ -308,9 +308,27 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
         log.close()
         if tracker:
             tracker.finish()
+    acc.wait_for_everyone()  # no process returns before the main one has written the adapter
+    _close_process_group_at_exit()
     if status == "interrupted":
         raise KeyboardInterrupt
     return TrainResult(run, step, used, best, status, wall)
+
+
+def _close_process_group_at_exit() -> None:
+    """Under ``accelerate launch``, tear the process group down before the interpreter does.
+
+    A gloo group left for interpreter shutdown can abort a process ("terminate called without an
+    active exception"); destroying it explicitly at exit avoids that, and keeps the group usable for
+    further ``train`` calls in the same process until then.
+    """
+    import atexit
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and not getattr(_close_process_group_at_exit, "registered", False):
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+        _close_process_group_at_exit.registered = True
 
 
 def _recover_checkpoint(run: Path) -> None:
