@@ -17,6 +17,7 @@ A run directory holds::
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import math
@@ -309,26 +310,21 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
         if tracker:
             tracker.finish()
     acc.wait_for_everyone()  # no process returns before the main one has written the adapter
-    _close_process_group_at_exit()
+    if world > 1:  # a gloo group left to interpreter shutdown can abort a process; close it at exit, once
+        atexit.unregister(_destroy_process_group)
+        atexit.register(_destroy_process_group)
     if status == "interrupted":
         raise KeyboardInterrupt
     return TrainResult(run, step, used, best, status, wall)
 
 
-def _close_process_group_at_exit() -> None:
-    """Under ``accelerate launch``, tear the process group down before the interpreter does.
+def _destroy_process_group() -> None:
+    """At exit under ``accelerate launch``: destroy the process group before the interpreter does
+    ("terminate called without an active exception" otherwise). Later ``train`` calls in the same
+    process keep the group until then."""
+    from accelerate import PartialState
 
-    A gloo group left for interpreter shutdown can abort a process ("terminate called without an
-    active exception"); destroying it explicitly at exit avoids that, and keeps the group usable for
-    further ``train`` calls in the same process until then.
-    """
-    import atexit
-
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and not getattr(_close_process_group_at_exit, "registered", False):
-        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
-        _close_process_group_at_exit.registered = True
+    PartialState().destroy_process_group()
 
 
 def _recover_checkpoint(run: Path) -> None:
