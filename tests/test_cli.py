@@ -120,3 +120,30 @@ def test_eval_forecast_baselines_commands(tmp_path, capsys, sim_ds):
 def test_eval_bad_protocol_one_line(capsys):
     code, _, err = run(capsys, "eval", "--model", "tiny-qwen2", "--protocol", "nope")
     assert code == 2 and "protocol must be one of" in err
+
+
+def test_sigterm_during_eval_settles_the_ledger_and_exits_143(tmp_path, capsys, sim_ds, monkeypatch):
+    import os
+    import signal
+
+    import flopcast.forecast as fc
+    from flopcast.data import save_h5
+
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    data = save_h5(sim_ds, tmp_path / "d.h5")
+    real, calls = fc.generate_constrained, []
+
+    def term_on_second_batch(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(fc, "generate_constrained", term_on_second_batch)
+    code, _, err = run(capsys, "eval", "--model", "tiny-qwen2", "--data", str(data), "--context", "64",
+                       "--max-series", "4", "--batch-size", "2", "--baselines", "persistence",
+                       "--ledger", str(tmp_path / "l.db"), "--budget", "1e12")
+    assert code == 128 + signal.SIGTERM and err.strip().splitlines()[-1].startswith("interrupted (SIGTERM)")
+    (e,) = Ledger(tmp_path / "l.db").entries()
+    assert e.status == "failed" and 0 < e.flops_used < e.flops_planned  # the finished batch stays counted, nothing reserved
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main() put the default back

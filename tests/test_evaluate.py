@@ -114,3 +114,47 @@ def test_context_without_windows_is_skipped_not_fatal(tmp_path, tiny, sim_ds):
     assert res["contexts"]["64"]["model"]["n_windows"] > 0
     with pytest.raises(FlopcastError, match="at any context length"):
         evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, EvalConfig(protocol="seed", contexts=(100000,)), progress=False)
+
+
+def test_interrupted_evaluation_charges_finished_batches_and_resumes(tmp_path, tiny, sim_ds, monkeypatch):
+    import flopcast.forecast as fc
+    from flopcast.flops import Arch
+    from flopcast.forecast import batch_flops
+
+    codec = LLMTimeCodec.fit(CodecConfig(), sim_ds.series)
+    cfg = EvalConfig(contexts=(64, 128), max_series=3, stride=10, batch_size=2, baselines=("persistence",), n_boot=20)
+    ref = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, ledger=Ledger(tmp_path / "ref.db", 1e13), name="zs",
+                   model_name="tiny-qwen2", progress=False)
+    lg = Ledger(tmp_path / "ledger.db", budget=1e13)
+    real, seen = fc.generate_constrained, []
+
+    def flaky(model, prompts, *a, **k):  # Ctrl-C during the second batch at S=128
+        if len(prompts[0]) > 64 and len(seen) == 1:
+            raise KeyboardInterrupt
+        out = real(model, prompts, *a, **k)
+        if len(prompts[0]) > 64:
+            seen.append({"B": len(prompts), "prompt_len": max(map(len, prompts)), "new_tokens": max(map(len, out))})
+        return out
+
+    monkeypatch.setattr(fc, "generate_constrained", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, out_dir=tmp_path / "ev", ledger=lg, name="zs",
+                 model_name="tiny-qwen2", progress=False)
+    rows = {e.name: e for e in lg.entries()}
+    assert rows["zs/S=64"].status == "done" and rows["zs/S=128"].status == "failed"
+    assert rows["zs/S=128"].flops_used == batch_flops(Arch.from_config(tiny.model.config), seen[0]) > 0  # work done stays counted
+    monkeypatch.setattr(fc, "generate_constrained", real)
+    res = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, out_dir=tmp_path / "ev", ledger=lg, name="zs",
+                   model_name="tiny-qwen2", progress=False)
+    assert [e.name for e in lg.entries()] == ["zs/S=64", "zs/S=128", "zs/S=128"]  # S=64 came from its saved result
+    for S in ("64", "128"):
+        assert res["contexts"][S]["model"]["mse"] == ref["contexts"][S]["model"]["mse"]
+        assert res["contexts"][S]["model"]["flops"] == ref["contexts"][S]["model"]["flops"]
+    # another model (here: other weights under the same names) is not served from the saved results
+    from flopcast.config import LoraSpec
+    from flopcast.models import attach_lora, load_model
+
+    peft = attach_lora(load_model("tiny-qwen2", seed=0).model, LoraSpec(rank=2))
+    evaluate(peft, tiny.tokenizer, codec, sim_ds, cfg, out_dir=tmp_path / "ev", ledger=lg, name="zs",
+             model_name="tiny-qwen2", progress=False)
+    assert len(lg.entries()) == 5

@@ -58,6 +58,15 @@ def test_run_plan_end_to_end_artifacts(tmp_path):
     again = run_plan(plan, out, progress=False)
     assert len(Ledger(out / "ledger.db").entries()) == len(names)
     assert again["stages"]["final"]["best"] == st["final"]["best"]
+    # interrupted after their work but before stage.json: finished runs and evaluated contexts are reused, not re-charged
+    used = led.used()
+    for f in (out / "stages").glob("*/stage.json"):
+        f.unlink()
+    again = run_plan(plan, out, progress=False)
+    assert len(Ledger(out / "ledger.db").entries()) == len(names) and Ledger(out / "ledger.db").used() == used
+    for name in st:
+        assert again["stages"][name].get("test") == st[name].get("test")
+        assert again["stages"][name].get("best") == st[name].get("best")
 
 
 def test_shipped_plans_parse():
@@ -115,3 +124,36 @@ def test_remaining_budget_buys_more_steps_with_numeric_head(tmp_path):
         used = Ledger(tmp_path / head / "ledger.db").used()
         assert 0.9 * plan.budget < used <= plan.budget
     assert steps["numeric"] > steps["full"] >= 1
+
+
+def test_sigterm_stops_a_study_with_a_checkpoint_and_exit_143(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from flopcast.config import save_toml
+
+    plan = {**PLAN, "budget": 1e13, "stages": [{"name": "long", "kind": "train", "steps": 5000, "evaluate": False}]}
+    save_toml(plan, tmp_path / "plan.toml")
+    out = tmp_path / "study"
+    proc = subprocess.Popen([sys.executable, "-m", "flopcast", "run", str(tmp_path / "plan.toml"), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "stages" / "long" / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 3) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        "interrupted (SIGTERM); run the same command again to continue")
+    logged = [json.loads(ln)["step"] for ln in metrics.read_text().splitlines() if "loss" in json.loads(ln)]
+    state = torch.load(metrics.parent / "checkpoint" / "state.pt", weights_only=False)
+    assert 3 <= state["step"] < 5000 and logged == list(range(1, state["step"] + 1))  # every logged step is in the checkpoint
+    entry = Ledger(out / "ledger.db").find("long/run")
+    assert entry.status == "running" and entry.flops_used == state["flops"]  # its FLOPs stay counted for the resume
+    assert not (out / "stages" / "long" / "stage.json").exists()

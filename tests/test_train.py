@@ -130,6 +130,89 @@ def test_kill9_then_resume_matches_uninterrupted(tmp_path, data):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+TERM_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    import test_train
+    from test_train import _data
+    from flopcast.ledger import Ledger
+    import flopcast.train as T
+    def term(step, loss):
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGTERM)  # mid-run, between checkpoints (every 5 steps)
+    orig = T.train
+    test_train.train = lambda *a, **k: orig(*a, **{{**k, "on_step": term}})
+    try:
+        test_train._train({run!r}, _data(), steps=12, ledger=Ledger({db!r}))
+    except T.Interrupted as e:
+        sys.exit(100 + e.signum)
+""")
+
+
+def test_sigterm_checkpoints_the_step_under_way_then_resume_matches(tmp_path, data):
+    import signal
+
+    ref = _train(tmp_path / "ref", data, steps=12, ledger=Ledger(tmp_path / "ref.db", 1e13))
+    db = tmp_path / "l.db"
+    Ledger(db, 1e13)
+    script = TERM_SCRIPT.format(tests=str(__import__("pathlib").Path(__file__).parent), run=str(tmp_path / "run"), db=str(db))
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert p.returncode == 100 + signal.SIGTERM, p.stderr[-2000:]
+    assert "stopped by SIGTERM after step 7" in p.stderr
+    state = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)
+    assert state["step"] == 7  # the step under way was finished and checkpointed, nothing lost
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "interrupted"
+    lg = Ledger(db)
+    assert lg.entries()[0].status == "running" and lg.entries()[0].flops_used == state["flops"]
+    res = _train(tmp_path / "run", data, steps=12, ledger=lg)
+    assert res.steps == 12 and res.flops == ref.flops and lg.used() == ref.flops and len(lg.entries()) == 1
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "ref" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are only in place while training
+
+
+def test_second_ctrl_c_stops_at_once_with_a_checkpoint(tmp_path, data):
+    import signal
+
+    from flopcast.errors import Interrupted
+
+    tr, va, codec = data
+    lm = load_model("tiny-qwen2", seed=0)
+    prev = signal.getsignal(signal.SIGINT)
+
+    def twice(step, loss):
+        if step == 3:
+            signal.raise_signal(signal.SIGINT)  # asks to stop after this step ...
+            signal.raise_signal(signal.SIGINT)  # ... and the second one stops now
+            raise AssertionError("not reached")
+
+    with pytest.raises(Interrupted) as ei:
+        train(lm.model, lm.tokenizer, codec, tr, va, LoraSpec(rank=4), TrainConfig(steps=12, **CFG), tmp_path / "run",
+              name="t", model_name="tiny-qwen2", progress=False, on_step=twice)
+    assert ei.value.signum == signal.SIGINT and signal.getsignal(signal.SIGINT) is prev
+    assert torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)["step"] == 3
+    assert json.loads((tmp_path / "run" / "status.json").read_text()) | {"wall_s": 0} == {
+        "status": "interrupted", "steps": 3, "flops": 3 * json.loads((tmp_path / "run" / "flops.json").read_text())["per_step"],
+        "best_val_loss": None, "wall_s": 0}
+
+
+def test_finished_run_is_returned_not_trained_or_charged_again(tmp_path, data):
+    from flopcast.errors import FlopcastError
+
+    lg = Ledger(tmp_path / "l.db", 1e13)
+    first = _train(tmp_path / "run", data, steps=6, ledger=lg)
+    mtime = (tmp_path / "run" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    again = _train(tmp_path / "run", data, steps=6, ledger=lg)
+    assert (again.steps, again.flops, again.best_val_loss, again.status) == (first.steps, first.flops, first.best_val_loss, "done")
+    assert len(lg.entries()) == 1 and lg.used() == first.flops
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == mtime
+    with pytest.raises(FlopcastError, match=r"other train settings \(lr, steps\)"):
+        _train(tmp_path / "run", data, steps=8, lr=1e-3, ledger=lg)
+
+
 DDP_SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {tests!r})
@@ -161,6 +244,43 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in rows if "loss" in x] == list(range(1, 7))  # only the main process logs
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+
+
+DDP_TERM_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from accelerate import PartialState
+    from test_train import _data, _train
+    try:
+        _train({run!r}, _data(), steps=5000)
+    except KeyboardInterrupt as e:
+        open({out!r} + str(PartialState().process_index), "w").write(str(getattr(e, "signum", 0)))
+""")
+
+
+@pytest.mark.slow
+def test_sigterm_under_accelerate_launch_stops_every_process_at_one_step(tmp_path):
+    import shutil
+    import signal
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_TERM_SCRIPT.format(tests=str(Path(__file__).parent), run=str(tmp_path / "run"), out=str(tmp_path / "rank")))
+    launcher = Path(sys.executable).parent / "accelerate"
+    cmd = [str(launcher) if launcher.exists() else shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 300
+    while not (metrics.is_file() and metrics.read_text().count('"loss"') >= 3) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)  # torchrun passes it on to both workers
+    _, err = p.communicate(timeout=300)
+    assert [(tmp_path / f"rank{i}").read_text() for i in (0, 1)] == [str(int(signal.SIGTERM))] * 2, err[-3000:]
+    state = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)
+    logged = [json.loads(ln)["step"] for ln in metrics.read_text().splitlines() if "loss" in json.loads(ln)]
+    assert 3 <= state["step"] < 5000 and logged == list(range(1, state["step"] + 1))
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "interrupted"
 
 
 def test_wandb_logging_offline_when_not_logged_in(tmp_path, data, monkeypatch):
@@ -227,9 +347,10 @@ def test_numeric_head_trains_counts_fewer_flops_and_restores_head(tmp_path, data
 
 def test_resume_after_checkpoint_swap_cut_short(tmp_path, data):
     run = tmp_path / "run"
-    _train(run, data, steps=10)
-    (run / "checkpoint").rename(run / "checkpoint.old")  # killed between the two renames of a swap
-    r = _train(run, data, steps=12)
+    _train(run, data, steps=12, checkpoint_every=10)
+    (run / "checkpoint").rename(run / "checkpoint.old")  # killed between the two renames of the final checkpoint,
+    (run / "status.json").unlink()  # so before status.json was written
+    r = _train(run, data, steps=12, checkpoint_every=10)
     steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(ln)]
     assert r.steps == 12 and steps == list(range(1, 13))

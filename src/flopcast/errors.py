@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class FlopcastError(Exception):
     """An error the user can fix: bad input, missing model, exhausted budget."""
@@ -17,3 +19,17 @@ class ModelNotAvailable(FlopcastError):
 
 class BudgetExceeded(FlopcastError):
     """A planned run would spend more FLOPs than the budget has left."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Work stopped by a signal (SIGTERM, or Ctrl-C in training); ``signum`` says which. The CLI prints one
+    line and exits 128 + signum (143 for SIGTERM)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def raise_interrupted(signum, frame) -> None:
+    """A signal handler that turns SIGTERM into :class:`Interrupted`, so clean-up code runs as for Ctrl-C."""
+    raise Interrupted(signum)

@@ -1,13 +1,16 @@
 """Evaluate a model (and baselines) on a split under the ``seed`` or ``aligned`` protocol.
 
 For every context length ``S``: build windows, forecast them in batches (charging the FLOPs to
-the ledger when one is given), score model and baselines with the same metrics, and write
-``metrics.json``, ``windows.csv`` and plots to ``out_dir``.
+the ledger when one is given, batch by batch), score model and baselines with the same metrics, and
+write ``metrics.json``, ``windows.csv`` and plots to ``out_dir``. Each finished context's forecasts
+are kept in ``out_dir/contexts/`` (keyed by settings, windows and adapter weights), so an
+interrupted evaluation, run again, neither redoes nor re-charges them.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import time
 import warnings
@@ -20,7 +23,7 @@ from .codec import LLMTimeCodec
 from .config import BASELINES, EvalConfig, ForecastConfig, to_dict
 from .data import Dataset
 from .errors import FlopcastError
-from .forecast import ForecastResult, forecast_flops, forecast_prompts
+from .forecast import ForecastResult, charge_batches, forecast_flops, forecast_prompts
 from .metrics import per_window, score
 from .windows import Window, aligned_windows, seed_windows
 
@@ -60,11 +63,42 @@ def _dt(ds: Dataset) -> float:
 
 
 def forecast_windows(model, tokenizer, codec: LLMTimeCodec, windows: list[Window], horizon: int, batch_size: int,
-                     progress: bool = False) -> ForecastResult:
+                     progress: bool = False, charge=None) -> ForecastResult:
+    """Forecast every window; with ``charge`` (a ledger :class:`Charge`), FLOPs are added batch by batch,
+    so an interrupted forecast still counts the batches it finished."""
     n_vars = windows[0].truth.shape[1]
     fcfg = ForecastConfig(horizon=horizon, batch_size=batch_size)
+    on_batch = charge_batches(charge, model) if charge is not None else None
     return forecast_prompts(model, tokenizer, codec, [w.prompt for w in windows], np.array([w.alpha for w in windows]),
-                            n_vars, fcfg, [w.prefix for w in windows], progress=progress, skip_first_partial=True)
+                            n_vars, fcfg, [w.prefix for w in windows], progress=progress, skip_first_partial=True,
+                            on_batch=on_batch)
+
+
+def _context_key(model, name: str, model_name: str, cfg: EvalConfig, codec: LLMTimeCodec, windows: list[Window]) -> str:
+    """What a cached context result depends on: names, settings, windows and the adapter's weights."""
+    adapter = sum(float(p.detach().double().sum()) for n, p in model.named_parameters() if "lora_" in n)
+    key = {"name": name, "model": model_name, "config": to_dict(cfg), "codec": codec.state(), "adapter": adapter,
+           "windows": [[int(w.series), int(w.cut), len(w.prompt)] for w in windows]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cached_context(out_dir: Path, S: int, key: str) -> dict | None:
+    meta, arr = out_dir / "contexts" / f"S={S}.json", out_dir / "contexts" / f"S={S}.npy"
+    if not (meta.is_file() and arr.is_file()):
+        return None
+    m = json.loads(meta.read_text())
+    return {**m, "point": np.load(arr, allow_pickle=False)} if m.get("key") == key else None
+
+
+def _cache_context(out_dir: Path, S: int, key: str, point: np.ndarray, flops: int, wall_s: float) -> None:
+    """Keep a finished context's forecasts: re-running an interrupted evaluation neither redoes nor re-charges it."""
+    d = out_dir / "contexts"
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / f"S={S}.npy.part", "wb") as fh:
+        np.save(fh, point, allow_pickle=False)
+    (d / f"S={S}.npy.part").replace(d / f"S={S}.npy")
+    (d / f"S={S}.json.part").write_text(json.dumps({"key": key, "flops": int(flops), "wall_s": wall_s}))
+    (d / f"S={S}.json.part").replace(d / f"S={S}.json")  # written last: a .json means a complete entry
 
 
 def evaluate(model, tokenizer, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig, out_dir: str | Path | None = None,
@@ -88,15 +122,20 @@ def evaluate(model, tokenizer, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig
                        "prompt_tokens_mean": float(np.mean([len(w.prompt) for w in wins]))}
         preds: dict[str, np.ndarray] = {}
         if model is not None:
-            t0 = time.time()
-            with forecast_reservation(ledger, model, f"{name}/S={S}", "eval", len(wins), S, cfg, truth.shape[2], codec,
-                              model=model_name, seq=S, batch=cfg.batch_size) as charge:
-                fr = forecast_windows(model, tokenizer, codec, wins, cfg.horizon, cfg.batch_size, progress)
-                charge.used = forecast_flops(model, fr)
-            wall = time.time() - t0
-            preds["model"] = fr.point
-            entry["model"] = score(fr.point, truth, alphas, cfg.n_boot, cfg.seed)
-            entry["model"].update({"flops": charge.used, "wall_s": wall})
+            key = _context_key(model, name, model_name, cfg, codec, wins)
+            done = _cached_context(Path(out_dir), S, key) if out_dir is not None else None
+            if done is None:
+                t0 = time.time()
+                with forecast_reservation(ledger, model, f"{name}/S={S}", "eval", len(wins), S, cfg, truth.shape[2],
+                                          codec, model=model_name, seq=S, batch=cfg.batch_size) as charge:
+                    fr = forecast_windows(model, tokenizer, codec, wins, cfg.horizon, cfg.batch_size, progress, charge)
+                    charge.used = forecast_flops(model, fr)
+                done = {"point": fr.point, "flops": charge.used, "wall_s": time.time() - t0}
+                if out_dir is not None:
+                    _cache_context(Path(out_dir), S, key, fr.point, charge.used, done["wall_s"])
+            preds["model"] = done["point"]
+            entry["model"] = score(done["point"], truth, alphas, cfg.n_boot, cfg.seed)
+            entry["model"].update({"flops": done["flops"], "wall_s": done["wall_s"]})
         dt = _dt(ds)
         for b in cfg.baselines:
             if b == "lv_ode" and truth.shape[2] != 2:

@@ -10,6 +10,7 @@ row stops as soon as its ``horizon`` steps are complete. Greedy by default; with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -119,7 +120,8 @@ def encode_contexts(codec: LLMTimeCodec, contexts: list[np.ndarray]) -> tuple[li
 
 
 def forecast(model, tokenizer, codec: LLMTimeCodec, contexts: list[np.ndarray],
-             config: ForecastConfig | None = None, progress: bool = False) -> ForecastResult:
+             config: ForecastConfig | None = None, progress: bool = False,
+             on_batch: Callable[[dict], None] | None = None) -> ForecastResult:
     """Forecast ``config.horizon`` steps after each context (raw values, (T_i, V))."""
     cfg = config or ForecastConfig()
     if not contexts:
@@ -127,14 +129,16 @@ def forecast(model, tokenizer, codec: LLMTimeCodec, contexts: list[np.ndarray],
     V = np.asarray(contexts[0]).shape[1]
     texts, alphas = encode_contexts(codec, contexts)
     prompts = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
-    return forecast_prompts(model, tokenizer, codec, prompts, alphas, V, cfg, [""] * len(prompts), progress)
+    return forecast_prompts(model, tokenizer, codec, prompts, alphas, V, cfg, [""] * len(prompts), progress,
+                            on_batch=on_batch)
 
 
 def forecast_prompts(model, tokenizer, codec: LLMTimeCodec, prompts: list[list[int]], alphas: np.ndarray,
                      n_vars: int, cfg: ForecastConfig, prefixes: list[str], progress: bool = False,
-                     skip_first_partial: bool = False) -> ForecastResult:
+                     skip_first_partial: bool = False, on_batch: Callable[[dict], None] | None = None) -> ForecastResult:
     """Forecast from token prompts. ``prefixes`` is each prompt's text after its last complete step;
-    with ``skip_first_partial`` a non-empty prefix's completion is generated but not scored."""
+    with ``skip_first_partial`` a non-empty prefix's completion is generated but not scored.
+    ``on_batch`` gets each finished batch's shape (B, prompt_len, new_tokens), e.g. to count FLOPs as they go."""
     grammar = LLMTimeGrammar(codec.config, n_vars, cfg.max_int_digits)
     vocab = model.get_output_embeddings().weight.shape[0]
     device = next(model.parameters()).device
@@ -164,6 +168,8 @@ def forecast_prompts(model, tokenizer, codec: LLMTimeCodec, prompts: list[list[i
             out_text[r] = t
         batches.append({"B": len(sel), "prompt_len": max(len(prompts[i]) for i, _ in sel),
                         "new_tokens": max(len(t) for t in res)})
+        if on_batch:
+            on_batch(batches[-1])
     model.train(was_training)
     samples = np.full((N, S, H, n_vars), np.nan)
     ok = np.ones(N, dtype=bool)
@@ -192,7 +198,26 @@ def forecast_flops(model, result: ForecastResult) -> int:
 
     arch = F.Arch.from_config(model.config)
     lora = lora_shape_of(model)
-    return sum(F.generate_total(arch, b["B"], b["prompt_len"], b["new_tokens"], lora) for b in result.batches)
+    return sum(batch_flops(arch, b, lora) for b in result.batches)
+
+
+def charge_batches(charge, model) -> Callable[[dict], None]:
+    """An ``on_batch`` that adds each finished batch's FLOPs to a ledger ``Charge``, so an interrupted
+    forecast still counts the batches it finished."""
+    from . import flops as F
+
+    arch, lora = F.Arch.from_config(model.config), lora_shape_of(model)
+
+    def on_batch(batch: dict) -> None:
+        charge.used += batch_flops(arch, batch, lora)
+    return on_batch
+
+
+def batch_flops(arch, batch: dict, lora=None) -> int:
+    """Analytic FLOPs of one generated batch (``ForecastResult.batches`` entry)."""
+    from . import flops as F
+
+    return F.generate_total(arch, batch["B"], batch["prompt_len"], batch["new_tokens"], lora)
 
 
 def lora_shape_of(model):

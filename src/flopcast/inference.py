@@ -72,7 +72,7 @@ def run_forecast(model: str, input_path: str | Path, steps: int, adapter: str | 
     With ``ledger_path`` the generation's FLOPs are charged to that ledger (reserved before, settled after).
     """
     from .evaluate import forecast_reservation
-    from .forecast import forecast, forecast_flops
+    from .forecast import charge_batches, forecast, forecast_flops
     from .ledger import Ledger
     from .models import load_for_inference
 
@@ -85,7 +85,8 @@ def run_forecast(model: str, input_path: str | Path, steps: int, adapter: str | 
     longest = max(len(lm.tokenizer(codec.encode(c), add_special_tokens=False).input_ids) for c in contexts) if ledger else 0
     with forecast_reservation(ledger, lm.model, f"forecast/{Path(input_path).name}", "forecast", len(contexts) * samples, longest,
                       EvalConfig(horizon=steps, batch_size=fcfg.batch_size), ds.n_vars, codec, model=model) as charge:
-        res = forecast(lm.model, lm.tokenizer, codec, contexts, fcfg, progress=len(contexts) > 16)
+        res = forecast(lm.model, lm.tokenizer, codec, contexts, fcfg, progress=len(contexts) > 16,
+                       on_batch=charge_batches(charge, lm.model))
         charge.used = forecast_flops(lm.model, res)
     rows = []
     for i in range(len(contexts)):

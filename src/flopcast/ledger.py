@@ -242,14 +242,16 @@ class Ledger:
     def reserved(self, name: str, kind: str, flops_planned: float, **fields):
         """Reserve, run the block, settle: the block sets ``.used`` on the yielded :class:`Charge`.
 
-        If the block raises, the experiment is settled as failed with 0 FLOPs and the error propagates.
+        If the block raises (Ctrl-C included), the experiment is settled as failed with the FLOPs the
+        block had recorded in ``.used`` so far (work done before the error stays counted), and the
+        error propagates.
         """
         charge = Charge(self.reserve(name, kind, flops_planned, **fields))
         t0 = time.time()
         try:
             yield charge
         except BaseException:
-            self.settle(charge.id, 0, status="failed")
+            self.settle(charge.id, charge.used, status="failed", wall_s=time.time() - t0)
             raise
         self.settle(charge.id, charge.used, wall_s=time.time() - t0)
 

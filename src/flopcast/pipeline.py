@@ -179,8 +179,16 @@ def run_eval_stage(study: Study, stage: Stage) -> dict:
 
 
 def run_train_stage(study: Study, stage: Stage) -> dict:
+    from .train import finished_run
+
     tcfg, lora = _settings(study, stage)
-    if stage.steps == "remaining":
+    done = finished_run(study.out / "stages" / stage.name / "run")
+    if stage.steps == "remaining" and done is not None:  # trained before an interruption: keep the steps it was given
+        from .config import load_toml
+
+        saved = load_toml(done.run_dir / "config.toml")["train"]
+        tcfg = replace(tcfg, steps=saved["steps"], max_flops=saved.get("max_flops"))
+    elif stage.steps == "remaining":
         from . import flops as F
         from .config import LoraSpec
         from .models import resolve_arch

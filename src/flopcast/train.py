@@ -13,6 +13,10 @@ A run directory holds::
     adapter/         last adapter       adapter_best/  adapter with the lowest validation loss
     flops.json       FLOPs per step, steps done, total, ledger row
     status.json      done | stopped_budget | interrupted
+
+SIGTERM (a scheduler's pre-emption, ``kill``, ``docker stop``) or Ctrl-C stops training at the end of
+the step under way, with a checkpoint of that step; a second signal stops at once. Running the same
+command again resumes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ import json
 import math
 import random
 import shutil
+import signal
+import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -36,6 +43,7 @@ from . import flops as F
 from .chunks import Chunks, make_chunks, series_token_ids
 from .codec import LLMTimeCodec
 from .config import LoraSpec, TrainConfig, to_dict
+from .errors import FlopcastError, Interrupted
 from .heads import numeric_head, remap_table, restricted_loss, target_ids
 from .models import attach_lora, load_adapter, save_adapter, trainable_parameters
 
@@ -48,6 +56,32 @@ class TrainResult:
     best_val_loss: float | None
     status: str
     wall_s: float
+
+
+class StopRequest:
+    """While active, SIGTERM and Ctrl-C ask the loop to stop after the step under way; a second one
+    raises :class:`Interrupted` at once. Installs handlers in the main thread only, over any but an
+    ignored one (a background job's SIGINT stays ignored), and puts the previous ones back on exit."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._prev: dict = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._prev[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._prev.items():
+            signal.signal(sig, handler)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -135,6 +169,9 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
     from accelerate import Accelerator
 
     run = Path(run_dir)
+    done = finished_run(run, lora, cfg)
+    if done is not None:  # trained already: return its result, charge nothing again
+        return done
     run.mkdir(parents=True, exist_ok=True)
     acc = Accelerator(cpu=not torch.cuda.is_available())
     main = acc.is_main_process
@@ -247,12 +284,18 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
         bar = tqdm(total=cfg.steps, initial=step, desc=name, unit="step", disable=None)  # off without a terminal
     head_ctx = numeric_head(acc.unwrap_model(model), head_ids) if head_ids else nullcontext()
     head_ctx.__enter__()
+    stop = StopRequest().__enter__()
+    before = None
     try:
         while step < cfg.steps:
+            if _stop_requested(stop, acc):  # every process stops at the same step
+                status = "interrupted"
+                break
             val_due = (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps
             if cfg.max_flops is not None and used + per_step + (per_val if val_due else 0) > cfg.max_flops:
                 status = "stopped_budget"
                 break
+            before = order.state()  # put back if a second signal cuts this step short
             idx = order.next()
             shard = idx[acc.process_index::world]  # each process takes its share of the global batch
             lr = lr_at(step, cfg)
@@ -264,8 +307,7 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
                 acc.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            step += 1
-            used += per_step
+            step, used, before = step + 1, used + per_step, None
             loss_v = float(acc.reduce(loss.detach(), reduction="mean"))
             if main:
                 _log(log, step=step, loss=loss_v, lr=lr, flops=used, time=time.time() - t0 + wall_before)
@@ -289,9 +331,13 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
                 bar.update(1)
             if on_step:
                 on_step(step, loss_v)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # a second signal, or a Ctrl-C that StopRequest could not catch
         status = "interrupted"
+        stop.signum = getattr(e, "signum", stop.signum or signal.SIGINT)
+        if before is not None:  # cut short before its update: the resumed run takes the same batch again
+            order.epoch, order.pos = before["epoch"], before["pos"]
     finally:
+        stop.__exit__()  # signals act normally again
         head_ctx.__exit__(None, None, None)  # the shared base model gets its full head back
         if bar:
             bar.close()
@@ -303,7 +349,8 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
             save(run / "adapter_best")
         (run / "flops.json").write_text(json.dumps({"per_step": per_step, "per_validation": per_val, "steps": step,
                                                     "total": used, "planned": planned, "ledger_id": row}, indent=2))
-        (run / "status.json").write_text(json.dumps({"status": status, "steps": step, "wall_s": wall}))
+        (run / "status.json").write_text(json.dumps({"status": status, "steps": step, "flops": used, "best_val_loss": best,
+                                                     "wall_s": wall}))
         if row is not None and status != "interrupted":
             ledger.settle(row, used, wall_s=wall, steps=step, info={"best_val_loss": best, "status": status})
         log.close()
@@ -313,9 +360,50 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
     if world > 1:  # a gloo group left to interpreter shutdown can abort a process; close it at exit, once
         atexit.unregister(_destroy_process_group)
         atexit.register(_destroy_process_group)
-    if status == "interrupted":
-        raise KeyboardInterrupt
+    if stop.signum is not None:  # stopped (or finished during the step the signal arrived in): the caller stops too
+        if main:
+            print(f"{name}: stopped by {signal.Signals(stop.signum).name} after step {step} ({status}); checkpoint "
+                  "saved, running the same command again resumes", file=sys.stderr)
+        raise Interrupted(stop.signum)
     return TrainResult(run, step, used, best, status, wall)
+
+
+def finished_run(run_dir: str | Path, lora: LoraSpec | None = None, cfg: TrainConfig | None = None) -> TrainResult | None:
+    """The result of a run directory whose training finished (``done`` or ``stopped_budget``), else None.
+
+    With ``lora``/``cfg``, a finished run with other settings is an error rather than a result.
+    """
+    run = Path(run_dir)
+    if not (run / "status.json").is_file():
+        return None
+    st = json.loads((run / "status.json").read_text())
+    if st.get("status") not in ("done", "stopped_budget"):
+        return None
+    if cfg is not None or lora is not None:
+        from .config import load_toml
+
+        saved = load_toml(run / "config.toml")
+        for key, want in (("train", cfg), ("lora", lora)):
+            if want is not None and saved.get(key) != to_dict(want):
+                diff = sorted(k for k in {*saved.get(key, {}), *to_dict(want)} if saved.get(key, {}).get(k) != to_dict(want).get(k))
+                raise FlopcastError(f"{run}: holds a finished run with other {key} settings ({', '.join(diff)}); "
+                                    "choose another output directory or delete this one")
+    flops = st["flops"] if "flops" in st else json.loads((run / "flops.json").read_text())["total"]
+    best = st.get("best_val_loss")
+    if "best_val_loss" not in st and (run / "metrics.jsonl").is_file():  # status.json of an older flopcast
+        vals = [r["val_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+        best = min(vals) if vals else None
+    return TrainResult(run, st["steps"], flops, best, st["status"], st["wall_s"])
+
+
+def _stop_requested(stop: StopRequest, acc) -> bool:
+    """True when a signal arrived in any process (one all-reduce per step when there are several)."""
+    if acc.num_processes == 1:
+        return stop.signum is not None
+    flag = acc.reduce(torch.tensor([0.0 if stop.signum is None else float(stop.signum)], device=acc.device), reduction="sum")
+    if stop.signum is None and float(flag) > 0:
+        stop.signum = signal.SIGTERM  # another process got the signal
+    return float(flag) > 0
 
 
 def _destroy_process_group() -> None:
