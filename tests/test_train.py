@@ -224,18 +224,22 @@ DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
-def test_accelerate_launch_two_cpu_processes(tmp_path):
+def _launch_two(tmp_path, template: str, out: str) -> list[str]:
+    """``accelerate launch`` of a 2-process script; on a machine without GPUs, --multi_gpu starts
+    torchrun and Accelerate picks MULTI_CPU with gloo."""
     import shutil
     from pathlib import Path
 
     script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), run=str(tmp_path / "run"), out=str(tmp_path / "r.json")))
+    script.write_text(template.format(tests=str(Path(__file__).parent), run=str(tmp_path / "run"), out=str(tmp_path / out)))
     launcher = Path(sys.executable).parent / "accelerate"
-    # on a machine without GPUs, --multi_gpu starts torchrun and Accelerate picks MULTI_CPU with gloo
-    cmd = [str(launcher) if launcher.exists() else shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return [str(launcher) if launcher.exists() else shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes",
+            "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes(tmp_path):
+    p = subprocess.run(_launch_two(tmp_path, DDP_SCRIPT, "r.json"), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["world"] == 2 and r["steps"] == 6
@@ -260,17 +264,11 @@ DDP_TERM_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_sigterm_under_accelerate_launch_stops_every_process_at_one_step(tmp_path):
-    import shutil
     import signal
     import time
-    from pathlib import Path
 
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_TERM_SCRIPT.format(tests=str(Path(__file__).parent), run=str(tmp_path / "run"), out=str(tmp_path / "rank")))
-    launcher = Path(sys.executable).parent / "accelerate"
-    cmd = [str(launcher) if launcher.exists() else shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(_launch_two(tmp_path, DDP_TERM_SCRIPT, "rank"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
     metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 300
     while not (metrics.is_file() and metrics.read_text().count('"loss"') >= 3) and p.poll() is None and time.time() < deadline:
         time.sleep(0.2)
