@@ -106,12 +106,26 @@ def _data():
     return ds.series[:10], ds.series[10:], LLMTimeCodec.fit(CodecConfig(), ds.series[:10])
 
 
-def test_kill9_then_resume_matches_uninterrupted(tmp_path, data):
+def _reference_and_stopped(tmp_path, data, template: str):
+    """An uninterrupted 12-step run, and the same run in a subprocess that ``template`` stops."""
+    from pathlib import Path
+
     ref = _train(tmp_path / "ref", data, steps=12, ledger=Ledger(tmp_path / "ref.db", 1e13))
     db = tmp_path / "l.db"
     Ledger(db, 1e13)
-    script = KILL_SCRIPT.format(tests=str(__import__("pathlib").Path(__file__).parent), run=str(tmp_path / "run"), db=str(db))
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    script = template.format(tests=str(Path(__file__).parent), run=str(tmp_path / "run"), db=str(db))
+    return ref, db, subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+
+
+def _same_adapter(a_dir, b_dir) -> bool:
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(d / "adapter" / "adapter_model.safetensors")) for d in (a_dir, b_dir))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kill9_then_resume_matches_uninterrupted(tmp_path, data):
+    ref, db, p = _reference_and_stopped(tmp_path, data, KILL_SCRIPT)
     assert p.returncode == -9, p.stderr[-2000:]
     state = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)
     assert state["step"] == 5  # last checkpoint before the kill at step 7
@@ -123,11 +137,7 @@ def test_kill9_then_resume_matches_uninterrupted(tmp_path, data):
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if "loss" in r]
     assert steps == list(range(1, 13))
-    from safetensors.torch import load_file
-
-    a = load_file(str(tmp_path / "ref" / "adapter" / "adapter_model.safetensors"))
-    b = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _same_adapter(tmp_path / "ref", tmp_path / "run")
 
 
 TERM_SCRIPT = textwrap.dedent("""
@@ -152,11 +162,7 @@ TERM_SCRIPT = textwrap.dedent("""
 def test_sigterm_checkpoints_the_step_under_way_then_resume_matches(tmp_path, data):
     import signal
 
-    ref = _train(tmp_path / "ref", data, steps=12, ledger=Ledger(tmp_path / "ref.db", 1e13))
-    db = tmp_path / "l.db"
-    Ledger(db, 1e13)
-    script = TERM_SCRIPT.format(tests=str(__import__("pathlib").Path(__file__).parent), run=str(tmp_path / "run"), db=str(db))
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    ref, db, p = _reference_and_stopped(tmp_path, data, TERM_SCRIPT)
     assert p.returncode == 100 + signal.SIGTERM, p.stderr[-2000:]
     assert "stopped by SIGTERM after step 7" in p.stderr
     state = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)
@@ -166,11 +172,7 @@ def test_sigterm_checkpoints_the_step_under_way_then_resume_matches(tmp_path, da
     assert lg.entries()[0].status == "running" and lg.entries()[0].flops_used == state["flops"]
     res = _train(tmp_path / "run", data, steps=12, ledger=lg)
     assert res.steps == 12 and res.flops == ref.flops and lg.used() == ref.flops and len(lg.entries()) == 1
-    from safetensors.torch import load_file
-
-    a = load_file(str(tmp_path / "ref" / "adapter" / "adapter_model.safetensors"))
-    b = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _same_adapter(tmp_path / "ref", tmp_path / "run")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are only in place while training
 
 
