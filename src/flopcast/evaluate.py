@@ -23,7 +23,7 @@ from .codec import LLMTimeCodec
 from .config import BASELINES, EvalConfig, ForecastConfig, to_dict
 from .data import Dataset
 from .errors import FlopcastError
-from .forecast import ForecastResult, charge_batches, forecast_flops, forecast_prompts
+from .forecast import ForecastResult, charge_batches, forecast_prompts
 from .metrics import per_window, score
 from .windows import Window, aligned_windows, seed_windows
 
@@ -122,16 +122,15 @@ def evaluate(model, tokenizer, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig
                        "prompt_tokens_mean": float(np.mean([len(w.prompt) for w in wins]))}
         preds: dict[str, np.ndarray] = {}
         if model is not None:
-            key = _context_key(model, name, model_name, cfg, codec, wins)
-            done = _cached_context(Path(out_dir), S, key) if out_dir is not None else None
+            key = _context_key(model, name, model_name, cfg, codec, wins) if out_dir is not None else None
+            done = _cached_context(Path(out_dir), S, key) if key else None
             if done is None:
                 t0 = time.time()
                 with forecast_reservation(ledger, model, f"{name}/S={S}", "eval", len(wins), S, cfg, truth.shape[2],
                                           codec, model=model_name, seq=S, batch=cfg.batch_size) as charge:
                     fr = forecast_windows(model, tokenizer, codec, wins, cfg.horizon, cfg.batch_size, progress, charge)
-                    charge.used = forecast_flops(model, fr)
                 done = {"point": fr.point, "flops": charge.used, "wall_s": time.time() - t0}
-                if out_dir is not None:
+                if key:
                     _cache_context(Path(out_dir), S, key, fr.point, charge.used, done["wall_s"])
             preds["model"] = done["point"]
             entry["model"] = score(done["point"], truth, alphas, cfg.n_boot, cfg.seed)

@@ -72,7 +72,7 @@ def run_forecast(model: str, input_path: str | Path, steps: int, adapter: str | 
     With ``ledger_path`` the generation's FLOPs are charged to that ledger (reserved before, settled after).
     """
     from .evaluate import forecast_reservation
-    from .forecast import charge_batches, forecast, forecast_flops
+    from .forecast import charge_batches, forecast
     from .ledger import Ledger
     from .models import load_for_inference
 
@@ -86,8 +86,7 @@ def run_forecast(model: str, input_path: str | Path, steps: int, adapter: str | 
     with forecast_reservation(ledger, lm.model, f"forecast/{Path(input_path).name}", "forecast", len(contexts) * samples, longest,
                       EvalConfig(horizon=steps, batch_size=fcfg.batch_size), ds.n_vars, codec, model=model) as charge:
         res = forecast(lm.model, lm.tokenizer, codec, contexts, fcfg, progress=len(contexts) > 16,
-                       on_batch=charge_batches(charge, lm.model))
-        charge.used = forecast_flops(lm.model, res)
+                       on_batch=charge_batches(charge, lm.model))  # the charge grows batch by batch
     rows = []
     for i in range(len(contexts)):
         for h in range(steps):

@@ -182,8 +182,8 @@ def run_train_stage(study: Study, stage: Stage) -> dict:
     from .train import finished_run
 
     tcfg, lora = _settings(study, stage)
-    done = finished_run(study.out / "stages" / stage.name / "run")
-    if stage.steps == "remaining" and done is not None:  # trained before an interruption: keep the steps it was given
+    done = finished_run(study.out / "stages" / stage.name / "run") if stage.steps == "remaining" else None
+    if done is not None:  # trained before an interruption: keep the steps it was given
         from .config import load_toml
 
         saved = load_toml(done.run_dir / "config.toml")["train"]

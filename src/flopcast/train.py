@@ -384,8 +384,9 @@ def finished_run(run_dir: str | Path, lora: LoraSpec | None = None, cfg: TrainCo
 
         saved = load_toml(run / "config.toml")
         for key, want in (("train", cfg), ("lora", lora)):
-            if want is not None and saved.get(key) != to_dict(want):
-                diff = sorted(k for k in {*saved.get(key, {}), *to_dict(want)} if saved.get(key, {}).get(k) != to_dict(want).get(k))
+            mine, theirs = (to_dict(want) if want is not None else None), saved.get(key, {})
+            if mine is not None and theirs != mine:
+                diff = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))
                 raise FlopcastError(f"{run}: holds a finished run with other {key} settings ({', '.join(diff)}); "
                                     "choose another output directory or delete this one")
     flops = st["flops"] if "flops" in st else json.loads((run / "flops.json").read_text())["total"]
