@@ -54,7 +54,7 @@ def test_csv_export(tmp_path):
     assert header.startswith("id,name,kind") and "eval-zero-shot" in row and "25000000000000" in row
 
 
-def _worker(path, n, out):
+def _worker(path, n, out, done):
     lg = Ledger(path)
     ok = 0
     for k in range(n):
@@ -64,20 +64,22 @@ def _worker(path, n, out):
         except BudgetExceeded:
             pass
     out.put(ok)
+    done.wait(120)  # hold the leases: a reservation whose process is gone is released on the next open
 
 
 def test_eight_processes_cannot_oversubscribe(tmp_path):
     p = tmp_path / "l.db"
     Ledger(p, budget=100)
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(str(p), 10, q)) for _ in range(8)]
+    q, done = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_worker, args=(str(p), 10, q, done)) for _ in range(8)]
     for pr in procs:
         pr.start()
-    for pr in procs:
-        pr.join(120)
-    granted = sum(q.get(timeout=5) for _ in procs)
+    granted = sum(q.get(timeout=120) for _ in procs)
     assert granted == 100 // 7  # 14 reservations of 7 fit in 100; 80 were asked for
     db = sqlite3.connect(p)
     assert db.execute("SELECT SUM(flops_planned) FROM experiments").fetchone()[0] <= 100
     assert Ledger(p).left() == 100 - 7 * granted
+    done.set()
+    for pr in procs:
+        pr.join(120)

@@ -155,5 +155,5 @@ def test_sigterm_stops_a_study_with_a_checkpoint_and_exit_143(tmp_path):
     state = torch.load(metrics.parent / "checkpoint" / "state.pt", weights_only=False)
     assert 3 <= state["step"] < 5000 and logged == list(range(1, state["step"] + 1))  # every logged step is in the checkpoint
     entry = Ledger(out / "ledger.db").find("long/run")
-    assert entry.status == "running" and entry.flops_used == state["flops"]  # its FLOPs stay counted for the resume
+    assert entry.status == "interrupted" and entry.flops_used == state["flops"]  # its FLOPs stay counted for the resume
     assert not (out / "stages" / "long" / "stage.json").exists()

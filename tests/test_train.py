@@ -129,14 +129,19 @@ def test_kill9_then_resume_matches_uninterrupted(tmp_path, data):
     assert p.returncode == -9, p.stderr[-2000:]
     state = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)
     assert state["step"] == 5  # last checkpoint before the kill at step 7
-    lg = Ledger(db)
-    assert lg.entries()[0].status == "running" and lg.entries()[0].flops_used == state["flops"]
-    res = _train(tmp_path / "run", data, steps=12, ledger=lg)  # re-run: resumes
-    assert res.steps == 12 and res.flops == ref.flops
-    assert len(lg.entries()) == 1 and lg.used() == ref.flops  # no double counting
+    per_step = json.loads((tmp_path / "ref" / "flops.json").read_text())["per_step"]
+    lg = Ledger(db)  # opening the ledger settles the dead process's lease with what it reported: all 7 steps
+    (e,) = lg.entries()
+    assert e.status == "abandoned" and e.flops_used == state["flops"] + 2 * per_step
+    res = _train(tmp_path / "run", data, steps=12, ledger=lg)  # re-run: resumes and adopts its row
+    assert res.steps == 12 and res.flops_redone == 2 * per_step and res.flops == ref.flops + 2 * per_step
+    assert len(lg.entries()) == 1 and lg.used() == res.flops  # steps 6-7 ran twice and are charged twice
+    assert lg.entries()[0].status == "done"
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if "loss" in r]
     assert steps == list(range(1, 13))
+    times = [r["time"] for r in rows if "loss" in r]
+    assert times == sorted(times) and times[5] >= times[4]  # the clock continues after the resume, never restarts at 0
     assert _same_adapter(tmp_path / "ref", tmp_path / "run")
 
 
@@ -169,9 +174,10 @@ def test_sigterm_checkpoints_the_step_under_way_then_resume_matches(tmp_path, da
     assert state["step"] == 7  # the step under way was finished and checkpointed, nothing lost
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "interrupted"
     lg = Ledger(db)
-    assert lg.entries()[0].status == "running" and lg.entries()[0].flops_used == state["flops"]
+    assert lg.entries()[0].status == "interrupted" and lg.entries()[0].flops_used == state["flops"]
     res = _train(tmp_path / "run", data, steps=12, ledger=lg)
     assert res.steps == 12 and res.flops == ref.flops and lg.used() == ref.flops and len(lg.entries()) == 1
+    assert res.flops_redone == 0  # a graceful stop checkpointed its last step: nothing is done twice
     assert _same_adapter(tmp_path / "ref", tmp_path / "run")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are only in place while training
 
@@ -316,8 +322,8 @@ def test_numeric_head_trains_counts_fewer_flops_and_restores_head(tmp_path, data
     tr, va, codec = data
     lm = load_model("tiny-qwen2", seed=0)
     head = lm.model.get_output_embeddings()
-    r = train(lm.model, lm.tokenizer, codec, tr, va, LoraSpec(rank=4), TrainConfig(steps=30, head="numeric", **CFG),
-              tmp_path / "run", name="t", model_name="tiny-qwen2", progress=False)
+    train(lm.model, lm.tokenizer, codec, tr, va, LoraSpec(rank=4), TrainConfig(steps=30, head="numeric", **CFG),
+          tmp_path / "run", name="t", model_name="tiny-qwen2", progress=False)
     assert lm.model.get_output_embeddings() is head  # the shared base model gets its full head back
     cfg = load_toml(tmp_path / "run" / "config.toml")
     ids = cfg["head_token_ids"]

@@ -29,6 +29,22 @@ out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 
 
+RESTART_HELP = ("comma-separated stages to run again from scratch: their files move to OUT/archive/ (their FLOPs "
+                "stay in the ledger)")
+ID_HELP = "CSV column naming each row's series (default: a column named id, series or item_id; '' for none)"
+TIME_HELP = "CSV column with each row's time (default: a column named time, t, timestamp or date; '' for none)"
+
+
+def _data(path: Optional[Path], id_column: Optional[str], time_column: Optional[str]):
+    from .config import DataSpec
+
+    return DataSpec(str(path), id_column, time_column) if path is not None else None
+
+
+def _names(text: Optional[str]) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip()) if text else ()
+
+
 def _print_table(title: str, rows: list[dict], columns: list[str] | None = None) -> None:
     cols = columns or (list(rows[0]) if rows else [])
     t = Table(title=title)
@@ -69,11 +85,13 @@ def data_inspect(
     file: Path = typer.Argument(..., help=".h5 or .csv"),
     plot: Optional[Path] = typer.Option(None, help="save a PNG of a few series"),
     n_plot: int = typer.Option(4, help="series to plot"),
+    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
+    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
 ):
-    """Validate a dataset and print its shape and value ranges."""
+    """Validate a dataset and print its shape, value ranges and recognised id/time columns."""
     from .commands import inspect_file
 
-    info = inspect_file(file, plot, n_plot)
+    info = inspect_file(file, plot, n_plot, id_column, time_column)
     _print_table(f"{file}", [{"field": k, "value": json.dumps(v) if isinstance(v, list) else v} for k, v in info.items()])
 
 
@@ -82,11 +100,13 @@ def data_split(
     file: Path = typer.Argument(..., help=".h5 or .csv"),
     out_file: Path = typer.Option(..., "--out", "-o", help="JSON file with split indices"),
     train: float = 0.8, val: float = 0.1, test: float = 0.1, seed: int = 0,
+    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
+    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
 ):
     """Seeded train/val/test split by system; writes indices as JSON."""
     from .commands import split_file
 
-    counts = split_file(file, out_file, train, val, test, seed)
+    counts = split_file(file, out_file, train, val, test, seed, id_column, time_column)
     out.print(f"wrote {out_file}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
@@ -101,11 +121,13 @@ def encode(
     decimals: int = 2,
     scale: str = typer.Option("global", help="global | per_series | none"),
     no_point: bool = typer.Option(False, "--no-point", help="drop the decimal point (LLMTime style)"),
+    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
+    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
 ):
     """Show the LLMTime text and token ids for the first steps of a series."""
     from .commands import encode_preview
 
-    info = encode_preview(file, series, steps, model, decimals, scale, no_point)
+    info = encode_preview(_data(file, id_column, time_column), series, steps, model, _codec_cfg(decimals, scale, no_point))
     out.print(f"alpha = {info['alpha']:.6g}  ({info['scale_mode']} scale)")
     out.print(f"values = {info['values']}")
     out.print(f"text   = {info['text']}", markup=False)
@@ -156,12 +178,15 @@ def eval_cmd(
     out_dir: Path = typer.Option(Path("runs/eval"), "--out", "-o"),
     ledger: Optional[Path] = typer.Option(None, help="charge FLOPs to this ledger"),
     budget: Optional[float] = typer.Option(None, help="budget when creating the ledger"),
+    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
+    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
 ):
     """Evaluate a model (and baselines) on a split: MSE/MAE with CIs, parse failures, FLOPs, plots."""
-    from .inference import run_eval
+    from .commands import run_eval
 
     cfg = _eval_cfg(context, protocol, horizon, split, max_series, stride, baselines, batch_size)
-    res = run_eval(model, data, cfg, out_dir, adapter, _codec_cfg(decimals, scale, no_point), ledger, budget)
+    res = run_eval(model, _data(data, id_column, time_column), cfg, out_dir, adapter, _codec_cfg(decimals, scale, no_point),
+                   ledger, budget)
     _show_eval(res, out_dir)
 
 
@@ -177,12 +202,14 @@ def baselines_cmd(
     tokenizer: str = typer.Option("smollm2-135m", help="tokenizer that defines the context windows"),
     decimals: int = 2, scale: str = "global", no_point: bool = typer.Option(False, "--no-point"),
     out_dir: Path = typer.Option(Path("runs/baselines"), "--out", "-o"),
+    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
+    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
 ):
     """Score the persistence / linear-drift / Lotka-Volterra-ODE baselines on the same windows as eval."""
-    from .inference import run_eval
+    from .commands import run_eval
 
     cfg = _eval_cfg(context, protocol, horizon, split, max_series, stride, baselines, 16)
-    res = run_eval(tokenizer, data, cfg, out_dir, None, _codec_cfg(decimals, scale, no_point), baselines_only=True)
+    res = run_eval(tokenizer, _data(data, id_column, time_column), cfg, out_dir, None, _codec_cfg(decimals, scale, no_point), baselines_only=True)
     _show_eval(res, out_dir)
 
 
@@ -199,15 +226,20 @@ def forecast_cmd(
     seed: int = 0,
     ledger: Optional[Path] = typer.Option(None, help="charge the FLOPs to this ledger"),
     budget: Optional[float] = typer.Option(None, help="budget when creating the ledger"),
+    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
+    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
 ):
     """Forecast the next steps of your own series."""
-    from .inference import run_forecast
+    from .commands import run_forecast
 
-    res = run_forecast(model, input, steps, adapter, samples, context_tokens, out_file, plot, seed=seed,
-                       ledger_path=ledger, budget=budget)
+    res = run_forecast(model, _data(input, id_column, time_column), steps, adapter, samples, context_tokens, out_file, plot,
+                       seed=seed, ledger_path=ledger, budget=budget)
     _print_table(f"forecast ({model})", res["rows"])
     if res["parse_failure_rate"]:
         err.print(f"warning: {100 * res['parse_failure_rate']:.1f}% of forecasts did not parse completely")
+    if res["capped_rate"]:
+        err.print(f"warning: {100 * res['capped_rate']:.1f}% of forecasts reached the decoder's cap of "
+                  f"{res['int_digits']} integer digits (10x the largest value in their context)")
 
 
 @app.command("run")
@@ -215,6 +247,7 @@ def run_cmd(
     plan: Path = typer.Argument(..., help="plan TOML (see plans/)"),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (default runs/<plan name>)"),
     only: Optional[str] = typer.Option(None, help="comma-separated stages to run"),
+    restart: Optional[str] = typer.Option(None, help=RESTART_HELP),
 ):
     """Run (or resume) a whole study: every stage inside one FLOP budget, then the report."""
     from .pipeline import run_plan
@@ -222,8 +255,9 @@ def run_cmd(
 
     p = load_plan(plan)
     d = out_dir or Path("runs") / p.name
-    summary = run_plan(p, d, only=only.split(",") if only else None)
+    summary = run_plan(p, d, only=only.split(",") if only else None, restart=_names(restart))
     _show_study(summary, d)
+
 
 
 def _show_study(summary: dict, d: Path) -> None:
@@ -240,20 +274,6 @@ def _show_study(summary: dict, d: Path) -> None:
     out.print(f"report: {d / 'report.md'}")
 
 
-def _one_stage_plan(name: str, stage: dict, model: str, data: Optional[Path], budget: float, train: dict, lora: dict,
-                    contexts: str, max_series: Optional[int]):
-    from .plan import plan_from_dict
-
-    ev = {"contexts": _ints(contexts)}
-    if max_series:
-        ev["max_series"] = max_series
-    d = {"name": name, "budget": budget, "model": {"name": model}, "train": train, "lora": lora, "eval": ev,
-         "stages": [stage]}
-    if data:
-        d["data"] = str(data)
-    return plan_from_dict(d)
-
-
 @app.command("train")
 def train_cmd(
     model: str = typer.Option("smollm2-135m"), data: Optional[Path] = typer.Option(None, help=".h5/.csv (default: simulated)"),
@@ -263,15 +283,18 @@ def train_cmd(
     context: str = typer.Option("128,512", help="test evaluation context lengths"),
     max_series: Optional[int] = typer.Option(None, help="test series evaluated"),
     out_dir: Path = typer.Option(Path("runs/train"), "--out", "-o"),
+    restart: bool = typer.Option(False, "--restart", help="archive this directory's earlier run and train again"),
+    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
+    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
 ):
     """Train one LoRA adapter (resumable), then evaluate it on the test split."""
     from .pipeline import run_plan
+    from .plan import one_stage_plan
 
-    p = _one_stage_plan("train", {"name": "train", "kind": "train", "steps": steps}, model, data, budget,
-                        {"lr": lr, "seq_len": seq_len, "batch_size": batch_size, "schedule": schedule, "head": head},
-                        {"rank": rank},
-                        context, max_series)
-    _show_study(run_plan(p, out_dir), out_dir)
+    p = one_stage_plan("train", {"name": "train", "kind": "train", "steps": steps}, model, data, budget,
+                       {"lr": lr, "seq_len": seq_len, "batch_size": batch_size, "schedule": schedule, "head": head},
+                       {"rank": rank}, _ints(context), max_series, id_column, time_column)
+    _show_study(run_plan(p, out_dir, restart=("train",) if restart else ()), out_dir)
 
 
 @app.command("sweep")
@@ -281,14 +304,18 @@ def sweep_cmd(
     steps: int = 500, seq_len: int = 512, batch_size: int = 4, budget: float = 1e17,
     context: str = typer.Option("128,512"), max_series: Optional[int] = None,
     out_dir: Path = typer.Option(Path("runs/sweep"), "--out", "-o"),
+    restart: bool = typer.Option(False, "--restart", help="archive this directory's earlier grid and run it again"),
+    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
+    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
 ):
     """LR x rank grid (lowest validation loss wins), then test evaluation of the best run."""
     from .pipeline import run_plan
+    from .plan import one_stage_plan
 
-    lrs = [float(x) for x in lr.split(",")]
-    p = _one_stage_plan("sweep", {"name": "grid", "kind": "grid", "lr": lrs, "rank": _ints(rank), "steps": steps},
-                        model, data, budget, {"seq_len": seq_len, "batch_size": batch_size}, {}, context, max_series)
-    _show_study(run_plan(p, out_dir), out_dir)
+    p = one_stage_plan("sweep", {"name": "grid", "kind": "grid", "lr": _floats(lr), "rank": _ints(rank), "steps": steps},
+                       model, data, budget, {"seq_len": seq_len, "batch_size": batch_size}, {}, _ints(context), max_series,
+                       id_column, time_column)
+    _show_study(run_plan(p, out_dir, restart=("grid",) if restart else ()), out_dir)
 
 
 @app.command("report")
@@ -305,9 +332,22 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="study directory written
 
 def _ints(text: str) -> list[int]:
     try:
-        return [int(float(x)) for x in text.split(",") if x.strip()]
+        vals = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise FlopcastError(f"expected comma-separated integers, got {text!r}") from None
+        vals = []
+    if not vals or not all(v.is_integer() for v in vals):
+        raise FlopcastError(f"expected comma-separated integers, got {text!r}")
+    return [int(v) for v in vals]
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        vals = []
+    if not vals:
+        raise FlopcastError(f"expected comma-separated numbers, got {text!r}")
+    return vals
 
 
 @app.command("flops")
@@ -348,10 +388,31 @@ def plan_cmd(
 @budget_app.command("init")
 def budget_init(ledger: Path = typer.Argument(...), budget: float = typer.Option(..., help="FLOP budget")):
     """Create a ledger with a budget."""
+    from .config import check_budget
     from .ledger import Ledger
 
-    lg = Ledger(ledger, budget)
+    check_budget(budget)
+    lg = Ledger(ledger, budget)  # an existing ledger keeps its budget: `budget set` changes it
     out.print(f"{ledger}: budget {lg.budget:.3e} FLOPs, {lg.left():.3e} left")
+
+
+@budget_app.command("set")
+def budget_set(ledger: Path = typer.Argument(...), budget: float = typer.Option(..., help="new FLOP budget")):
+    """Change a ledger's budget: raising is always allowed, lowering below what is used or reserved is refused."""
+    from .commands import open_ledger
+
+    lg = open_ledger(ledger)
+    old = lg.set_budget(budget)
+    out.print(f"{ledger}: budget {old:.3e} -> {lg.budget:.3e} FLOPs, {lg.left():.3e} left")
+
+
+@budget_app.command("release")
+def budget_release(ledger: Path = typer.Argument(...), id: int = typer.Argument(..., help="experiment id (budget show)")):
+    """Settle an open reservation by hand with the FLOPs it reported (e.g. one held by a process on another host)."""
+    from .commands import open_ledger
+
+    e = open_ledger(ledger).release(id)
+    out.print(f"{ledger}: released {e.id} ({e.name}): {e.flops_used:.3e} FLOPs used, {e.flops_planned - e.flops_used:.3e} freed")
 
 
 @budget_app.command("show")
@@ -360,7 +421,8 @@ def budget_show(ledger: Path = typer.Argument(...)):
     from .commands import open_ledger
 
     lg = open_ledger(ledger)
-    cols = ["id", "name", "kind", "model", "seq", "batch", "rank", "steps", "flops_planned", "flops_used", "share", "wall_s", "status"]
+    cols = ["id", "name", "kind", "model", "seq", "batch", "rank", "steps", "flops_planned", "flops_used", "share", "wall_s",
+            "status", "owner_pid"]
     _print_table(str(ledger), lg.rows(), cols)
     s = lg.summary()
     out.print(f"budget {s['budget']:.3e} | used {s['used']:.3e} ({100 * s['used_share']:.2f}%) | "
@@ -374,6 +436,9 @@ def budget_export(ledger: Path = typer.Argument(...), out_file: Optional[Path] =
 
     text = open_ledger(ledger).to_csv()
     if out_file:
+        from .commands import ensure_writable
+
+        ensure_writable(out_file)
         out_file.write_text(text)
         err.print(f"wrote {out_file}")
     else:
@@ -389,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
-    from .errors import raise_interrupted
+    from .signals import raise_interrupted
 
     own_term = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     if own_term:  # SIGTERM unwinds like Ctrl-C: ledger rows settle, training checkpoints (see train.StopRequest)

@@ -7,6 +7,7 @@ one-line message. ``to_dict``/``from_dict`` round-trip through plain TOML-able d
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,22 @@ def _check(cond: bool, msg: str) -> None:
         raise FlopcastError(msg)
 
 
+def finite(x: float) -> bool:
+    """True for a real, finite number (rejects NaN, +-inf, bools and strings)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_budget(budget: float, what: str = "budget") -> None:
+    """A FLOP budget must be a finite number >= 1."""
+    _check(finite(budget) and budget >= 1, f"{what} must be a finite number of FLOPs >= 1, got {budget}")
+
+
+def check_ints(name: str, values, minimum: int = 1) -> None:
+    """Every value an integer >= ``minimum`` (CLI lists such as --seq 128,512)."""
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < minimum]
+    _check(not bad and len(values) > 0, f"{name} must be integers >= {minimum}, got {list(values)}")
+
+
 @dataclass(frozen=True)
 class CodecConfig:
     """LLMTime text encoding.
@@ -48,8 +65,8 @@ class CodecConfig:
     def __post_init__(self) -> None:
         _check(0 <= self.decimals <= 8, f"decimals must be in [0, 8], got {self.decimals}")
         _check(self.scale_mode in SCALE_MODES, f"scale_mode must be one of {SCALE_MODES}, got {self.scale_mode!r}")
-        _check(0 < self.percentile <= 100, f"percentile must be in (0, 100], got {self.percentile}")
-        _check(self.target > 0, f"target must be > 0, got {self.target}")
+        _check(finite(self.percentile) and 0 < self.percentile <= 100, f"percentile must be in (0, 100], got {self.percentile}")
+        _check(finite(self.target) and self.target > 0, f"target must be a finite number > 0, got {self.target}")
         for name in ("var_sep", "step_sep"):
             sep = getattr(self, name)
             _check(len(sep) == 1 and not sep.isdigit() and sep not in ".-", f"{name} must be one non-digit character other than '.' and '-', got {sep!r}")
@@ -70,8 +87,8 @@ class LoraSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
         _check(self.rank >= 1, f"LoRA rank must be >= 1, got {self.rank}")
-        _check(self.alpha > 0, f"LoRA alpha must be > 0, got {self.alpha}")
-        _check(0 <= self.dropout < 1, f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        _check(finite(self.alpha) and self.alpha > 0, f"LoRA alpha must be a finite number > 0, got {self.alpha}")
+        _check(finite(self.dropout) and 0 <= self.dropout < 1, f"LoRA dropout must be in [0, 1), got {self.dropout}")
         _check(len(self.targets) > 0, "LoRA needs at least one target module")
 
 
@@ -90,6 +107,23 @@ class ModelSpec:
         _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
 
 
+ID_COLUMNS = ("id", "series", "item_id")
+TIME_COLUMNS = ("time", "t", "timestamp", "date")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A data file. For a CSV, ``id_column`` splits rows into series and ``time_column`` gives their time;
+    ``None`` recognises a column named as in ``ID_COLUMNS`` / ``TIME_COLUMNS``, ``""`` means none."""
+
+    path: str
+    id_column: str | None = None
+    time_column: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.path), "data path must not be empty")
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """Damped Lotka-Volterra simulation (prey with logistic growth)."""
@@ -102,7 +136,8 @@ class SimConfig:
     def __post_init__(self) -> None:
         _check(self.n_systems >= 1, f"n_systems must be >= 1, got {self.n_systems}")
         _check(self.n_steps >= 2, f"n_steps must be >= 2, got {self.n_steps}")
-        _check(self.t_end > 0, f"t_end must be > 0, got {self.t_end}")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _check(finite(self.t_end) and self.t_end > 0, f"t_end must be a finite number > 0, got {self.t_end}")
 
 
 @dataclass(frozen=True)
@@ -116,8 +151,9 @@ class SplitConfig:
 
     def __post_init__(self) -> None:
         parts = (self.train, self.val, self.test)
-        _check(all(p >= 0 for p in parts), f"split fractions must be >= 0, got {parts}")
+        _check(all(finite(p) and p >= 0 for p in parts), f"split fractions must be finite and >= 0, got {parts}")
         _check(abs(sum(parts) - 1.0) < 1e-6, f"split fractions must sum to 1, got {sum(parts):.6g}")
+        _check(self.seed >= 0, f"split seed must be >= 0, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -129,7 +165,7 @@ class ForecastConfig:
     n_samples: int = 1
     temperature: float = 1.0
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
-    max_int_digits: int = 3
+    max_int_digits: int | None = None  # None: derived from the prompts (see grammar.int_digits_for)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -137,9 +173,10 @@ class ForecastConfig:
         _check(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.n_samples >= 1, f"n_samples must be >= 1, got {self.n_samples}")
-        _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
-        _check(all(0 < q < 1 for q in self.quantiles), f"quantiles must be in (0, 1), got {self.quantiles}")
-        _check(self.max_int_digits >= 1, "max_int_digits must be >= 1")
+        _check(finite(self.temperature) and self.temperature > 0, f"temperature must be a finite number > 0, got {self.temperature}")
+        _check(all(finite(q) and 0 < q < 1 for q in self.quantiles), f"quantiles must be in (0, 1), got {self.quantiles}")
+        _check(self.max_int_digits is None or self.max_int_digits >= 1, "max_int_digits must be >= 1")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
 
     @property
     def greedy(self) -> bool:
@@ -182,7 +219,9 @@ class EvalConfig:
         _check(self.horizon >= 1 and self.stride >= 1 and self.min_context_steps >= 1, "horizon, stride and min_context_steps must be >= 1")
         _check(self.window_stride_tokens >= 1, "window_stride_tokens must be >= 1")
         _check(self.split in ("train", "val", "test"), f"split must be train, val or test, got {self.split!r}")
-        _check(self.max_series is None or self.max_series >= 1, "max_series must be >= 1")
+        _check(self.max_series is None or self.max_series >= 1, f"max_series must be >= 1, got {self.max_series}")
+        _check(self.batch_size >= 1, f"eval batch_size must be >= 1, got {self.batch_size}")
+        _check(self.n_boot >= 0 and self.seed >= 0, f"n_boot and seed must be >= 0, got {self.n_boot}, {self.seed}")
         unknown = set(self.baselines) - set(BASELINES)
         _check(not unknown, f"unknown baseline(s) {sorted(unknown)} ({', '.join(BASELINES)})")
 
@@ -217,12 +256,16 @@ class TrainConfig:
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.seq_len >= 8, f"seq_len must be >= 8, got {self.seq_len}")
         _check(self.stride is None or 1 <= self.stride <= self.seq_len, f"stride must be in [1, seq_len], got {self.stride}")
-        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(finite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}")
         _check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        _check(self.warmup_steps >= 0 and self.grad_clip >= 0 and self.weight_decay >= 0, "warmup_steps, grad_clip and weight_decay must be >= 0")
+        _check(self.warmup_steps >= 0 and finite(self.grad_clip) and self.grad_clip >= 0
+               and finite(self.weight_decay) and self.weight_decay >= 0,
+               f"warmup_steps, grad_clip and weight_decay must be finite and >= 0, got {self.warmup_steps}, "
+               f"{self.grad_clip}, {self.weight_decay}")
         _check(self.eval_every >= 1 and self.checkpoint_every >= 1 and self.val_batches >= 0, "eval_every and checkpoint_every must be >= 1")
-        _check(self.max_flops is None or self.max_flops > 0, "max_flops must be > 0")
+        _check(self.max_flops is None or (finite(self.max_flops) and self.max_flops > 0), f"max_flops must be a finite number > 0, got {self.max_flops}")
         _check(self.head in HEADS, f"head must be one of {HEADS}, got {self.head!r}")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
 
 
 # ----------------------------------------------------------------------------- serialisation
@@ -242,11 +285,33 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def type_problems(cls: type, data: dict[str, Any]) -> list[str]:
+    """Values whose type does not fit the field's annotation (``steps = 3.5``, ``lr = "fast"``)."""
+    out = []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            continue
+        v, kinds = data[f.name], [k.strip() for k in str(f.type).split("|")]
+        if v is None and "None" in kinds:
+            continue
+        allowed = tuple(t for k in kinds for t in _TYPES.get(k, ()))
+        if not allowed:  # tuples, nested configs: checked by the class itself
+            continue
+        if (isinstance(v, bool) and bool not in allowed) or not isinstance(v, allowed):
+            out.append(f"{f.name} must be {' or '.join(k for k in kinds if k != 'None')}, got {v!r}")
+    return out
+
+
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Build ``cls`` from a dict, rejecting unknown keys with a clear message."""
+    """Build ``cls`` from a dict, rejecting unknown keys and mistyped values with a clear message."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     _check(not unknown, f"unknown key(s) for {cls.__name__}: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    bad = type_problems(cls, data)
+    _check(not bad, f"{cls.__name__}: {'; '.join(bad)}")
     try:
         return cls(**data)
     except TypeError as e:
@@ -270,6 +335,6 @@ def save_toml(data: dict[str, Any], path: str | Path) -> None:
 
 
 __all__ = [
-    "CodecConfig", "EvalConfig", "ForecastConfig", "LoraSpec", "TrainConfig", "ModelSpec", "SimConfig", "SplitConfig",
+    "CodecConfig", "DataSpec", "EvalConfig", "ForecastConfig", "LoraSpec", "TrainConfig", "ModelSpec", "SimConfig", "SplitConfig",
     "to_dict", "from_dict", "load_toml", "save_toml",
 ]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import SplitConfig
+from .config import ID_COLUMNS, TIME_COLUMNS, DataSpec, SplitConfig
 from .errors import DataError
 
 DEFAULT_VARIABLES = ("prey", "predator")
@@ -28,6 +28,9 @@ class Dataset:
     time: np.ndarray | None = None
     variables: tuple[str, ...] = ()
     source: str = ""
+    ids: tuple[str, ...] = ()          # series ids from a CSV id column
+    id_column: str | None = None
+    time_column: str | None = None
 
     def __post_init__(self) -> None:
         self.series = [np.asarray(s, dtype=np.float64) for s in self.series]
@@ -73,12 +76,16 @@ class Dataset:
         return np.stack(self.series)
 
     def subset(self, idx: np.ndarray | list[int]) -> "Dataset":
-        return Dataset([self.series[i] for i in idx], self.time, self.variables, self.source)
+        ids = tuple(self.ids[i] for i in idx) if self.ids else ()
+        return Dataset([self.series[i] for i in idx], self.time, self.variables, self.source, ids, self.id_column,
+                       self.time_column)
 
     def summary(self) -> dict:
         allv = np.concatenate(self.series)
         return {
             "source": self.source,
+            **({"id_column": self.id_column} if self.id_column else {}),
+            **({"time_column": self.time_column} if self.time_column else {}),
             "n_series": self.n_series,
             "length_min": int(self.lengths.min()),
             "length_max": int(self.lengths.max()),
@@ -142,7 +149,7 @@ def load_h5(path: str | Path) -> Dataset:
     return Dataset(series, time, variables, source=str(p))
 
 
-def save_h5(ds: Dataset, path: str | Path) -> Path:
+def save_h5(ds: Dataset, path: str | Path, attrs: dict | None = None) -> Path:
     import h5py
 
     p = Path(path)
@@ -158,6 +165,8 @@ def save_h5(ds: Dataset, path: str | Path) -> Path:
         if not ds.rectangular:
             f.create_dataset("lengths", data=ds.lengths)
         f.attrs["variables"] = list(ds.variables)
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
     tmp.replace(p)  # atomic: never leave a half-written file
     return p
 
@@ -168,25 +177,50 @@ def _fits_f32(ds: Dataset) -> bool:
 
 # ----------------------------------------------------------------------------- CSV
 
-def load_csv(path: str | Path, id_column: str | None = None, time_column: str | None = None,
-             columns: list[str] | None = None) -> Dataset:
-    """One column per variable; an optional id column splits rows into series (row order kept)."""
-    p = Path(path)
+def _pick_column(header: list[str], name: str | None, known: tuple[str, ...], p: Path) -> str | None:
+    """The column asked for (``""``: none), else the first whose name is a known one (any case)."""
+    if name == "":
+        return None
+    if name is not None:
+        if name not in header:
+            raise DataError(f"{p}: column {name!r} not in header {header}")
+        return name
+    return next((h for h in header if h.lower() in known), None)
+
+
+def _time_value(text: str) -> float:
+    """A number, or an ISO date/time as seconds since the epoch."""
+    try:
+        return float(text)
+    except ValueError:
+        from datetime import datetime, timezone
+
+        t = datetime.fromisoformat(text.strip())
+        return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _read_csv_rows(p: Path) -> tuple[list[str], list[list[str]]]:
     if not p.is_file():
         raise DataError(f"{p}: file not found")
     with p.open(newline="") as fh:
-        rows = list(csv.reader(fh))
-    rows = [r for r in rows if any(c.strip() for c in r)]
+        rows = [r for r in csv.reader(fh) if any(c.strip() for c in r)]
     if not rows:
         raise DataError(f"{p}: empty CSV")
-    header = [h.strip() for h in rows[0]]
-    body = rows[1:]
-    if not body:
+    if len(rows) == 1:
         raise DataError(f"{p}: CSV has a header but no data rows")
-    for name in (id_column, time_column):
-        if name is not None and name not in header:
-            raise DataError(f"{p}: column {name!r} not in header {header}")
-    value_cols = columns or [h for h in header if h not in (id_column, time_column)]
+    return [h.strip() for h in rows[0]], rows[1:]
+
+
+def load_csv(path: str | Path, id_column: str | None = None, time_column: str | None = None,
+             columns: list[str] | None = None) -> Dataset:
+    """One column per variable. An id column splits rows into series (row order kept) and a time column
+    gives their times; ``None`` recognises a column named id/series/item_id or time/t/timestamp/date,
+    ``""`` means there is none."""
+    p = Path(path)
+    header, body = _read_csv_rows(p)
+    idc = _pick_column(header, id_column, ID_COLUMNS, p)
+    tc = _pick_column(header, time_column, TIME_COLUMNS, p)
+    value_cols = columns or [h for h in header if h not in (idc, tc)]
     missing = [c for c in value_cols if c not in header]
     if missing or not value_cols:
         raise DataError(f"{p}: value column(s) {missing or value_cols} not in header {header}")
@@ -196,29 +230,31 @@ def load_csv(path: str | Path, id_column: str | None = None, time_column: str | 
     for ln, r in enumerate(body, start=2):
         if len(r) != len(header):
             raise DataError(f"{p}:{ln}: {len(r)} fields, header has {len(header)}")
-        key = r[header.index(id_column)].strip() if id_column else ""
+        key = r[header.index(idc)].strip() if idc else ""
         try:
             groups.setdefault(key, []).append([float(r[i]) for i in ci])
-            if time_column:
-                times.setdefault(key, []).append(float(r[header.index(time_column)]))
         except ValueError:
             raise DataError(f"{p}:{ln}: non-numeric value in {[r[i] for i in ci]}") from None
-    series = [np.array(v) for v in groups.values()]
-    time = None
-    if time_column:
-        longest = max(times.values(), key=len)
-        time = np.array(longest)
-    return Dataset(series, time, tuple(value_cols), source=str(p))
+        if tc:
+            try:
+                times.setdefault(key, []).append(_time_value(r[header.index(tc)]))
+            except ValueError:
+                raise DataError(f"{p}:{ln}: time {r[header.index(tc)]!r} is neither a number nor an ISO date") from None
+    time = np.array(max(times.values(), key=len)) if tc else None
+    return Dataset([np.array(v) for v in groups.values()], time, tuple(value_cols), source=str(p),
+                   ids=tuple(groups) if idc else (), id_column=idc, time_column=tc)
 
 
-def load(path: str | Path, **csv_kwargs) -> Dataset:
-    """Load ``.h5``/``.hdf5`` or ``.csv`` by extension."""
+def load(path: str | Path | DataSpec, id_column: str | None = None, time_column: str | None = None) -> Dataset:
+    """Load ``.h5``/``.hdf5`` or ``.csv`` by extension (a :class:`DataSpec` carries the CSV columns)."""
+    if isinstance(path, DataSpec):
+        path, id_column, time_column = path.path, path.id_column, path.time_column
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix in (".h5", ".hdf5", ".hdf"):
         return load_h5(p)
     if suffix in (".csv", ".txt"):
-        return load_csv(p, **csv_kwargs)
+        return load_csv(p, id_column, time_column)
     raise DataError(f"{p}: unknown data format {suffix!r} (use .h5 or .csv)")
 
 

@@ -21,6 +21,10 @@ class BudgetExceeded(FlopcastError):
     """A planned run would spend more FLOPs than the budget has left."""
 
 
+class SettingsChanged(FlopcastError):
+    """A study or run directory holds work done with other settings than those asked for."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Work stopped by a signal (SIGTERM, or Ctrl-C in training); ``signum`` says which. The CLI prints one
     line and exits 128 + signum (143 for SIGTERM)."""
@@ -29,7 +33,3 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
-
-def raise_interrupted(signum, frame) -> None:
-    """A signal handler that turns SIGTERM into :class:`Interrupted`, so clean-up code runs as for Ctrl-C."""
-    raise Interrupted(signum)

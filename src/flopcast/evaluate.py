@@ -23,7 +23,9 @@ from .codec import LLMTimeCodec
 from .config import BASELINES, EvalConfig, ForecastConfig, to_dict
 from .data import Dataset
 from .errors import FlopcastError
-from .forecast import ForecastResult, charge_batches, forecast_prompts
+from .costs import charge_batches, generation_bound, model_shape
+from .forecast import ForecastResult, forecast_prompts
+from .grammar import LLMTimeGrammar, int_digits_for
 from .metrics import per_window, score
 from .windows import Window, aligned_windows, seed_windows
 
@@ -34,27 +36,27 @@ def build_windows(series: list[np.ndarray], codec: LLMTimeCodec, tokenizer, S: i
     return aligned_windows(series, codec, tokenizer, S, cfg.horizon, cfg.stride, cfg.min_context_steps)
 
 
-def eval_flops_bound(arch, n_windows: int, S: int, cfg: EvalConfig, n_vars: int, codec: LLMTimeCodec, lora=None) -> int:
+def window_grammar(windows: list[Window], tokenizer, codec: LLMTimeCodec, n_vars: int) -> LLMTimeGrammar:
+    """The decoding grammar of these windows (integer digits derived from their prompts)."""
+    return LLMTimeGrammar(codec.config, n_vars, int_digits_for([tokenizer.decode(w.prompt) for w in windows], codec.config))
+
+
+def eval_bound(arch, windows: list[Window], S: int, cfg: EvalConfig, grammar: LLMTimeGrammar, lora=None) -> int:
     """Upper bound on an evaluation's FLOPs: every window generates the grammar's longest output."""
-    from .grammar import LLMTimeGrammar
-    from .planner import eval_flops
-
-    new = LLMTimeGrammar(codec.config, n_vars).max_tokens(cfg.horizon)
-    return eval_flops(arch, n_windows, S, new, cfg.batch_size, lora)
+    return generation_bound(arch, len(windows), S, grammar.max_tokens(cfg.horizon), cfg.batch_size, lora)
 
 
-def forecast_reservation(ledger, forecaster, name: str, kind: str, n_windows: int, S: int, cfg: EvalConfig, n_vars: int,
-                 codec: LLMTimeCodec, **fields):
-    """``ledger.reserved`` for a forecast of ``n_windows`` prompts of up to ``S`` tokens (a no-op without a ledger)."""
+def forecast_reservation(ledger, forecaster, name: str, kind: str, n_prompts: int, prompt_len: int, horizon: int,
+                         batch_size: int, grammar: LLMTimeGrammar, **fields):
+    """``ledger.reserved`` for a forecast of ``n_prompts`` prompts of up to ``prompt_len`` tokens (a no-op without a ledger)."""
     from contextlib import nullcontext
 
-    from .flops import Arch
-    from .forecast import lora_shape_of
     from .ledger import Charge
 
     if ledger is None:
         return nullcontext(Charge())
-    bound = eval_flops_bound(Arch.from_config(forecaster.config), n_windows, S, cfg, n_vars, codec, lora_shape_of(forecaster))
+    arch, lora = model_shape(forecaster)
+    bound = generation_bound(arch, n_prompts, prompt_len, grammar.max_tokens(horizon), batch_size, lora)
     return ledger.reserved(name, kind, bound, **fields)
 
 
@@ -63,11 +65,11 @@ def _dt(ds: Dataset) -> float:
 
 
 def forecast_windows(model, tokenizer, codec: LLMTimeCodec, windows: list[Window], horizon: int, batch_size: int,
-                     progress: bool = False, charge=None) -> ForecastResult:
+                     progress: bool = False, charge=None, int_digits: int | None = None) -> ForecastResult:
     """Forecast every window; with ``charge`` (a ledger :class:`Charge`), FLOPs are added batch by batch,
     so an interrupted forecast still counts the batches it finished."""
     n_vars = windows[0].truth.shape[1]
-    fcfg = ForecastConfig(horizon=horizon, batch_size=batch_size)
+    fcfg = ForecastConfig(horizon=horizon, batch_size=batch_size, max_int_digits=int_digits)
     on_batch = charge_batches(charge, model) if charge is not None else None
     return forecast_prompts(model, tokenizer, codec, [w.prompt for w in windows], np.array([w.alpha for w in windows]),
                             n_vars, fcfg, [w.prefix for w in windows], progress=progress, skip_first_partial=True,
@@ -90,23 +92,38 @@ def _cached_context(out_dir: Path, S: int, key: str) -> dict | None:
     return {**m, "point": np.load(arr, allow_pickle=False)} if m.get("key") == key else None
 
 
-def _cache_context(out_dir: Path, S: int, key: str, point: np.ndarray, flops: int, wall_s: float) -> None:
+def _forecast_context(model, tokenizer, codec: LLMTimeCodec, wins: list[Window], S: int, cfg: EvalConfig, ledger,
+                      name: str, model_name: str, progress: bool) -> dict:
+    """Forecast one context length's windows, charging the ledger batch by batch."""
+    t0 = time.time()
+    grammar = window_grammar(wins, tokenizer, codec, wins[0].truth.shape[1])
+    with forecast_reservation(ledger, model, name, "eval", len(wins), S, cfg.horizon, cfg.batch_size, grammar,
+                              model=model_name, seq=S, batch=cfg.batch_size) as charge:
+        fr = forecast_windows(model, tokenizer, codec, wins, cfg.horizon, cfg.batch_size, progress, charge, grammar.max_int)
+    return {"point": fr.point, "flops": int(charge.used), "wall_s": time.time() - t0, "capped_rate": fr.capped_rate,
+            "int_digits": grammar.max_int}
+
+
+def _cache_context(out_dir: Path, S: int, key: str, done: dict) -> None:
     """Keep a finished context's forecasts: re-running an interrupted evaluation neither redoes nor re-charges it."""
     d = out_dir / "contexts"
     d.mkdir(parents=True, exist_ok=True)
     with open(d / f"S={S}.npy.part", "wb") as fh:
-        np.save(fh, point, allow_pickle=False)
+        np.save(fh, done["point"], allow_pickle=False)
     (d / f"S={S}.npy.part").replace(d / f"S={S}.npy")
-    (d / f"S={S}.json.part").write_text(json.dumps({"key": key, "flops": int(flops), "wall_s": wall_s}))
+    (d / f"S={S}.json.part").write_text(json.dumps({"key": key, **{k: v for k, v in done.items() if k != "point"}}))
     (d / f"S={S}.json.part").replace(d / f"S={S}.json")  # written last: a .json means a complete entry
 
 
 def evaluate(model, tokenizer, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig, out_dir: str | Path | None = None,
-             ledger=None, name: str = "eval", model_name: str = "", progress: bool = True) -> dict:
-    """Score ``model`` (None: baselines only) on every context length of ``cfg``; returns the results dict."""
+             ledger=None, name: str = "eval", model_name: str = "", progress: bool = True,
+             fingerprint: str | None = None) -> dict:
+    """Score ``model`` (None: baselines only) on every context length of ``cfg``; returns the results dict.
+    ``fingerprint`` (of the settings behind it, see flopcast.preflight) is stored with the results."""
     series = ds.series[: cfg.max_series] if cfg.max_series else ds.series
     results: dict = {"name": name, "model": model_name, "protocol": cfg.protocol, "config": to_dict(cfg),
-                     "codec": codec.state(), "n_series": len(series), "contexts": {}}
+                     "codec": codec.state(), "n_series": len(series), "contexts": {},
+                     **({"fingerprint": fingerprint} if fingerprint else {})}
     rows: list[dict] = []
     examples: dict = {}
     for S in cfg.contexts:
@@ -125,16 +142,15 @@ def evaluate(model, tokenizer, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig
             key = _context_key(model, name, model_name, cfg, codec, wins) if out_dir is not None else None
             done = _cached_context(Path(out_dir), S, key) if key else None
             if done is None:
-                t0 = time.time()
-                with forecast_reservation(ledger, model, f"{name}/S={S}", "eval", len(wins), S, cfg, truth.shape[2],
-                                          codec, model=model_name, seq=S, batch=cfg.batch_size) as charge:
-                    fr = forecast_windows(model, tokenizer, codec, wins, cfg.horizon, cfg.batch_size, progress, charge)
-                done = {"point": fr.point, "flops": charge.used, "wall_s": time.time() - t0}
+                done = _forecast_context(model, tokenizer, codec, wins, S, cfg, ledger, f"{name}/S={S}", model_name, progress)
                 if key:
-                    _cache_context(Path(out_dir), S, key, fr.point, charge.used, done["wall_s"])
+                    _cache_context(Path(out_dir), S, key, done)
             preds["model"] = done["point"]
             entry["model"] = score(done["point"], truth, alphas, cfg.n_boot, cfg.seed)
-            entry["model"].update({"flops": done["flops"], "wall_s": done["wall_s"]})
+            entry["model"].update({k: done[k] for k in ("flops", "wall_s", "capped_rate", "int_digits") if k in done})
+            if done.get("capped_rate"):
+                warnings.warn(f"S={S}: {100 * done['capped_rate']:.1f}% of forecasts reached the decoder's cap of "
+                              f"{done['int_digits']} integer digits", stacklevel=2)
         dt = _dt(ds)
         for b in cfg.baselines:
             if b == "lv_ode" and truth.shape[2] != 2:

@@ -5,6 +5,9 @@ small), prefilled once (logits only for the last position), then decoded token b
 :class:`LLMTimeGrammar` masks the logits so only well-formed LLMTime can be produced, and each
 row stops as soon as its ``horizon`` steps are complete. Greedy by default; with
 ``n_samples > 1`` each context is sampled ``n`` times -> median point forecast and quantiles.
+
+Values may have one more integer digit than the largest value in the prompts (at least 3, see
+:func:`flopcast.grammar.int_digits_for`); forecasts that reach that cap are flagged in ``capped``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 from .codec import LLMTimeCodec
 from .config import ForecastConfig
 from .errors import FlopcastError
-from .grammar import EOS, LLMTimeGrammar
+from .grammar import EOS, LLMTimeGrammar, int_digits_for, longest_int_part
 
 
 @dataclass
@@ -32,10 +35,16 @@ class ForecastResult:
     generated_tokens: np.ndarray      # (N,) tokens generated per series (all samples)
     parse_ok: np.ndarray              # (N,) all H steps parsed for every sample
     batches: list[dict] = field(default_factory=list)  # per batch: B, prompt_len (padded), new_tokens
+    capped: np.ndarray | None = None  # (N,) a value reached the decoder's integer-digit cap
+    int_digits: int = 3               # that cap
 
     @property
     def parse_failure_rate(self) -> float:
         return float(1.0 - self.parse_ok.mean()) if len(self.parse_ok) else 0.0
+
+    @property
+    def capped_rate(self) -> float:
+        return float(self.capped.mean()) if self.capped is not None and len(self.capped) else 0.0
 
 
 class TokenMasks:
@@ -66,6 +75,14 @@ class TokenMasks:
         return m
 
 
+def _cache_kwarg(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` (transformers >= 5.2x), else ``past_key_values``."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def _batches(order: np.ndarray, size: int):
     for i in range(0, len(order), size):
         yield order[i:i + size]
@@ -87,8 +104,11 @@ def generate_constrained(model, prompts: list[list[int]], grammar: LLMTimeGramma
     ids, attn = ids.to(device), attn.to(device)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     states = [grammar.start(t, pre) for t, pre in zip(targets, prefixes)]
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
-    past, logits = out.past_key_values, out.logits[:, -1, :]
+    from transformers import DynamicCache
+
+    cache = {_cache_kwarg(model): DynamicCache(config=model.config)}  # filled in place by every forward
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
+                   **cache).logits[:, -1, :]
     texts = [[] for _ in range(B)]
     limit = max_new_tokens or grammar.max_tokens(max(targets))
     for _ in range(limit):
@@ -109,8 +129,8 @@ def generate_constrained(model, prompts: list[list[int]], grammar: LLMTimeGramma
             break
         attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
         pos = pos[:, -1:] + 1
-        out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos, past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1, :]
+        logits = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos, use_cache=True,
+                       **cache).logits[:, -1, :]
     return ["".join(t) for t in texts]
 
 
@@ -139,7 +159,8 @@ def forecast_prompts(model, tokenizer, codec: LLMTimeCodec, prompts: list[list[i
     """Forecast from token prompts. ``prefixes`` is each prompt's text after its last complete step;
     with ``skip_first_partial`` a non-empty prefix's completion is generated but not scored.
     ``on_batch`` gets each finished batch's shape (B, prompt_len, new_tokens), e.g. to count FLOPs as they go."""
-    grammar = LLMTimeGrammar(codec.config, n_vars, cfg.max_int_digits)
+    digits = cfg.max_int_digits or int_digits_for([tokenizer.decode(p) for p in prompts], codec.config)
+    grammar = LLMTimeGrammar(codec.config, n_vars, digits)
     vocab = model.get_output_embeddings().weight.shape[0]
     device = next(model.parameters()).device
     masks = TokenMasks(tokenizer, grammar, vocab, device)
@@ -173,11 +194,13 @@ def forecast_prompts(model, tokenizer, codec: LLMTimeCodec, prompts: list[list[i
     model.train(was_training)
     samples = np.full((N, S, H, n_vars), np.nan)
     ok = np.ones(N, dtype=bool)
+    capped = np.zeros(N, dtype=bool)
     gen_tokens = np.zeros(N, dtype=np.int64)
     texts: list[list[str]] = [[] for _ in range(N)]
     for (i, s), t in out_text.items():
         texts[i].append(t)
         gen_tokens[i] += len(t)
+        capped[i] |= longest_int_part([t], codec.config) >= digits
         body = t
         if extra[i]:  # drop the completion of the context's partial step
             cut = body.find(codec.config.step_sep)
@@ -189,43 +212,12 @@ def forecast_prompts(model, tokenizer, codec: LLMTimeCodec, prompts: list[list[i
     point = samples[:, 0] if S == 1 else np.nanmedian(samples, axis=1) if np.isfinite(samples).any() else samples[:, 0]
     quant = {} if S == 1 else {q: np.nanquantile(samples, q, axis=1) for q in cfg.quantiles}
     return ForecastResult(point, samples if S > 1 else None, quant, texts, alphas,
-                          np.array([len(p) for p in prompts]), gen_tokens, ok, batches)
+                          np.array([len(p) for p in prompts]), gen_tokens, ok, batches, capped, digits)
 
 
 def forecast_flops(model, result: ForecastResult) -> int:
     """Analytic FLOPs of the generation that produced ``result`` (padded batches as computed)."""
-    from . import flops as F
+    from .costs import batch_flops, model_shape
 
-    arch = F.Arch.from_config(model.config)
-    lora = lora_shape_of(model)
+    arch, lora = model_shape(model)
     return sum(batch_flops(arch, b, lora) for b in result.batches)
-
-
-def charge_batches(charge, model) -> Callable[[dict], None]:
-    """An ``on_batch`` that adds each finished batch's FLOPs to a ledger ``Charge``, so an interrupted
-    forecast still counts the batches it finished."""
-    from . import flops as F
-
-    arch, lora = F.Arch.from_config(model.config), lora_shape_of(model)
-
-    def on_batch(batch: dict) -> None:
-        charge.used += batch_flops(arch, batch, lora)
-    return on_batch
-
-
-def batch_flops(arch, batch: dict, lora=None) -> int:
-    """Analytic FLOPs of one generated batch (``ForecastResult.batches`` entry)."""
-    from . import flops as F
-
-    return F.generate_total(arch, batch["B"], batch["prompt_len"], batch["new_tokens"], lora)
-
-
-def lora_shape_of(model):
-    """The LoRA shape of a PEFT model (None for a plain model)."""
-    from . import flops as F
-
-    cfg = getattr(model, "peft_config", {}).get("default") if hasattr(model, "peft_config") else None
-    if cfg is None:
-        return None
-    head = model.get_output_embeddings()
-    return F.LoraShape(int(cfg.r), tuple(sorted(cfg.target_modules)), getattr(head, "bias", None) is not None)

@@ -8,12 +8,36 @@ generation ends after the requested number of complete steps.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .config import CodecConfig
 
 DIGITS = frozenset("0123456789")
 EOS = "<eos>"  # pseudo-character: end of sequence
+MIN_INT_DIGITS = 3
+
+
+def longest_int_part(texts, config: CodecConfig) -> int:
+    """The most integer digits of any value written in ``texts`` (LLMTime text, possibly cut mid-step)."""
+    seps = "[" + re.escape(config.var_sep + config.step_sep) + "]"
+    longest = 0
+    for text in texts:
+        for field in re.split(seps, text):
+            digits = field.strip()
+            if config.drop_decimal_point:
+                n = len(digits) - config.decimals
+            else:
+                n = len(digits.split(".")[0])
+            longest = max(longest, n)
+    return longest
+
+
+def int_digits_for(texts, config: CodecConfig, minimum: int = MIN_INT_DIGITS) -> int:
+    """Integer digits the decoder allows after contexts ``texts``: one more than the largest value in
+    them has (room for ten times that value), and at least ``minimum``. So a forecast is never cut at a
+    ceiling the data already reaches; one that reaches the cap is reported (``ForecastResult.capped``)."""
+    return max(minimum, longest_int_part(texts, config) + 1)
 
 
 @dataclass

@@ -3,11 +3,17 @@
 Every experiment reserves its planned FLOPs before work and settles what it used after.
 Reservations happen inside ``BEGIN IMMEDIATE`` transactions, so concurrent processes cannot
 oversubscribe the budget. While an experiment runs it reports progress (``progress``), so FLOPs
-spent by a process that is killed stay counted; a resumed experiment continues the same row
-(``resume``) instead of counting again.
+spent by a process that is killed stay counted.
 
-Committed FLOPs of a row: ``used`` when it is finished (done/failed/cancelled), otherwise
-``max(planned, used)``. Left = budget - sum(committed).
+A reservation is a lease: it records its owner (pid, host, start time). Whenever the ledger is
+opened, a lease on this host whose owner process is gone (``kill -9``, a crash) is settled as
+``abandoned`` with the FLOPs it last reported; ``release`` settles one by hand (another host's, say).
+A training run that resumes from a checkpoint adopts its own row again (``adopt``), so a run is
+one row however often it was stopped. A ``hold`` keeps FLOPs aside (a stage's evaluation while it
+trains) and disappears when dropped or when its owner dies.
+
+Committed FLOPs of a row: ``used`` when it is finished, otherwise ``max(planned, used)``.
+Left = budget - sum(committed).
 """
 
 from __future__ import annotations
@@ -15,18 +21,24 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import socket
 import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import check_budget
 from .errors import BudgetExceeded, FlopcastError
 
 ACTIVE = ("reserved", "running")
-FINISHED = ("done", "failed", "cancelled")
+FINISHED = ("done", "failed", "cancelled", "interrupted", "abandoned", "released", "diverged")
+RESUMABLE = ("reserved", "running", "interrupted", "abandoned")  # rows a resumed training run adopts
+HOLD = "hold"
 COLUMNS = ("id", "name", "kind", "model", "seq", "batch", "rank", "steps", "flops_planned", "flops_used",
-           "wall_s", "status", "created", "updated", "info")
+           "wall_s", "status", "created", "updated", "info", "owner_pid", "owner_host", "lease_start")
+HOST = socket.gethostname()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,6 +61,7 @@ CREATE TABLE IF NOT EXISTS experiments (
 );
 CREATE INDEX IF NOT EXISTS experiments_name ON experiments(name);
 """
+LEASE_COLUMNS = {"owner_pid": "INTEGER", "owner_host": "TEXT", "lease_start": "REAL"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,9 @@ class Entry:
     created: float
     updated: float
     info: str | None
+    owner_pid: int | None = None
+    owner_host: str | None = None
+    lease_start: float | None = None
 
     @property
     def committed(self) -> int:
@@ -82,18 +98,55 @@ class Charge:
     used: int = 0
 
 
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from /proc; None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        btime = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] == "Z":  # a zombie has finished: not alive
+        return float("inf")
+    return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def owner_alive(pid: int | None, host: str | None, since: float | None) -> bool:
+    """Whether the process that took a lease still runs (True where that cannot be told: another host)."""
+    if pid is None or host != HOST:
+        return True
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    started = _process_start(pid)
+    return started is None or since is None or started <= since + 1.0  # a later process reusing the pid is not the owner
+
+
 class Ledger:
     """A FLOP budget and the experiments charged to it."""
 
     def __init__(self, path: str | Path, budget: float | None = None):
         self.path = Path(path)
+        if budget is not None:
+            check_budget(budget)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._init(budget)
+        self.reap()
 
     # ------------------------------------------------------------------ plumbing
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL: a commit survives a killed process without an fsync per step
+        except sqlite3.DatabaseError as e:
+            db.close()
+            raise FlopcastError(f"{self.path}: not a flopcast ledger ({e})") from None
         return db
 
     @contextmanager
@@ -115,6 +168,10 @@ class Ledger:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            have = {r["name"] for r in db.execute("PRAGMA table_info(experiments)")}
+            for col, typ in LEASE_COLUMNS.items():  # ledgers of an older flopcast get the lease columns
+                if col not in have:
+                    db.execute(f"ALTER TABLE experiments ADD COLUMN {col} {typ}")
         except sqlite3.DatabaseError as e:
             raise FlopcastError(f"{self.path}: not a flopcast ledger ({e})") from None
         finally:
@@ -127,7 +184,20 @@ class Ledger:
                 db.execute("INSERT INTO meta VALUES ('budget', ?)", (str(int(budget)),))
             elif budget is not None and int(row["value"]) != int(budget):
                 raise FlopcastError(f"{self.path}: ledger budget is {int(row['value']):.3e}, not {budget:.3e}; "
-                                    "use `flopcast budget set` to change it")
+                                    f"change it with `flopcast budget set {self.path} --budget {budget:g}`")
+
+    def reap(self) -> list[int]:
+        """Settle the leases of dead owners on this host as ``abandoned`` (holds are dropped); returns their ids."""
+        with self._tx() as db:
+            rows = db.execute(f"SELECT id, kind, owner_pid, owner_host, lease_start FROM experiments "
+                              f"WHERE status IN {ACTIVE} AND owner_host=?", (HOST,)).fetchall()
+            dead = [r for r in rows if not owner_alive(r["owner_pid"], r["owner_host"], r["lease_start"])]
+            for r in dead:
+                if r["kind"] == HOLD:
+                    db.execute("DELETE FROM experiments WHERE id=?", (r["id"],))
+                else:
+                    db.execute("UPDATE experiments SET status='abandoned', updated=? WHERE id=?", (time.time(), r["id"]))
+        return [r["id"] for r in dead]
 
     # ------------------------------------------------------------------ queries
     @property
@@ -138,9 +208,30 @@ class Ledger:
         finally:
             db.close()
 
-    def set_budget(self, budget: float) -> None:
+    def _refuse_below_committed(self, db, budget: float) -> None:
+        committed = self._committed(db)
+        if int(budget) < committed:
+            raise BudgetExceeded(f"{self.path}: cannot lower the budget to {budget:.3e}: {committed:.3e} FLOPs "
+                                 f"are already used or reserved")
+
+    def check_budget_change(self, budget: float) -> None:
+        """Raise unless ``set_budget(budget)`` would be accepted (a finite budget, not below what is committed)."""
+        check_budget(budget)
+        db = self._connect()
+        try:
+            self._refuse_below_committed(db, budget)
+        finally:
+            db.close()
+
+    def set_budget(self, budget: float) -> int:
+        """Change the budget: raising is always allowed, lowering below what is used or reserved is refused.
+        Returns the old budget."""
+        check_budget(budget)
         with self._tx() as db:
+            old = int(db.execute("SELECT value FROM meta WHERE key='budget'").fetchone()["value"])
+            self._refuse_below_committed(db, budget)
             db.execute("UPDATE meta SET value=? WHERE key='budget'", (str(int(budget)),))
+        return old
 
     def entries(self) -> list[Entry]:
         db = self._connect()
@@ -174,6 +265,17 @@ class Ledger:
                                          ELSE MAX(flops_planned, flops_used) END), 0) FROM experiments"""
         return int(db.execute(q).fetchone()[0])
 
+    def committed_under(self, prefix: str) -> int:
+        """FLOPs used or reserved by experiments whose name starts with ``prefix`` (a stage's ``name/``)."""
+        db = self._connect()
+        try:
+            q = f"""SELECT COALESCE(SUM(CASE WHEN status IN {FINISHED} THEN flops_used
+                                             ELSE MAX(flops_planned, flops_used) END), 0) FROM experiments
+                    WHERE substr(name, 1, ?) = ? AND kind != ?"""
+            return int(db.execute(q, (len(prefix), prefix, HOLD)).fetchone()[0])
+        finally:
+            db.close()
+
     def used(self) -> int:
         db = self._connect()
         try:
@@ -206,15 +308,44 @@ class Ledger:
                     f"{kind} '{name}' needs {planned:.3e} FLOPs but only {left:.3e} of the {budget:.3e} budget "
                     f"are left ({budget - left:.3e} used or reserved, {100 * (budget - left) / budget:.1f}%)")
             cur = db.execute(
-                "INSERT INTO experiments (name, kind, model, seq, batch, rank, steps, flops_planned, status, created, updated, info)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (name, kind, model, seq, batch, rank, steps, planned, "reserved", now, now, json.dumps(info or {})))
+                "INSERT INTO experiments (name, kind, model, seq, batch, rank, steps, flops_planned, status, created,"
+                " updated, info, owner_pid, owner_host, lease_start) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (name, kind, model, seq, batch, rank, steps, planned, "reserved", now, now, json.dumps(info or {}),
+                 os.getpid(), HOST, now))
             return int(cur.lastrowid)
 
     def resume(self, name: str) -> Entry | None:
-        """The unfinished experiment of this name (to continue it), or None."""
+        """The latest experiment of this name that a resumed run may adopt, or None."""
         e = self.find(name)
-        return e if e is not None and e.status in ACTIVE else None
+        return e if e is not None and e.status in RESUMABLE else None
+
+    def adopt(self, id: int) -> Entry | None:
+        """Take over an unfinished row (a training run resuming from its checkpoint): it becomes this
+        process's lease again. None if the row is gone or finished for good."""
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute(f"UPDATE experiments SET status='running', owner_pid=?, owner_host=?, lease_start=?, updated=?"
+                             f" WHERE id=? AND status IN {RESUMABLE}", (os.getpid(), HOST, now, now, id))
+        return self.get(id) if cur.rowcount else None
+
+    def release(self, id: int) -> Entry:
+        """Settle an open reservation by hand with the FLOPs it reported (``flopcast budget release ID``)."""
+        e = self.get(id)
+        if e.status not in ACTIVE:
+            raise FlopcastError(f"{self.path}: experiment {id} ({e.name}) is {e.status}, not an open reservation")
+        if e.owner_host == HOST and e.owner_pid != os.getpid() and owner_alive(e.owner_pid, e.owner_host, e.lease_start):
+            raise FlopcastError(f"{self.path}: experiment {id} ({e.name}) is held by running process {e.owner_pid}; "
+                                "stop it first")
+        return self.settle(id, e.flops_used, status="released", info={"released_at": time.time()})
+
+    def hold(self, name: str, flops: float) -> int:
+        """Keep ``flops`` aside for later work of this process (e.g. a stage's test evaluation)."""
+        return self.reserve(name, HOLD, flops)
+
+    def drop_hold(self, id: int | None) -> None:
+        if id is not None:
+            with self._tx() as db:
+                db.execute("DELETE FROM experiments WHERE id=? AND kind=?", (id, HOLD))
 
     def progress(self, id: int, flops_used: float, wall_s: float | None = None, steps: int | None = None) -> None:
         """Record cumulative FLOPs used so far (the row stays reserved/running)."""
@@ -262,7 +393,7 @@ class Ledger:
     # ------------------------------------------------------------------ export
     def rows(self) -> list[dict]:
         b = self.budget
-        return [{**{c: getattr(e, c) for c in COLUMNS}, "share": e.flops_used / b} for e in self.entries()]
+        return [{**{c: getattr(e, c) for c in COLUMNS}, "share": e.flops_used / max(b, 1)} for e in self.entries()]
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -274,4 +405,4 @@ class Ledger:
 
     def summary(self) -> dict:
         b, used, left = self.budget, self.used(), self.left()
-        return {"budget": b, "used": used, "reserved": b - left - used, "left": left, "used_share": used / b}
+        return {"budget": b, "used": used, "reserved": b - left - used, "left": left, "used_share": used / max(b, 1)}

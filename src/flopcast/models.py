@@ -17,7 +17,10 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
+import socket
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,53 @@ class LoadedModel:
     spec: ModelSpec
     device: str
     dtype: Any
+
+
+HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+# ----------------------------------------------------------------------------- names
+
+@lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection within ``timeout`` seconds (once per process)."""
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _in_hub_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # a malformed id or an unreadable cache: treat as not cached
+        return False
+
+
+def check_model_name(name: str) -> None:
+    """Fail at once, before any download attempt, for a name that cannot load: neither a built-in name,
+    a local directory, nor an ``org/name`` Hub id, or a Hub id while the Hub is unreachable and the model
+    is not in the local cache (transformers would otherwise retry for a minute or more)."""
+    if name in TINY or name == EMBEDDED or Path(name).expanduser().exists():
+        return
+    builtins = ", ".join((EMBEDDED, *TINY))
+    if not HF_ID.match(name):
+        raise ModelNotAvailable(f"unknown model {name!r}: not a built-in name ({builtins}), a local directory, "
+                                "or a Hugging Face id such as Qwen/Qwen2.5-0.5B-Instruct")
+    if _in_hub_cache(name):
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or not hub_reachable()
+    if offline:
+        raise ModelNotAvailable(f"cannot load model {name!r}: the Hugging Face Hub is unreachable (or HF_HUB_OFFLINE "
+                                f"is set) and the model is not in the local cache; download it where the Hub is "
+                                f"reachable (`hf download {name} --local-dir DIR`) and pass that local directory, or use a built-in "
+                                f"model ({builtins})")
 
 
 # ----------------------------------------------------------------------------- devices
@@ -149,6 +199,7 @@ def load_model(spec: ModelSpec | str, vocab_size: int | None = None, seed: int =
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = ModelSpec(name=spec) if isinstance(spec, str) else spec
+    check_model_name(spec.name)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     name = spec.name
@@ -290,6 +341,7 @@ def load_tokenizer(model: str):
         return tiny_tokenizer()
     if model == EMBEDDED:
         return AutoTokenizer.from_pretrained(_embedded_dir())
+    check_model_name(model)
     try:
         return AutoTokenizer.from_pretrained(model)
     except (OSError, ValueError):
@@ -305,6 +357,7 @@ def resolve_arch(model: str):
         return Arch.from_config(tiny_config(key).to_dict(), name=key)
     if key == EMBEDDED or key in PRESETS or key in ALIASES or Path(model).exists() or "/" not in model:
         return arch_for(model)
+    check_model_name(model)
     try:
         from transformers import AutoConfig
 

@@ -2,10 +2,16 @@
 
 ``out_dir`` layout::
 
-    plan.toml  data.h5 (when simulated)  split.json  ledger.db  summary.json  report.md
+    plan.toml  data.h5 (when simulated)  split.json  ledger.db  summary.json  report.md  .flopcast.lock
+    stages/<stage>/fingerprint.json                the resolved settings the stage was started with
     stages/<stage>/stage.json                      status + results of a finished stage
     stages/<stage>/<run>/...                       training run directories (see flopcast.train)
     stages/<stage>/eval/metrics.json, windows.csv, plots
+    archive/<stage>-<time>/                        files of stages run again with ``restart``
+
+A re-run reuses every finished stage whose settings are unchanged, continues an unfinished one,
+and stops with one line if a stage on disk was run with other settings (see :mod:`flopcast.preflight`).
+Nothing is written (plan.toml included) and no FLOP is spent until the whole plan has passed its checks.
 """
 
 from __future__ import annotations
@@ -14,13 +20,16 @@ import dataclasses
 import json
 import time
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 
+from . import fingerprint, preflight
 from .codec import LLMTimeCodec
-from .config import TrainConfig, from_dict, save_toml, to_dict
+from .config import LoraSpec, TrainConfig, from_dict, save_toml, to_dict
 from .data import Dataset, load, save_h5, split
 from .errors import BudgetExceeded, FlopcastError
 from .ledger import Ledger
+from .lock import DirLock
 from .plan import Plan, Stage
 
 
@@ -29,12 +38,51 @@ class Study:
     plan: Plan
     out: Path
     ledger: Ledger
-    ds: Dataset
     train: Dataset
     val: Dataset
     test: Dataset
     codec: LLMTimeCodec
+    settings: dict[str, dict]
     progress: bool = True
+
+    @property
+    def eval_data(self) -> Dataset:
+        """The split the plan evaluates on (``eval.split``)."""
+        return getattr(self, self.plan.eval.split)
+
+    @cached_property
+    def tokenizer(self):
+        from .models import load_tokenizer
+
+        return load_tokenizer(self.plan.model.name)
+
+    @cached_property
+    def arch(self):
+        from .models import resolve_arch
+
+        return resolve_arch(self.plan.model.name)
+
+    def head_tokens(self, t: TrainConfig) -> int | None:
+        """Columns of the numeric head (the series' alphabet), None for the full head."""
+        from .grammar import LLMTimeGrammar
+
+        return len(LLMTimeGrammar(self.plan.codec, self.test.n_vars).alphabet) if t.head == "numeric" else None
+
+    @cached_property
+    def _windows(self) -> dict:
+        from .evaluate import build_windows, window_grammar
+
+        cfg, ds = self.plan.eval, self.eval_data
+        series = ds.series[: cfg.max_series] if cfg.max_series else ds.series
+        out = {}
+        for S in cfg.contexts:
+            wins = build_windows(series, self.codec, self.tokenizer, S, cfg)
+            out[S] = (wins, window_grammar(wins, self.tokenizer, self.codec, ds.n_vars) if wins else None)
+        return out
+
+    def eval_windows(self) -> dict:
+        """Evaluation windows and decoding grammar per context length (built once per study)."""
+        return self._windows
 
 
 def _stage_file(study: Study, stage: str) -> Path:
@@ -48,49 +96,86 @@ def stage_result(study: Study, stage: str) -> dict:
     return json.loads(p.read_text())
 
 
-def prepare(plan: Plan, out_dir: str | Path, progress: bool = True) -> Study:
-    """Data, split, codec and ledger of a study (re-used as they are when resuming)."""
+def _stage_done(study: Study, stage: str) -> bool:
+    f = _stage_file(study, stage)
+    return f.is_file() and json.loads(f.read_text()).get("status") == "done"
+
+
+def _open_ledger(out: Path, budget: float) -> Ledger:
+    """The study's ledger; its budget stays as it is until the plan has passed its checks."""
+    path = out / "ledger.db"
+    return Ledger(path) if path.is_file() else Ledger(path, budget)
+
+
+def _dataset(plan: Plan, out: Path) -> Dataset:
+    if plan.data:
+        return load(plan.data)
+    path = out / "data.h5"
+    if not path.is_file() or _sim_settings(path) != to_dict(plan.simulate):
+        from .simulate import simulate
+
+        save_h5(simulate(plan.simulate), path, attrs={"simulate": json.dumps(to_dict(plan.simulate))})
+    return load(path)
+
+
+def _sim_settings(path: Path) -> dict | None:
+    """The simulation settings a study's data.h5 was made with (None for one of an older flopcast)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs["simulate"]) if "simulate" in f.attrs else None
+
+
+def prepare(plan: Plan, out_dir: str | Path, progress: bool = True, restart: tuple[str, ...] = (),
+            only: list[str] | None = None) -> Study:
+    """Check the plan against the study directory, then its data, stages and budget; only then write anything."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_toml(plan.to_dict(), out / "plan.toml")
-    if plan.data:
-        ds = load(plan.data)
-    else:
-        path = out / "data.h5"
-        if not path.is_file():
-            from .simulate import simulate
-
-            save_h5(simulate(plan.simulate), path)
-        ds = load(path)
+    settings = preflight.stage_settings(plan, preflight.data_settings(plan))
+    preflight.check_fingerprints(out, settings, tuple(restart))
+    preflight.archive_stages(out, tuple(restart))
+    ds = _dataset(plan, out)
     sp = split(ds.n_series, plan.split)
-    (out / "split.json").write_text(sp.to_json())
     train, val, test = ds.subset(sp.train), ds.subset(sp.val), ds.subset(sp.test)
-    codec = LLMTimeCodec.fit(plan.codec, train.series)
-    return Study(plan, out, Ledger(out / "ledger.db", plan.budget), ds, train, val, test, codec, progress)
+    study = Study(plan, out, _open_ledger(out, plan.budget), train, val, test, LLMTimeCodec.fit(plan.codec, train.series),
+                  settings, progress)
+    todo = [st for st in plan.stages if (not only or st.name in only) and not _stage_done(study, st.name)]
+    preflight.check_data(study, todo)
+    study.ledger.check_budget_change(plan.budget)
+    preflight.check_affordable(study, todo, plan.budget)
+    if study.ledger.budget != int(plan.budget):
+        study.ledger.set_budget(plan.budget)  # raising is always allowed; lowering below what is used is refused
+    save_toml(plan.to_dict(), out / "plan.toml")
+    (out / "split.json").write_text(sp.to_json())
+    return study
 
 
-def run_plan(plan: Plan, out_dir: str | Path, progress: bool = True, only: list[str] | None = None) -> dict:
-    """Execute (or continue) every stage; finished stages are skipped."""
-    study = prepare(plan, out_dir, progress)
-    results = {}
-    for stage in plan.stages:
-        if only and stage.name not in only:
-            continue
-        f = _stage_file(study, stage.name)
-        if f.is_file() and json.loads(f.read_text()).get("status") == "done":
-            results[stage.name] = json.loads(f.read_text())
-            continue
-        t0 = time.time()
-        res = RUNNERS[stage.kind](study, stage)
-        res.update({"status": "done", "kind": stage.kind, "wall_s": time.time() - t0})
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text(json.dumps(res, indent=2))
-        results[stage.name] = res
-    summary = {"plan": plan.name, "budget": plan.budget, "ledger": study.ledger.summary(), "stages": results}
-    (study.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    from .report import write_report
+def run_plan(plan: Plan, out_dir: str | Path, progress: bool = True, only: list[str] | None = None,
+             restart: tuple[str, ...] = ()) -> dict:
+    """Execute (or continue) every stage; finished stages with unchanged settings are reused."""
+    with DirLock(out_dir):  # a second process on this study stops here
+        study = prepare(plan, out_dir, progress, restart, only)
+        results = {}
+        for stage in plan.stages:
+            if only and stage.name not in only:
+                continue
+            fp = preflight.fingerprint_file(study.out, stage.name)
+            if not fp.is_file():  # before any work: the stage is tied to these settings from now on
+                fingerprint.save(fp, study.settings[stage.name])
+            if _stage_done(study, stage.name):
+                results[stage.name] = stage_result(study, stage.name)
+                continue
+            t0 = time.time()
+            res = RUNNERS[stage.kind](study, stage)
+            res.update({"status": "done", "kind": stage.kind, "wall_s": time.time() - t0,
+                        "fingerprint": fingerprint.digest(study.settings[stage.name])})
+            _stage_file(study, stage.name).write_text(json.dumps(res, indent=2))
+            results[stage.name] = res
+        summary = {"plan": plan.name, "budget": plan.budget, "ledger": study.ledger.summary(), "stages": results}
+        (study.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        from .report import write_report
 
-    write_report(study.out)
+        write_report(study.out)
     return summary
 
 
@@ -102,71 +187,72 @@ def _load(study: Study):
     return load_model(study.plan.model, seed=study.plan.seed)
 
 
-def _evaluate(study: Study, name: str, adapter: Path | None, directory: Path) -> dict:
+def _evaluate(study: Study, stage: Stage, adapter: Path | None) -> dict:
     from .evaluate import evaluate
     from .models import load_adapter
 
     lm = _load(study)
     model = load_adapter(lm.model, adapter).eval() if adapter else lm.model
-    return evaluate(model, lm.tokenizer, study.codec, study.test, study.plan.eval, out_dir=directory,
-                    ledger=study.ledger, name=f"{name}/test", model_name=study.plan.model.name, progress=study.progress)
+    return evaluate(model, lm.tokenizer, study.codec, study.eval_data, study.plan.eval,
+                    out_dir=study.out / "stages" / stage.name / "eval", ledger=study.ledger,
+                    name=f"{stage.name}/{study.plan.eval.split}", model_name=study.plan.model.name,
+                    progress=study.progress, fingerprint=fingerprint.digest(study.settings[stage.name]))
 
 
-def _settings(study: Study, stage: Stage) -> tuple[TrainConfig, dict]:
-    """TrainConfig and LoRA overrides: plan defaults <- base stage's best <- stage's own."""
-    tcfg = to_dict(study.plan.train)
-    lora = to_dict(study.plan.lora)
+def _settings(study: Study, stage: Stage) -> tuple[TrainConfig, LoraSpec]:
+    """Training and LoRA settings: plan defaults <- base stage's best <- stage's own."""
+    tcfg, lora = study.plan.train, study.plan.lora
     if stage.base:
         best = stage_result(study, stage.base)["best"]
-        tcfg.update({k: best[k] for k in ("lr", "seq_len") if k in best})
-        if "rank" in best:
-            lora["rank"] = best["rank"]
-    tcfg.update(stage.train)
-    lora.update(stage.lora)
-    if stage.steps is not None and stage.steps != "remaining":
-        tcfg["steps"] = stage.steps
-    tcfg.setdefault("seed", study.plan.seed)
-    return from_dict(TrainConfig, tcfg), lora
+        tcfg = replace(tcfg, **{k: best[k] for k in ("lr", "seq_len") if k in best})
+        lora = replace(lora, rank=best.get("rank", lora.rank))
+    t = from_dict(TrainConfig, {**to_dict(tcfg), **stage.train, **({"steps": stage.steps} if isinstance(stage.steps, int) else {})})
+    return t, from_dict(LoraSpec, {**to_dict(lora), **stage.lora})
 
 
-def _eval_reserve(study: Study, lora: dict) -> int:
-    """The FLOPs a test evaluation reserves (kept aside when spending the remaining budget)."""
-    from .config import LoraSpec
-    from .evaluate import build_windows, eval_flops_bound
-    from .flops import lora_shape
-    from .models import load_tokenizer, resolve_arch
-
-    name = study.plan.model.name
-    arch = resolve_arch(name)
-    tok = load_tokenizer(name)
-    cfg = study.plan.eval
-    series = study.test.series[: cfg.max_series] if cfg.max_series else study.test.series
-    shape = lora_shape(from_dict(LoraSpec, lora))
-    return sum(eval_flops_bound(arch, len(build_windows(series, study.codec, tok, S, cfg)), S, cfg,
-                                study.test.n_vars, study.codec, shape) for S in cfg.contexts)
-
-
-def _train_run(study: Study, stage: Stage, run_name: str, tcfg: TrainConfig, lora: dict) -> dict:
-    from .config import LoraSpec
+def _train_run(study: Study, stage: Stage, run_name: str, tcfg: TrainConfig, lora: LoraSpec) -> dict:
     from .train import train
 
     lm = _load(study)
-    spec = from_dict(LoraSpec, lora)
     d = study.out / "stages" / stage.name / run_name
-    r = train(lm.model, lm.tokenizer, study.codec, study.train.series, study.val.series, spec, tcfg, d,
+    r = train(lm.model, lm.tokenizer, study.codec, study.train.series, study.val.series, lora, tcfg, d,
               ledger=study.ledger, name=f"{stage.name}/{run_name}", model_name=study.plan.model.name,
               progress=study.progress)
-    return {"run": run_name, "dir": str(d), "lr": tcfg.lr, "rank": spec.rank, "seq_len": tcfg.seq_len,
+    return {"run": run_name, "dir": str(d), "lr": tcfg.lr, "rank": lora.rank, "seq_len": tcfg.seq_len,
             "steps": r.steps, "flops": r.flops, "val_loss": r.best_val_loss, "status": r.status, "wall_s": r.wall_s}
 
 
-def _finish(study: Study, stage: Stage, runs: list[dict]) -> dict:
-    scored = [r for r in runs if r["val_loss"] is not None]
-    best = min(scored, key=lambda r: r["val_loss"]) if scored else runs[-1]
-    res = {"runs": runs, "best": best}
+def _train_runs(study: Study, stage: Stage, widest: LoraSpec, names: list[str], runs) -> dict:
+    """Train ``runs()`` (name, training and LoRA settings of each run) while the stage's evaluation FLOPs
+    (for its ``widest`` adapter) are held aside, then evaluate the best run."""
+    from .flops import lora_shape
+    from .train import finished_run
+
+    hold = None
+    pending = any(finished_run(study.out / "stages" / stage.name / n) is None for n in names)
+    if stage.evaluate and pending:  # a stage never trains what it cannot then evaluate
+        hold = study.ledger.hold(f"{stage.name}/{study.plan.eval.split} (held)",
+                                 preflight.eval_cost(study, lora_shape(widest)))
+    try:
+        done = [_train_run(study, stage, *r) for r in runs()]
+    finally:
+        study.ledger.drop_hold(hold)
+    best = _best(stage, done)
+    res = {"runs": done, "best": best}
     if stage.evaluate:
-        res["test"] = _evaluate(study, stage.name, Path(best["dir"]) / "adapter_best", study.out / "stages" / stage.name / "eval")
+        res["test"] = _evaluate(study, stage, Path(best["dir"]) / "adapter_best")
     return res
+
+
+def _best(stage: Stage, runs: list[dict]) -> dict:
+    """The run with the lowest validation loss; diverged runs never win, and a stage of only diverged runs fails."""
+    ok = [r for r in runs if r["status"] != "diverged"]
+    if not ok:
+        r = runs[-1]
+        raise FlopcastError(f"stage {stage.name!r}: training diverged (loss became NaN or infinite) at step {r['steps']} "
+                            f"of {r['dir']}; lower the learning rate (lr={r['lr']:g})")
+    scored = [r for r in ok if r["val_loss"] is not None]
+    return min(scored, key=lambda r: r["val_loss"]) if scored else ok[-1]
 
 
 # ----------------------------------------------------------------------------- stage kinds
@@ -175,53 +261,54 @@ def run_eval_stage(study: Study, stage: Stage) -> dict:
     adapter = None
     if stage.adapter_from:
         adapter = Path(stage_result(study, stage.adapter_from)["best"]["dir"]) / "adapter_best"
-    return {"test": _evaluate(study, stage.name, adapter, study.out / "stages" / stage.name / "eval")}
+    return {"test": _evaluate(study, stage, adapter)}
 
 
-def run_train_stage(study: Study, stage: Stage) -> dict:
+def _remaining_steps(study: Study, stage: Stage, tcfg: TrainConfig, lora: LoraSpec, run_dir: Path) -> TrainConfig:
+    """Steps and FLOP cap of a ``steps = "remaining"`` run: what the ledger has left (its evaluation is held aside)."""
+    from .checkpoint import CheckpointManager
+    from .costs import run_cost
+    from .flops import lora_shape
     from .train import finished_run
 
-    tcfg, lora = _settings(study, stage)
-    done = finished_run(study.out / "stages" / stage.name / "run") if stage.steps == "remaining" else None
+    done = finished_run(run_dir)
     if done is not None:  # trained before an interruption: keep the steps it was given
         from .config import load_toml
 
         saved = load_toml(done.run_dir / "config.toml")["train"]
-        tcfg = replace(tcfg, steps=saved["steps"], max_flops=saved.get("max_flops"))
-    elif stage.steps == "remaining":
-        from . import flops as F
-        from .config import LoraSpec
-        from .models import resolve_arch
+        return replace(tcfg, steps=saved["steps"], max_flops=saved.get("max_flops"))
+    per = run_cost(study.arch, tcfg, lora_shape(lora), 0, study.head_tokens(tcfg)).per_step
+    ckpt = CheckpointManager(run_dir)
+    row = ckpt.load()[0].ledger_id if ckpt.exists() else None  # a resumed run keeps its own row's FLOPs
+    mine = study.ledger.get(row).committed if row is not None else 0
+    spendable = study.ledger.left() + mine
+    steps = int(spendable // per)  # validation passes come out of this too: training stops at max_flops
+    if steps < 1:
+        raise BudgetExceeded(f"stage {stage.name!r}: no budget left for a training step "
+                             f"({study.ledger.left():.3e} left, {per:.3e} per step)")
+    return replace(tcfg, steps=steps, max_flops=spendable)
 
-        arch = resolve_arch(study.plan.model.name)
-        if tcfg.head == "numeric":  # training computes logits for the series' characters only (heads.py)
-            from .grammar import LLMTimeGrammar
 
-            arch = replace(arch, vocab=len(LLMTimeGrammar(study.plan.codec, study.test.n_vars).alphabet))
-        per = F.train_step(arch, tcfg.batch_size, tcfg.seq_len, F.lora_shape(from_dict(LoraSpec, lora))).total
-        prev = study.ledger.resume(f"{stage.name}/run")
-        spendable = study.ledger.left() + (prev.committed if prev else 0) - (_eval_reserve(study, lora) if stage.evaluate else 0)
-        steps = int(spendable // per)  # validation passes come out of this too: training stops at max_flops
-        if steps < 1:
-            raise BudgetExceeded(f"stage {stage.name!r}: no budget left for a training step "
-                                 f"({study.ledger.left():.3e} left, {per:.3e} per step)")
-        tcfg = replace(tcfg, steps=steps, max_flops=spendable)
-    return _finish(study, stage, [_train_run(study, stage, "run", tcfg, lora)])
+def run_train_stage(study: Study, stage: Stage) -> dict:
+    tcfg, lora = _settings(study, stage)
+    if stage.steps == "remaining":  # counted once the evaluation is held, so they leave it its FLOPs
+        run_dir = study.out / "stages" / stage.name / "run"
+        return _train_runs(study, stage, lora, ["run"],
+                           lambda: [("run", _remaining_steps(study, stage, tcfg, lora, run_dir), lora)])
+    return _train_runs(study, stage, lora, ["run"], lambda: [("run", tcfg, lora)])
 
 
 def run_grid_stage(study: Study, stage: Stage) -> dict:
     tcfg, lora = _settings(study, stage)
-    runs = []
-    for lr in stage.lr:
-        for rank in stage.rank:
-            runs.append(_train_run(study, stage, f"lr={lr:g}_r={rank}", replace(tcfg, lr=lr), {**lora, "rank": rank}))
-    return _finish(study, stage, runs)
+    runs = [(f"lr={lr:g}_r={rank}", replace(tcfg, lr=lr), replace(lora, rank=rank)) for lr in stage.lr for rank in stage.rank]
+    widest = max((lo for *_, lo in runs), key=lambda lo: lo.rank)
+    return _train_runs(study, stage, widest, [r[0] for r in runs], lambda: runs)
 
 
 def run_context_stage(study: Study, stage: Stage) -> dict:
     tcfg, lora = _settings(study, stage)
-    runs = [_train_run(study, stage, f"S={s}", replace(tcfg, seq_len=s), lora) for s in stage.seq_len]
-    return _finish(study, stage, runs)
+    runs = [(f"S={s}", replace(tcfg, seq_len=s), lora) for s in stage.seq_len]
+    return _train_runs(study, stage, lora, [r[0] for r in runs], lambda: runs)
 
 
 RUNNERS = {"eval": run_eval_stage, "train": run_train_stage, "grid": run_grid_stage, "context": run_context_stage}

@@ -13,15 +13,22 @@ See ``plans/quickstart.toml`` and ``plans/reference.toml``. Stage kinds:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .config import (CodecConfig, EvalConfig, LoraSpec, ModelSpec, SimConfig, SplitConfig, TrainConfig, _check,
-                     from_dict, load_toml, to_dict)
+from .config import (CodecConfig, DataSpec, EvalConfig, LoraSpec, ModelSpec, SimConfig, SplitConfig, TrainConfig, _check,
+                     check_budget, from_dict, load_toml, to_dict)
 from .errors import FlopcastError
 
 STAGE_KINDS = ("eval", "train", "grid", "context")
+# the stage fields each kind takes (besides name and kind)
+KIND_FIELDS = {
+    "eval": {"adapter_from"},
+    "train": {"train", "lora", "base", "steps", "evaluate"},
+    "grid": {"train", "lora", "lr", "rank", "base", "steps", "evaluate"},
+    "context": {"train", "lora", "seq_len", "base", "steps", "evaluate"},
+}
 
 
 @dataclass(frozen=True)
@@ -45,8 +52,21 @@ class Stage:
         _check(self.kind in STAGE_KINDS, f"stage {self.name!r}: kind must be one of {STAGE_KINDS}, got {self.kind!r}")
         _check(self.kind != "grid" or (self.lr and self.rank), f"grid stage {self.name!r} needs lr = [...] and rank = [...]")
         _check(self.kind != "context" or self.seq_len, f"context stage {self.name!r} needs seq_len = [...]")
-        _check(self.steps is None or self.steps == "remaining" or (isinstance(self.steps, int) and self.steps > 0),
-               f"stage {self.name!r}: steps must be a positive integer or 'remaining'")
+        _check(self.steps is None or (self.steps == "remaining" and self.kind == "train")
+               or (isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps > 0),
+               f"stage {self.name!r}: steps must be a positive integer" + (" or 'remaining'" if self.kind == "train" else ""))
+
+    def candidates(self, train: TrainConfig, lora: LoraSpec) -> list[tuple[TrainConfig, LoraSpec]]:
+        """The (training, LoRA) settings of each run this stage makes, from ``train``/``lora`` (the plan's
+        defaults, or the best of ``base``) with the stage's own overrides."""
+        t = from_dict(TrainConfig, {**to_dict(train), **self.train,
+                                    **({"steps": self.steps} if isinstance(self.steps, int) else {})})
+        lo = from_dict(LoraSpec, {**to_dict(lora), **self.lora})
+        if self.kind == "grid":
+            return [(replace(t, lr=lr), replace(lo, rank=r)) for lr in self.lr for r in self.rank]
+        if self.kind == "context":
+            return [(replace(t, seq_len=s), lo) for s in self.seq_len]
+        return [(t, lo)] if self.kind == "train" else []
 
 
 @dataclass(frozen=True)
@@ -55,7 +75,7 @@ class Plan:
     budget: float
     stages: tuple[Stage, ...]
     model: ModelSpec = field(default_factory=ModelSpec)
-    data: str | None = None
+    data: DataSpec | None = None
     simulate: SimConfig = field(default_factory=SimConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
@@ -67,7 +87,7 @@ class Plan:
     carbon_g_per_kwh: float = 300.0
 
     def __post_init__(self) -> None:
-        _check(self.budget > 0, f"budget must be > 0, got {self.budget}")
+        check_budget(self.budget)
         names = [s.name for s in self.stages]
         _check(len(names) == len(set(names)), f"stage names must be unique: {names}")
         for i, s in enumerate(self.stages):
@@ -87,17 +107,99 @@ SECTIONS = {"model": ModelSpec, "simulate": SimConfig, "split": SplitConfig, "co
             "eval": EvalConfig, "lora": LoraSpec, "train": TrainConfig}
 
 
-def plan_from_dict(d: dict[str, Any], where: str = "plan") -> Plan:
-    d = dict(d)
+def _stage(raw: Any, i: int, problems: list[str]) -> Stage | None:
+    """One stage from its table; what is wrong with it goes to ``problems``."""
+    if not isinstance(raw, dict):
+        problems.append(f"stages[{i}] must be a table")
+        return None
+    label = f"stage {raw.get('name', i)!r}"
+    extra = sorted(set(raw) - {"name", "kind"} - KIND_FIELDS.get(raw.get("kind"), set(raw)))
+    if extra:
+        kind = raw["kind"]
+        problems.append(f"{label}: {', '.join(extra)} not allowed in a{'n' if kind[0] in 'aeiou' else ''} {kind} stage "
+                        f"(it takes {', '.join(sorted(KIND_FIELDS[kind])) or 'no other fields'})")
     try:
-        stages = tuple(from_dict(Stage, s) for s in d.pop("stages", []))
-        kwargs = {k: from_dict(cls, d.pop(k)) for k, cls in SECTIONS.items() if k in d}
-        if not stages:
-            raise FlopcastError("a plan needs at least one [[stages]] entry")
-        return from_dict(Plan, {**d, **kwargs, "stages": stages})
+        return from_dict(Stage, {k: v for k, v in raw.items() if k not in extra})
     except FlopcastError as e:
-        raise FlopcastError(f"{where}: {e}") from None
+        problems.append(f"{label}: {e}" if not str(e).startswith("stage") else str(e))
+        return None
+
+
+def _check_stage_settings(stages, train: TrainConfig, lora: LoraSpec, problems: list[str]) -> None:
+    """Build every stage's training and LoRA configs now, so a bad value stops the plan before it spends."""
+    for st in stages:
+        bad_types = [p for cls, d in ((TrainConfig, st.train), (LoraSpec, st.lora)) for p in _unknown_or_mistyped(cls, d)]
+        if bad_types:
+            problems += [f"stage {st.name!r}: {p}" for p in bad_types]
+            continue
+        try:
+            st.candidates(train, lora)
+        except FlopcastError as e:
+            problems.append(f"stage {st.name!r}: {e}")
+
+
+def _unknown_or_mistyped(cls: type, d: dict) -> list[str]:
+    from .config import type_problems
+
+    names = {f.name for f in cls.__dataclass_fields__.values()}
+    unknown = sorted(set(d) - names)
+    return ([f"unknown {cls.__name__} key(s) {', '.join(unknown)}"] if unknown else []) + type_problems(cls, d)
+
+
+def _data_spec(value: Any) -> DataSpec | None:
+    if value is None or isinstance(value, DataSpec):
+        return value
+    if isinstance(value, str):
+        return DataSpec(value)
+    if isinstance(value, dict):
+        return from_dict(DataSpec, value)
+    raise FlopcastError(f"data must be a file path or a table with path, id_column, time_column; got {value!r}")
+
+
+def plan_from_dict(d: dict[str, Any], where: str = "plan") -> Plan:
+    """A validated plan: every problem of every section and stage is reported in one error."""
+    d, problems = dict(d), []
+    stages = [_stage(s, i, problems) for i, s in enumerate(d.pop("stages", []))]
+    kwargs: dict[str, Any] = {}
+    for k, cls in SECTIONS.items():
+        if k in d:
+            try:
+                kwargs[k] = from_dict(cls, d.pop(k))
+            except FlopcastError as e:
+                problems.append(f"[{k}] {e}")
+    try:
+        kwargs["data"] = _data_spec(d.pop("data", None))
+    except FlopcastError as e:
+        problems.append(str(e))
+    if not stages and not problems:
+        problems.append("a plan needs at least one [[stages]] entry")
+    _check_stage_settings([s for s in stages if s is not None], kwargs.get("train", TrainConfig()),
+                          kwargs.get("lora", LoraSpec()), problems)
+    plan = None
+    if not problems:
+        try:
+            plan = from_dict(Plan, {**d, **kwargs, "stages": tuple(stages)})
+        except FlopcastError as e:
+            problems.append(str(e))
+    if problems:
+        raise FlopcastError(f"{where}: " + "; ".join(problems))
+    return plan
 
 
 def load_plan(path: str | Path) -> Plan:
     return plan_from_dict(load_toml(path), str(path))
+
+
+def one_stage_plan(name: str, stage: dict, model: str, data: str | Path | None, budget: float, train: dict,
+                   lora: dict, contexts: list[int], max_series: int | None, id_column: str | None = None,
+                   time_column: str | None = None) -> Plan:
+    """The plan behind ``flopcast train`` and ``flopcast sweep``: one stage, plan defaults elsewhere."""
+    ev: dict[str, Any] = {"contexts": contexts}
+    if max_series is not None:
+        ev["max_series"] = max_series
+    d: dict[str, Any] = {"name": name, "budget": budget, "model": {"name": model}, "train": train, "lora": lora,
+                         "eval": ev, "stages": [stage]}
+    if data is not None:
+        d["data"] = {"path": str(data), **({"id_column": id_column} if id_column is not None else {}),
+                     **({"time_column": time_column} if time_column is not None else {})}
+    return plan_from_dict(d)

@@ -1,87 +1,108 @@
-"""One readable LoRA training loop with FLOP accounting, checkpoints and resume.
+"""One readable LoRA training engine with FLOP accounting, checkpoints and resume.
 
-Read :func:`train` top to bottom: set-up, then ``for step in ...``: budget check, batch, forward,
-backward, clip, optimizer step, FLOPs, log, validate, checkpoint. It runs under Accelerate, so
-``accelerate launch -m flopcast.cli train ...`` trains on several processes/GPUs (each process takes
-its share of every global batch; the main process logs, checkpoints and writes the ledger).
+Read it top to bottom: :func:`train` is :func:`setup` (data, model, optimizer, resume, ledger row)
+-> :func:`fit` (the loop: stop and budget checks, :func:`train_step`, FLOPs, log, validation,
+checkpoint) -> :func:`finalize` (adapters, ``flops.json``, ``status.json``, ledger settlement).
+It runs under Accelerate, so ``accelerate launch`` trains on several processes/GPUs (each process
+takes its share of every global batch; the main process logs, checkpoints and writes the ledger).
+PEFT wraps the base model in place: after training, ``base_model`` carries the LoRA layers.
 
 A run directory holds::
 
-    config.toml      resolved run configuration (model, LoRA, codec with alpha, training, data)
-    metrics.jsonl    one line per step (loss, lr, flops) and per validation
-    checkpoint/      adapter + state.pt (optimizer, RNG, step, FLOPs) for resuming
+    config.toml      resolved run configuration (model, LoRA, codec with alpha, training, data hash, fingerprint)
+    metrics.jsonl    one line per step (loss, lr, flops, time) and per validation
+    checkpoint/      adapter + state.pt (optimizer, RNG, TrainState), see flopcast.checkpoint
     adapter/         last adapter       adapter_best/  adapter with the lowest validation loss
-    flops.json       FLOPs per step, steps done, total, ledger row
-    status.json      done | stopped_budget | interrupted
+    flops.json       FLOPs per step and per validation, steps done, total, redone, ledger row
+    status.json      done | stopped_budget | interrupted | diverged
 
-SIGTERM (a scheduler's pre-emption, ``kill``, ``docker stop``) or Ctrl-C stops training at the end of
-the step under way, with a checkpoint of that step; a second signal stops at once. Running the same
-command again resumes.
+The ledger hears of every step, so a run killed with ``kill -9`` has charged all the work it did;
+when it resumes from its last checkpoint, the steps it does again are charged again
+(``flops_redone``). SIGTERM or Ctrl-C stops at the end of the step under way, with a checkpoint of
+that step; a second signal stops at once. Running the same command again resumes. A loss that
+becomes NaN or infinite stops the run with status ``diverged``.
 """
 
 from __future__ import annotations
 
 import atexit
-import dataclasses
+import hashlib
 import json
 import math
+import os
 import random
-import shutil
 import signal
 import sys
-import threading
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from . import flops as F
+from .checkpoint import CheckpointManager, TrainState, set_rng_state
 from .chunks import Chunks, make_chunks, series_token_ids
 from .codec import LLMTimeCodec
-from .config import LoraSpec, TrainConfig, to_dict
-from .errors import FlopcastError, Interrupted
+from .config import LoraSpec, TrainConfig, load_toml, save_toml, to_dict
+from .costs import RunCost, run_cost, val_chunks_used
+from .errors import Interrupted, SettingsChanged
+from .flops import Arch, lora_shape
 from .heads import numeric_head, remap_table, restricted_loss, target_ids
+from .lock import DirLock
 from .models import attach_lora, load_adapter, save_adapter, trainable_parameters
+from .signals import StopRequest
+
+FINAL = ("done", "stopped_budget", "diverged")  # a run with one of these statuses is not trained again
 
 
 @dataclass
 class TrainResult:
     run_dir: Path
     steps: int
-    flops: int
+    flops: int                 # charged to the ledger: the run's steps and validations plus redone work
     best_val_loss: float | None
     status: str
     wall_s: float
+    flops_redone: int = 0
 
 
-class StopRequest:
-    """While active, SIGTERM and Ctrl-C ask the loop to stop after the step under way; a second one
-    raises :class:`Interrupted` at once. Installs handlers in the main thread only, over any but an
-    ignored one (a background job's SIGINT stays ignored), and puts the previous ones back on exit."""
+@dataclass
+class Run:
+    """What :func:`setup` builds for :func:`fit` and :func:`finalize`."""
 
-    def __init__(self):
-        self.signum: int | None = None
-        self._prev: dict = {}
+    dir: Path
+    name: str
+    model_name: str
+    cfg: TrainConfig
+    lora: LoraSpec
+    acc: Any
+    model: Any
+    opt: torch.optim.Optimizer
+    params: list
+    chunks: Chunks
+    val: Chunks | None
+    loss_fn: Callable[[dict], torch.Tensor]
+    head_ids: list[int] | None
+    cost: RunCost
+    state: TrainState
+    order: "BatchOrder"
+    ckpt: CheckpointManager
+    codec_state: dict
+    ledger: Any = None
+    log: Any = None
+    tracker: Any = None
+    wall0: float = 0.0
+    t0: float = 0.0
 
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                if signal.getsignal(sig) is not signal.SIG_IGN:
-                    self._prev[sig] = signal.signal(sig, self._handle)
-        return self
+    @property
+    def main(self) -> bool:
+        return self.acc.is_main_process
 
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise Interrupted(signum)
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._prev.items():
-            signal.signal(sig, handler)
+    def wall(self) -> float:
+        """Seconds of training so far, over every process that worked on this run."""
+        return self.wall0 + time.time() - self.t0
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -92,10 +113,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr
     frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.lr * (0.5 * (1 + math.cos(math.pi * frac)) if cfg.schedule == "cosine" else 1 - frac)
-
-
-def _batch(chunks: Chunks, idx: np.ndarray, device) -> dict[str, torch.Tensor]:
-    return {k: torch.as_tensor(getattr(chunks, k)[idx], device=device) for k in ("input_ids", "attention_mask", "labels")}
 
 
 class BatchOrder:
@@ -122,19 +139,30 @@ class BatchOrder:
         return {"epoch": self.epoch, "pos": self.pos}
 
 
-def _log(fh, **row) -> None:
-    fh.write(json.dumps(row) + "\n")
-    fh.flush()
+def _batch(chunks: Chunks, idx: np.ndarray, device) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(getattr(chunks, k)[idx], device=device) for k in ("input_ids", "attention_mask", "labels")}
 
 
-def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+# ----------------------------------------------------------------------------- one step
 
+def train_step(model, optimizer, batch: dict, loss_fn: Callable[[dict], torch.Tensor], lr: float, grad_clip: float = 0.0,
+               acc=None, params: list | None = None) -> float:
+    """One optimizer step on ``batch`` at learning rate ``lr``; returns the loss (mean over processes).
 
-def _set_rng_state(s: dict) -> None:
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
+    A non-finite loss leaves the weights as they were: the caller stops, the run diverged.
+    """
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    loss = loss_fn(batch)
+    (acc.backward if acc is not None else torch.Tensor.backward)(loss)
+    value = float(acc.reduce(loss.detach(), reduction="mean") if acc is not None else loss.detach())
+    if math.isfinite(value):
+        if grad_clip:
+            params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+            (acc.clip_grad_norm_ if acc is not None else torch.nn.utils.clip_grad_norm_)(params, grad_clip)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return value
 
 
 @torch.no_grad()
@@ -158,243 +186,263 @@ def validation_loss(model, chunks: Chunks | None, batch: int, acc, loss_fn=None)
     return float(tot[0] / max(float(tot[1]), 1.0))
 
 
+# ----------------------------------------------------------------------------- the engine
+
 def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndarray], val_series: list[np.ndarray],
           lora: LoraSpec, cfg: TrainConfig, run_dir: str | Path, ledger=None, name: str = "train",
-          model_name: str = "", init_adapter: str | Path | None = None, progress: bool = True,
-          extra_config: dict | None = None, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+          model_name: str = "", progress: bool = True,
+          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train a LoRA adapter on ``train_series``; resumes from ``run_dir/checkpoint`` if present.
 
-    ``on_step(step, loss)`` is called after every optimizer step (custom logging, tests).
+    A finished run with the same settings is returned as it is (nothing is charged again); one with
+    other settings is an error. ``on_step(step, loss)`` is called after every optimizer step.
     """
     from accelerate import Accelerator
 
-    run = Path(run_dir)
-    done = finished_run(run, lora, cfg)
-    if done is not None:  # trained already: return its result, charge nothing again
+    data_sha = series_sha256(train_series, val_series)
+    done = finished_run(run_dir, lora, cfg, data_sha)
+    if done is not None:
         return done
-    run.mkdir(parents=True, exist_ok=True)
     acc = Accelerator(cpu=not torch.cuda.is_available())
-    main = acc.is_main_process
+    with ExitStack() as resources:
+        if acc.is_main_process:
+            resources.enter_context(DirLock(run_dir))  # a second process on this run directory stops here
+        run = setup(acc, base_model, tokenizer, codec, train_series, val_series, lora, cfg, run_dir, ledger, name,
+                    model_name, data_sha)
+        resources.callback(_close, run)
+        with ExitStack() as loop:
+            if run.head_ids:  # the shared base model gets its full head back on the way out
+                loop.enter_context(numeric_head(acc.unwrap_model(run.model), run.head_ids))
+            stop = loop.enter_context(StopRequest())
+            bar = loop.enter_context(_progress_bar(run) if progress and run.main else nullcontext())
+            try:
+                status = fit(run, stop, bar, on_step)
+            except KeyboardInterrupt as e:  # a second signal, or a Ctrl-C that StopRequest could not catch
+                status, stop.signum = "interrupted", getattr(e, "signum", stop.signum or signal.SIGINT)
+        return finalize(run, status, stop.signum)
+
+
+def setup(acc, base_model, tokenizer, codec: LLMTimeCodec, train_series, val_series, lora: LoraSpec, cfg: TrainConfig,
+          run_dir: str | Path, ledger, name: str, model_name: str, data_sha: str = "") -> Run:
+    """Data, model, optimizer and state (restored from the checkpoint when there is one), ledger row, config file."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-
-    # ---- data: every training token is a target once; validation uses the first chunks of val
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    chunks = make_chunks(series_token_ids(train_series, codec, tokenizer), cfg.seq_len, pad, cfg.stride)
-    val = make_chunks(series_token_ids(val_series, codec, tokenizer), cfg.seq_len, pad, cfg.stride) if val_series else None
-    if val is not None:
-        k = min(len(val), cfg.val_batches * cfg.batch_size)
-        val = Chunks(val.input_ids[:k], val.attention_mask[:k], val.labels[:k]) if k else None
-
-    # ---- model + optimizer (resume restores adapter weights, optimizer, RNG, step, FLOPs)
-    ckpt = run / "checkpoint"
-    if main:
-        _recover_checkpoint(run)
+    chunks, val = _chunks(tokenizer, codec, train_series, val_series, cfg)
+    ckpt = CheckpointManager(run_dir)
+    if acc.is_main_process:
+        ckpt.recover()
     acc.wait_for_everyone()
-    resuming = (ckpt / "state.pt").is_file()
-    if resuming:
-        model = load_adapter(base_model, ckpt, trainable=True)
-    elif init_adapter is not None:
-        model = load_adapter(base_model, init_adapter, trainable=True)
-    else:
-        model = attach_lora(base_model, lora)
-    model.train()
+    model, opt, state = _model_and_optimizer(base_model, lora, cfg, ckpt)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = torch.load(ckpt / "state.pt", weights_only=False) if resuming else None
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"])
     model, opt = acc.prepare(model, opt)
-    device = acc.device
-    world = acc.num_processes
-
-    # ---- optional numeric head: logits and softmax over the series' tokens only (see heads.py)
     head_ids = target_ids(chunks.labels, *([] if val is None else [val.labels])) if cfg.head == "numeric" else None
-    table = remap_table(head_ids, base_model.config.vocab_size, device) if head_ids else None
+    cost = run_cost(Arch.from_config(base_model.config), cfg, lora_shape(lora), len(val or []),
+                    len(head_ids) if head_ids else None)
+    run = Run(Path(run_dir), name, model_name, cfg, lora, acc, model, opt, params, chunks, val,
+              _loss_fn(model, head_ids, base_model.config.vocab_size, acc.device), head_ids, cost, state,
+              BatchOrder(len(chunks), cfg.batch_size, cfg.seed, **state.order), ckpt, codec.state(), ledger,
+              wall0=state.wall, t0=time.time())
+    if run.main:
+        _ledger_row(run, ledger)
+        _write_config(run, data_sha, trainable_parameters(model))
+        _truncate_log(run.dir / "metrics.jsonl", state.step)  # steps after the checkpoint are redone
+        run.log = (run.dir / "metrics.jsonl").open("a")
+        run.tracker = _wandb(cfg, name, run.dir)
+    return run
 
-    def loss_of(b: dict[str, torch.Tensor]) -> torch.Tensor:
-        return restricted_loss(model, b, table) if table is not None else model(**b).loss
 
-    # ---- FLOPs: analytic per global step (padded tokens are computed, so they count)
-    arch = F.Arch.from_config(base_model.config)
-    if head_ids:
-        arch = dataclasses.replace(arch, vocab=len(head_ids))
-    shape = F.lora_shape(lora)
-    per_step = F.train_step(arch, cfg.batch_size, cfg.seq_len, shape).total
-    per_val = F.forward(arch, cfg.batch_size, cfg.seq_len, lora=shape, loss=True).total * math.ceil(len(val or []) / cfg.batch_size)
-    step = state["step"] if state else 0
-    used = state["flops"] if state else 0
-    best = state["best_val"] if state else None
-    order = BatchOrder(len(chunks), cfg.batch_size, cfg.seed, **(state["order"] if state else {}))
-    n_val = cfg.steps // cfg.eval_every + 1
-    planned = per_step * cfg.steps + per_val * n_val
-    if cfg.max_flops is not None:
-        planned = min(planned, int(cfg.max_flops))
+def fit(run: Run, stop: StopRequest, bar=None, on_step: Callable[[int, float], None] | None = None) -> str:
+    """The training loop; returns the status it ended with."""
+    cfg, st, acc = run.cfg, run.state, run.acc
+    while st.step < cfg.steps:
+        if _stop_requested(stop, acc):  # every process stops at the same step
+            return "interrupted"
+        val_due = (st.step + 1) % cfg.eval_every == 0 or st.step + 1 == cfg.steps
+        if cfg.max_flops is not None and st.charged + run.cost.per_step + (run.cost.per_val if val_due else 0) > cfg.max_flops:
+            return "stopped_budget"
+        before, lr = run.order.state(), lr_at(st.step, cfg)
+        shard = run.order.next()[acc.process_index::acc.num_processes]  # each process takes its share
+        try:
+            loss = train_step(run.model, run.opt, _batch(run.chunks, shard, acc.device), run.loss_fn, lr,
+                              cfg.grad_clip, acc, run.params)
+        except KeyboardInterrupt:  # cut short before its update: the resumed run takes the same batch again
+            run.order.epoch, run.order.pos = before["epoch"], before["pos"]
+            raise
+        st.step, st.flops = st.step + 1, st.flops + run.cost.per_step
+        _log(run, step=st.step, loss=loss, lr=lr, flops=st.charged, time=run.wall())
+        if not math.isfinite(loss):
+            return "diverged"
+        if val_due:
+            _validate(run)
+        if run.main and run.ledger is not None:  # one UPDATE a step: a killed run has charged all its work
+            run.ledger.progress(st.ledger_id, st.charged, wall_s=run.wall(), steps=st.step)
+        if st.step % cfg.checkpoint_every == 0:
+            _checkpoint(run)
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.4f}", flops=f"{st.charged:.2e}")
+            bar.update(1)
+        if on_step:
+            on_step(st.step, loss)
+    return "done"
 
-    # ---- ledger: reserve once; a resumed run continues its row, so nothing is counted twice
-    row = None
-    if ledger is not None and main:
-        prev = ledger.resume(name)
-        row = prev.id if prev is not None else ledger.reserve(
-            name, "train", planned, model=model_name, seq=cfg.seq_len, batch=cfg.batch_size, rank=lora.rank,
-            steps=cfg.steps, info={"lr": cfg.lr, "run_dir": str(run)})
-    if main:
-        from .config import save_toml
 
-        save_toml({"name": name, "model": model_name, "lora": to_dict(lora), "train": to_dict(cfg),
-                   "codec": codec.state(), "seed": cfg.seed,
-                   "chunks": {"train": len(chunks), "val": len(val or []), "train_targets": chunks.n_targets},
-                   "trainable_parameters": trainable_parameters(model),
-                   **({"head_token_ids": head_ids} if head_ids else {}), **(extra_config or {})}, run / "config.toml")
-    if main and state is not None:
-        _truncate_log(run / "metrics.jsonl", step)  # steps after the checkpoint are redone
-    log = (run / "metrics.jsonl").open("a") if main else None
-    tracker = _wandb(cfg, name, run) if main else None
-    meta = {"codec": codec.state()}
-
-    def save(directory: Path) -> None:
-        save_adapter(acc.unwrap_model(model), directory, lora, model_name, meta)
-
-    def checkpoint() -> None:
-        if not main:
-            return
-        tmp = run / "checkpoint.tmp"
-        save(tmp)
-        torch.save({"optimizer": opt.state_dict(), "rng": _rng_state(), "step": step, "flops": used,
-                    "best_val": best, "order": order.state()}, tmp / "state.pt.part")
-        (tmp / "state.pt.part").rename(tmp / "state.pt")  # so a state.pt is always a complete one
-        old = run / "checkpoint.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if ckpt.exists():
-            ckpt.rename(old)
-        tmp.rename(ckpt)  # at every moment a complete checkpoint exists (checkpoint/ or checkpoint.old/)
-        shutil.rmtree(old, ignore_errors=True)
-        if row is not None:
-            ledger.progress(row, used, wall_s=time.time() - t0 + wall_before, steps=step)
-
-    # ---- the loop
-    t0, wall_before = time.time(), (state or {}).get("wall", 0.0)
-    status = "done"
-    bar = None
-    if progress and main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=step, desc=name, unit="step", disable=None)  # off without a terminal
-    head_ctx = numeric_head(acc.unwrap_model(model), head_ids) if head_ids else nullcontext()
-    head_ctx.__enter__()
-    stop = StopRequest().__enter__()
-    before = None
-    try:
-        while step < cfg.steps:
-            if _stop_requested(stop, acc):  # every process stops at the same step
-                status = "interrupted"
-                break
-            val_due = (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps
-            if cfg.max_flops is not None and used + per_step + (per_val if val_due else 0) > cfg.max_flops:
-                status = "stopped_budget"
-                break
-            before = order.state()  # put back if a second signal cuts this step short
-            idx = order.next()
-            shard = idx[acc.process_index::world]  # each process takes its share of the global batch
-            lr = lr_at(step, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss = loss_of(_batch(chunks, shard, device))
-            acc.backward(loss)
-            if cfg.grad_clip:
-                acc.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step, used, before = step + 1, used + per_step, None
-            loss_v = float(acc.reduce(loss.detach(), reduction="mean"))
-            if main:
-                _log(log, step=step, loss=loss_v, lr=lr, flops=used, time=time.time() - t0 + wall_before)
-                if tracker:
-                    tracker.log({"loss": loss_v, "lr": lr, "flops": used}, step=step)
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                v = validation_loss(model, val, cfg.batch_size, acc, loss_of)
-                if v is not None:
-                    used += per_val
-                    if main:
-                        _log(log, step=step, val_loss=v, flops=used)
-                        if tracker:
-                            tracker.log({"val_loss": v}, step=step)
-                        if best is None or v < best:
-                            best = v
-                            save(run / "adapter_best")
-            if step % cfg.checkpoint_every == 0:
-                checkpoint()
-            if bar:
-                bar.set_postfix(loss=f"{loss_v:.4f}", flops=f"{used:.2e}")
-                bar.update(1)
-            if on_step:
-                on_step(step, loss_v)
-    except KeyboardInterrupt as e:  # a second signal, or a Ctrl-C that StopRequest could not catch
-        status = "interrupted"
-        stop.signum = getattr(e, "signum", stop.signum or signal.SIGINT)
-        if before is not None:  # cut short before its update: the resumed run takes the same batch again
-            order.epoch, order.pos = before["epoch"], before["pos"]
-    finally:
-        stop.__exit__()  # signals act normally again
-        head_ctx.__exit__(None, None, None)  # the shared base model gets its full head back
-        if bar:
-            bar.close()
-    checkpoint()
-    wall = time.time() - t0 + wall_before
-    if main:
-        save(run / "adapter")
-        if best is None:
-            save(run / "adapter_best")
-        (run / "flops.json").write_text(json.dumps({"per_step": per_step, "per_validation": per_val, "steps": step,
-                                                    "total": used, "planned": planned, "ledger_id": row}, indent=2))
-        (run / "status.json").write_text(json.dumps({"status": status, "steps": step, "flops": used, "best_val_loss": best,
-                                                     "wall_s": wall}))
-        if row is not None and status != "interrupted":
-            ledger.settle(row, used, wall_s=wall, steps=step, info={"best_val_loss": best, "status": status})
-        log.close()
-        if tracker:
-            tracker.finish()
-    acc.wait_for_everyone()  # no process returns before the main one has written the adapter
-    if world > 1:  # a gloo group left to interpreter shutdown can abort a process; close it at exit, once
+def finalize(run: Run, status: str, signum: int | None) -> TrainResult:
+    """Last checkpoint, adapters, flops.json and status.json, ledger settlement; raises Interrupted after a signal."""
+    st = run.state
+    _checkpoint(run)
+    wall = run.wall()
+    if run.main:
+        _save(run, run.dir / "adapter")
+        if st.best_val is None:
+            _save(run, run.dir / "adapter_best")
+        (run.dir / "flops.json").write_text(json.dumps({
+            "per_step": run.cost.per_step, "per_validation": run.cost.per_val, "steps": st.step, "total": st.charged,
+            "redone": st.flops_redone, "planned": run.cost.planned, "ledger_id": st.ledger_id}, indent=2))
+        (run.dir / "status.json").write_text(json.dumps({"status": status, "steps": st.step, "flops": st.charged,
+                                                         "best_val_loss": st.best_val, "wall_s": wall}))
+        if run.ledger is not None:
+            run.ledger.settle(st.ledger_id, st.charged, status=status if status != "stopped_budget" else "done",
+                              wall_s=wall, steps=st.step, info={"best_val_loss": st.best_val, "status": status})
+    run.acc.wait_for_everyone()  # no process returns before the main one has written the adapter
+    if run.acc.num_processes > 1:  # a gloo group left to interpreter shutdown can abort a process; close it at exit, once
         atexit.unregister(_destroy_process_group)
         atexit.register(_destroy_process_group)
-    if stop.signum is not None:  # stopped (or finished during the step the signal arrived in): the caller stops too
-        if main:
-            print(f"{name}: stopped by {signal.Signals(stop.signum).name} after step {step} ({status}); checkpoint "
+    if signum is not None:  # stopped (or finished during the step the signal arrived in): the caller stops too
+        if run.main:
+            print(f"{run.name}: stopped by {signal.Signals(signum).name} after step {st.step} ({status}); checkpoint "
                   "saved, running the same command again resumes", file=sys.stderr)
-        raise Interrupted(stop.signum)
-    return TrainResult(run, step, used, best, status, wall)
+        raise Interrupted(signum)
+    return TrainResult(run.dir, st.step, st.charged, st.best_val, status, wall, st.flops_redone)
 
 
-def finished_run(run_dir: str | Path, lora: LoraSpec | None = None, cfg: TrainConfig | None = None) -> TrainResult | None:
-    """The result of a run directory whose training finished (``done`` or ``stopped_budget``), else None.
+# ----------------------------------------------------------------------------- setup helpers
 
-    With ``lora``/``cfg``, a finished run with other settings is an error rather than a result.
-    """
-    run = Path(run_dir)
-    if not (run / "status.json").is_file():
-        return None
-    st = json.loads((run / "status.json").read_text())
-    if st.get("status") not in ("done", "stopped_budget"):
-        return None
-    if cfg is not None or lora is not None:
-        from .config import load_toml
+def _chunks(tokenizer, codec: LLMTimeCodec, train_series, val_series, cfg: TrainConfig) -> tuple[Chunks, Chunks | None]:
+    """Training chunks (every token a target once) and the first validation chunks."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    chunks = make_chunks(series_token_ids(train_series, codec, tokenizer), cfg.seq_len, pad, cfg.stride)
+    if not val_series:
+        return chunks, None
+    val = make_chunks(series_token_ids(val_series, codec, tokenizer), cfg.seq_len, pad, cfg.stride)
+    k = val_chunks_used(len(val), cfg)
+    return chunks, (Chunks(val.input_ids[:k], val.attention_mask[:k], val.labels[:k]) if k else None)
 
-        saved = load_toml(run / "config.toml")
-        for key, want in (("train", cfg), ("lora", lora)):
-            mine, theirs = (to_dict(want) if want is not None else None), saved.get(key, {})
-            if mine is not None and theirs != mine:
-                diff = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))
-                raise FlopcastError(f"{run}: holds a finished run with other {key} settings ({', '.join(diff)}); "
-                                    "choose another output directory or delete this one")
-    flops = st["flops"] if "flops" in st else json.loads((run / "flops.json").read_text())["total"]
-    best = st.get("best_val_loss")
-    if "best_val_loss" not in st and (run / "metrics.jsonl").is_file():  # status.json of an older flopcast
-        vals = [r["val_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
-        best = min(vals) if vals else None
-    return TrainResult(run, st["steps"], flops, best, st["status"], st["wall_s"])
+
+def _model_and_optimizer(base_model, lora: LoraSpec, cfg: TrainConfig, ckpt: CheckpointManager):
+    """The LoRA model and AdamW, restored from the checkpoint (adapter, optimizer, RNG, state) if there is one."""
+    resuming = ckpt.exists()
+    model = load_adapter(base_model, ckpt.dir, trainable=True) if resuming else attach_lora(base_model, lora)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = TrainState()
+    if resuming:
+        state, opt_state, rng = ckpt.load()
+        opt.load_state_dict(opt_state)
+        set_rng_state(rng)
+    return model, opt, state
+
+
+def _loss_fn(model, head_ids: list[int] | None, vocab: int, device) -> Callable[[dict], torch.Tensor]:
+    """The model's own loss, or the numeric head's restricted loss (logits over the series' tokens only)."""
+    if not head_ids:
+        return lambda b: model(**b).loss
+    table = remap_table(head_ids, vocab, device)
+    return lambda b: restricted_loss(model, b, table)
+
+
+def _ledger_row(run: Run, ledger) -> None:
+    """Continue the run's own ledger row when resuming (charging again what the kill made us redo), else reserve one."""
+    if ledger is None:
+        return
+    st, entry = run.state, None
+    if st.ledger_id is not None:
+        entry = ledger.adopt(st.ledger_id)
+    elif st.step > 0:  # a checkpoint of an older flopcast: find the row by name
+        prev = ledger.resume(run.name)
+        entry = ledger.adopt(prev.id) if prev is not None else None
+    if entry is not None:
+        st.flops_redone += max(0, entry.flops_used - st.charged)  # steps after the checkpoint ran, and will run again
+        st.ledger_id = entry.id
+    else:
+        st.ledger_id = ledger.reserve(run.name, "train", run.cost.planned, model=run.model_name, seq=run.cfg.seq_len,
+                                      batch=run.cfg.batch_size, rank=run.lora.rank, steps=run.cfg.steps,
+                                      info={"lr": run.cfg.lr, "run_dir": str(run.dir)})
+        ledger.progress(st.ledger_id, st.charged, steps=st.step)
+
+
+def series_sha256(*groups: list[np.ndarray]) -> str:
+    """A hash of the series a run trains and validates on."""
+    h = hashlib.sha256()
+    for group in groups:
+        h.update(str(len(group)).encode())
+        for s in group:
+            a = np.ascontiguousarray(s, dtype=np.float64)
+            h.update(str(a.shape).encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def run_fingerprint(model_name: str, lora: LoraSpec, cfg: TrainConfig, codec_state: dict, data_sha: str) -> str:
+    key = {"model": model_name, "lora": to_dict(lora), "train": to_dict(cfg), "codec": codec_state, "data": data_sha}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _write_config(run: Run, data_sha: str, n_trainable: int) -> None:
+    save_toml({"name": run.name, "model": run.model_name, "lora": to_dict(run.lora), "train": to_dict(run.cfg),
+               "codec": run.codec_state, "seed": run.cfg.seed, "data_sha256": data_sha,
+               "fingerprint": run_fingerprint(run.model_name, run.lora, run.cfg, run.codec_state, data_sha),
+               "chunks": {"train": len(run.chunks), "val": len(run.val or []), "train_targets": run.chunks.n_targets},
+               "trainable_parameters": n_trainable, **({"head_token_ids": run.head_ids} if run.head_ids else {})},
+              run.dir / "config.toml")
+
+
+def _progress_bar(run: Run):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=run.cfg.steps, initial=run.state.step, desc=run.name, unit="step", disable=None)  # off without a terminal
+
+
+# ----------------------------------------------------------------------------- loop helpers
+
+def _log(run: Run, **row) -> None:
+    if run.main:
+        run.log.write(json.dumps(row) + "\n")
+        run.log.flush()
+        if run.tracker:
+            run.tracker.log({k: v for k, v in row.items() if k not in ("step", "time")}, step=row["step"])
+
+
+def _validate(run: Run) -> None:
+    st = run.state
+    v = validation_loss(run.model, run.val, run.cfg.batch_size, run.acc, run.loss_fn)
+    if v is None:
+        return
+    st.flops += run.cost.per_val
+    _log(run, step=st.step, val_loss=v, flops=st.charged)
+    if run.main and (st.best_val is None or v < st.best_val):
+        st.best_val = v
+        _save(run, run.dir / "adapter_best")
+
+
+def _save(run: Run, directory: Path) -> None:
+    save_adapter(run.acc.unwrap_model(run.model), directory, run.lora, run.model_name, {"codec": run.codec_state})
+
+
+def _checkpoint(run: Run) -> None:
+    if not run.main:
+        return
+    run.state.order, run.state.wall = run.order.state(), run.wall()
+    run.ckpt.save(lambda d: _save(run, d), run.opt, run.state)
+    if run.ledger is not None:
+        run.ledger.progress(run.state.ledger_id, run.state.charged, wall_s=run.state.wall, steps=run.state.step)
+
+
+def _close(run: Run) -> None:
+    if run.log is not None:
+        run.log.close()
+    if run.tracker:
+        run.tracker.finish()
 
 
 def _stop_requested(stop: StopRequest, acc) -> bool:
@@ -416,19 +464,6 @@ def _destroy_process_group() -> None:
     PartialState().destroy_process_group()
 
 
-def _recover_checkpoint(run: Path) -> None:
-    """Finish a checkpoint swap cut short: keep the newest complete checkpoint as ``checkpoint/``."""
-    ckpt, old, tmp = run / "checkpoint", run / "checkpoint.old", run / "checkpoint.tmp"
-    if not (ckpt / "state.pt").is_file():
-        for cand in (tmp, old):  # a checkpoint with state.pt is complete (state.pt is renamed into place last)
-            if (cand / "state.pt").is_file():
-                shutil.rmtree(ckpt, ignore_errors=True)
-                cand.rename(ckpt)
-                break
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _truncate_log(path: Path, step: int) -> None:
     if path.is_file():
         keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
@@ -443,8 +478,38 @@ def _wandb(cfg: TrainConfig, name: str, run: Path):
         import wandb
     except ImportError:
         return None
-    import os
-
     mode = "online" if os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").exists() else "offline"
     return wandb.init(project="flopcast", name=name, dir=str(run), mode=os.environ.get("WANDB_MODE", mode),
                       config=to_dict(cfg), reinit=True)
+
+
+# ----------------------------------------------------------------------------- finished runs
+
+def finished_run(run_dir: str | Path, lora: LoraSpec | None = None, cfg: TrainConfig | None = None,
+                 data_sha: str | None = None) -> TrainResult | None:
+    """The result of a run directory whose training ended for good (done, stopped_budget or diverged), else None.
+
+    With ``lora``/``cfg``/``data_sha``, a finished run with other settings is an error rather than a result.
+    """
+    run = Path(run_dir)
+    if not (run / "status.json").is_file():
+        return None
+    st = json.loads((run / "status.json").read_text())
+    if st.get("status") not in FINAL:
+        return None
+    saved = load_toml(run / "config.toml") if (run / "config.toml").is_file() else {}
+    for key, want in (("train", cfg), ("lora", lora)):
+        mine, theirs = (to_dict(want) if want is not None else None), saved.get(key, {})
+        if mine is not None and theirs != mine:
+            diff = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))
+            raise SettingsChanged(f"{run}: holds a finished run with other {key} settings ({', '.join(diff)}); "
+                                  "choose another output directory or delete this one")
+    if data_sha is not None and saved.get("data_sha256", data_sha) != data_sha:
+        raise SettingsChanged(f"{run}: holds a finished run trained on other data; choose another output directory")
+    flops = st["flops"] if "flops" in st else json.loads((run / "flops.json").read_text())["total"]
+    best = st.get("best_val_loss")
+    if "best_val_loss" not in st and (run / "metrics.jsonl").is_file():  # status.json of an older flopcast
+        vals = [r["val_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+        best = min(vals) if vals else None
+    redone = json.loads((run / "flops.json").read_text()).get("redone", 0) if (run / "flops.json").is_file() else 0
+    return TrainResult(run, st["steps"], flops, best, st["status"], st["wall_s"], redone)
