@@ -76,7 +76,8 @@ def check_fingerprints(out: Path, settings: dict[str, dict], restart: tuple[str,
     if changed:
         what = "; ".join(f"{n} ({', '.join(d[:5])}{', ...' if len(d) > 5 else ''})" for n, d in changed)
         raise SettingsChanged(f"{out} holds stages run with other settings: {what}; use another --out, or "
-                              f"--restart {','.join(n for n, _ in changed)} to archive their files and run them again")
+                              f"--restart {','.join(n for n, _ in changed)} (`flopcast train`/`sweep`: --restart) to "
+                              "archive their files and run them again")
 
 
 def archive_stages(out: Path, names: tuple[str, ...]) -> list[Path]:
