@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
-from flopcast import flops as F
+from flopcast import flops
 from flopcast.codec import LLMTimeCodec
 from flopcast.config import CodecConfig, LoraSpec, SimConfig
 from flopcast.heads import numeric_head, remap_table, restricted_loss, target_ids
 from flopcast.models import attach_lora, load_model
 from flopcast.simulate import simulate
+from flopcast.train import train_step
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:
@@ -50,15 +51,12 @@ def llmtime_batch(tokenizer, batch: int, seq: int) -> dict:
 
 
 def train_steps(model, loss_fn, batch: dict, steps: int) -> float:
+    """Seconds per optimizer step of flopcast's own training step (flopcast.train.train_step)."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    def step():
-        loss_fn(batch).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    step()  # warm-up
+    train_step(model, opt, batch, loss_fn, lr=1e-4, grad_clip=1.0)  # warm-up
     t = time.perf_counter()
     for _ in range(steps):
-        step()
+        train_step(model, opt, batch, loss_fn, lr=1e-4, grad_clip=1.0)
     return (time.perf_counter() - t) / steps
 
 
@@ -73,7 +71,7 @@ def executed_flops(model, loss_fn, batch: dict) -> int:
 
 def measure(model, loss_fn, batch: dict, steps: int, arch, S: int, B: int) -> tuple[float, int, int]:
     """(seconds per step, reference-convention FLOPs, executed FLOPs) of one training step."""
-    return (train_steps(model, loss_fn, batch, steps), F.train_step(arch, B, S, F.LoraShape(8)).total,
+    return (train_steps(model, loss_fn, batch, steps), flops.train_step(arch, B, S, flops.LoraShape(8)).total,
             executed_flops(model, loss_fn, batch))
 
 
@@ -91,7 +89,7 @@ def main() -> None:
     lm = load_model(a.model)
     model = attach_lora(lm.model, LoraSpec(rank=8))
     model.train()
-    arch = F.Arch.from_config(lm.model.config)
+    arch = flops.Arch.from_config(lm.model.config)
     print(f"{'S':>5} {'head':>8} {'s/step':>8} {'tokens/s':>9} {'ref GFLOP/s':>12} {'ref/peak':>9} {'exec GFLOP/s':>13} {'exec/peak':>10} {'ref/exec':>9}")
     for S in [int(s) for s in a.seq.split(",")]:
         batch = llmtime_batch(lm.tokenizer, a.batch, S)

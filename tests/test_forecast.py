@@ -70,12 +70,12 @@ def test_values_in_original_units(tiny):
 
 
 def test_forecast_flops_counted(tiny):
-    from flopcast import flops as F
+    from flopcast import flops
 
     codec = LLMTimeCodec(CodecConfig(), alpha=1.0)
     res = forecast(tiny.model, tiny.tokenizer, codec, _contexts(np.random.default_rng(2), 5), ForecastConfig(horizon=2, batch_size=2))
-    arch = F.Arch.from_config(tiny.model.config)
-    expect = sum(F.generate_total(arch, b["B"], b["prompt_len"], b["new_tokens"]) for b in res.batches)
+    arch = flops.Arch.from_config(tiny.model.config)
+    expect = sum(flops.generate_total(arch, b["B"], b["prompt_len"], b["new_tokens"]) for b in res.batches)
     assert forecast_flops(tiny.model, res) == expect > 0
     assert [b["B"] for b in res.batches] == [2, 2, 1]
 
