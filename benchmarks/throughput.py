@@ -25,7 +25,7 @@ import torch
 from flopcast import flops
 from flopcast.codec import LLMTimeCodec
 from flopcast.config import CodecConfig, LoraSpec, SimConfig
-from flopcast.heads import numeric_head, remap_table, restricted_loss, target_ids
+from flopcast.heads import head_ids_for, numeric_head, remap_table, restricted_loss
 from flopcast.models import attach_lora, load_model
 from flopcast.simulate import simulate
 from flopcast.train import train_step
@@ -93,12 +93,12 @@ def main() -> None:
     print(f"{'S':>5} {'head':>8} {'s/step':>8} {'tokens/s':>9} {'ref GFLOP/s':>12} {'ref/peak':>9} {'exec GFLOP/s':>13} {'exec/peak':>10} {'ref/exec':>9}")
     for S in [int(s) for s in a.seq.split(",")]:
         batch = llmtime_batch(lm.tokenizer, a.batch, S)
-        ids = target_ids(batch["labels"].numpy())
+        ids = head_ids_for(lm.tokenizer, CodecConfig(), batch["labels"].numpy())
         table = remap_table(ids, arch.vocab, "cpu")
         for head in a.heads.split(","):
             if head == "numeric":
                 with numeric_head(model, ids):
-                    dt, ref, exe = measure(model, lambda b: restricted_loss(model, b, table), batch, a.steps,
+                    dt, ref, exe = measure(model, lambda b, t=table: restricted_loss(model, b, t), batch, a.steps,
                                            replace(arch, vocab=len(ids)), S, a.batch)
             else:
                 dt, ref, exe = measure(model, lambda b: model(**b).loss, batch, a.steps, arch, S, a.batch)

@@ -118,8 +118,8 @@ def test_context_without_windows_is_skipped_not_fatal(tmp_path, tiny, sim_ds):
 
 def test_interrupted_evaluation_charges_finished_batches_and_resumes(tmp_path, tiny, sim_ds, monkeypatch):
     import flopcast.forecast as fc
-    from flopcast.flops import Arch
     from flopcast.costs import batch_flops
+    from flopcast.flops import Arch
 
     codec = LLMTimeCodec.fit(CodecConfig(), sim_ds.series)
     cfg = EvalConfig(contexts=(64, 128), max_series=3, stride=10, batch_size=2, baselines=("persistence",), n_boot=20)

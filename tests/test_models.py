@@ -4,8 +4,15 @@ import torch
 from flopcast.config import LoraSpec, ModelSpec
 from flopcast.errors import FlopcastError, ModelNotAvailable
 from flopcast.models import (
-    EMBEDDED, attach_lora, load_adapter, load_model, lora_from_adapter, save_adapter, save_model,
-    tiny_config, trainable_parameters,
+    EMBEDDED,
+    attach_lora,
+    load_adapter,
+    load_model,
+    lora_from_adapter,
+    save_adapter,
+    save_model,
+    tiny_config,
+    trainable_parameters,
 )
 
 
@@ -55,7 +62,7 @@ def test_lora_trainable_count(tiny, spec):
 def _perturb(pm):
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for n, p in pm.named_parameters():
+        for p in pm.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * 0.5)
 

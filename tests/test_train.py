@@ -19,7 +19,7 @@ def test_chunks_every_token_a_target_once():
     toks = list(range(100, 137))  # 37 tokens
     ch = make_chunks([toks, [1, 2, 3]], seq_len=10, pad_id=0)
     targets = []
-    for ids, lab in zip(ch.input_ids, ch.labels):
+    for lab in ch.labels:
         targets += [int(t) for t in lab[1:] if t != IGNORE]  # position 0 is never predicted
     assert sorted(targets) == sorted(toks[1:] + [2, 3])
     last = ch.input_ids[-2]
@@ -361,3 +361,21 @@ def test_resume_after_checkpoint_swap_cut_short(tmp_path, data):
              if "loss" in json.loads(ln)]
     assert r.steps == 12 and steps == list(range(1, 13))
     assert not (run / "checkpoint.old").exists() and (run / "checkpoint" / "state.pt").is_file()
+
+
+def test_numeric_head_columns_are_computed_one_way():
+    """Training and the study's step planning count the same head: the series' alphabet, one token per character."""
+    import numpy as np
+
+    from flopcast.errors import FlopcastError
+    from flopcast.heads import head_ids_for, numeric_token_ids
+    from flopcast.models import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    ids = numeric_token_ids(tok, CodecConfig())
+    assert set(tok.convert_ids_to_tokens(ids)) == set("0123456789.,;")
+    assert len(numeric_token_ids(tok, CodecConfig(drop_decimal_point=True))) == len(ids) - 1
+    labels = np.array([[IGNORE] + tok("1.5,2.0;", add_special_tokens=False).input_ids])
+    assert head_ids_for(tok, CodecConfig(), labels) == ids  # digits never seen in training still get a column
+    with pytest.raises(FlopcastError, match="outside the series' alphabet"):
+        head_ids_for(tok, CodecConfig(), np.array(tok("1.5 abc", add_special_tokens=False).input_ids))

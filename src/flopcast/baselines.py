@@ -27,11 +27,6 @@ def linear(context: np.ndarray, horizon: int, dt: float = 1.0) -> np.ndarray:
     return np.clip(context[-1] + steps * slope, 0, None)
 
 
-def _lv_rhs(z, t, a, b, d, g, K):
-    x, y = z
-    return [a * x * (1 - x / K) - b * x * y, d * x * y - g * y]
-
-
 def _gradient_matching(z: np.ndarray, dt: float):
     """Initial (a, b, d, g, K) by regression: dlog x/dt = a - (a/K) x - b y, dlog y/dt = d x - g."""
     if len(z) < 5:
@@ -61,7 +56,7 @@ def lv_ode(context: np.ndarray, horizon: int, dt: float = 1.0, max_fit_steps: in
     from scipy.integrate import odeint
     from scipy.optimize import least_squares
 
-    from .simulate import RANGES
+    from .simulate import RANGES, lv_rhs
 
     if context.shape[1] != 2:
         raise ValueError("lv_ode needs exactly two variables (prey, predator)")
@@ -77,7 +72,7 @@ def lv_ode(context: np.ndarray, horizon: int, dt: float = 1.0, max_fit_steps: in
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             a, b, d, g, K, x0, y0 = np.exp(theta)
-            return odeint(_lv_rhs, [x0, y0], t_all, args=(a, b, d, g, K), mxstep=2000)
+            return odeint(lambda z, _t, *args: lv_rhs(z, *args), [x0, y0], t_all, args=(a, b, d, g, K), mxstep=2000)
 
     def resid(theta):
         with np.errstate(all="ignore"):

@@ -1,7 +1,7 @@
 """Command-line interface: a thin typer layer, one library call per command.
 
-Errors the user can fix (:class:`FlopcastError`, I/O errors) print one line and exit with 2;
-set ``FLOPCAST_DEBUG=1`` to see the traceback instead.
+Errors the user can fix (:class:`FlopcastError`) print one line and exit with 2 (``FLOPCAST_DEBUG=1``
+shows the traceback); any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .display import number
 from .errors import FlopcastError
 
 app = typer.Typer(help="flopcast: FLOP-budgeted LoRA forecasting of numeric time series with small LMs.",
@@ -51,16 +52,8 @@ def _print_table(title: str, rows: list[dict], columns: list[str] | None = None)
     for c in cols:
         t.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), (int, float)) else "left")
     for r in rows:
-        t.add_row(*[_fmt(r.get(c)) for c in cols])
+        t.add_row(*[number(r.get(c), missing="") for c in cols])
     out.print(t)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
-    if isinstance(v, int) and abs(v) >= 10**6:
-        return f"{v:.3e}"
-    return "" if v is None else str(v)
 
 
 # ----------------------------------------------------------------------------- data
@@ -450,7 +443,6 @@ def budget_export(ledger: Path = typer.Argument(...), out_file: Optional[Path] =
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of raising for user errors."""
     import os
-
     import signal
     import threading
 
@@ -467,15 +459,10 @@ def main(argv: list[str] | None = None) -> int:
         if stop is not None:
             return _interrupted(stop)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except FlopcastError as e:
+    except FlopcastError as e:  # a user error: one line; anything else is a bug and shows its traceback
         if os.environ.get("FLOPCAST_DEBUG"):
             raise
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
-        return 2
-    except (OSError, ValueError) as e:
-        if os.environ.get("FLOPCAST_DEBUG"):
-            raise
-        err.print(f"error: {type(e).__name__}: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt as e:
         return _interrupted(e)

@@ -197,7 +197,3 @@ class LLMTimeCodec:
             return None
         return float(s) if s.replace(".", "", 1).isdigit() else None
 
-
-def encode_series(series: np.ndarray, alpha: float, config: CodecConfig | None = None) -> str:
-    """Convenience: encode one series with a given alpha."""
-    return LLMTimeCodec(config or CodecConfig(), alpha).encode(series, alpha)

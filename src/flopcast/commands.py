@@ -124,7 +124,7 @@ def flops_breakdown(model: str, seq: int, batch: int, rank: int, targets: tuple[
 
 def plan_table(model: str, budget: float, seqs, batches, ranks, eval_windows: int = 0) -> list[dict]:
     from .models import resolve_arch
-    from .planner import affordable
+    from .affordable import affordable
 
     check_budget(budget)
     return [r.as_dict() for r in affordable(resolve_arch(model), budget, seqs, batches, ranks, eval_windows=eval_windows)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -268,7 +268,6 @@ class Split:
     val: np.ndarray
     test: np.ndarray
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def indices(self, name: str) -> np.ndarray:
         if name not in ("train", "val", "test"):

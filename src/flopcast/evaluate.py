@@ -21,9 +21,9 @@ import numpy as np
 from .baselines import run_baseline
 from .codec import LLMTimeCodec
 from .config import BASELINES, EvalConfig, ForecastConfig, to_dict
+from .costs import charge_batches, generation_bound, model_shape
 from .data import Dataset
 from .errors import FlopcastError
-from .costs import charge_batches, generation_bound, model_shape
 from .forecast import ForecastResult, forecast_prompts
 from .grammar import LLMTimeGrammar, int_digits_for
 from .metrics import per_window, score

@@ -252,6 +252,3 @@ def generate_total(a: Arch, batch: int, prompt: int, new_tokens: int, lora: Lora
     f1 = forward(a, batch, 1, prompt + 2, lora=lora, logits_tokens=batch, gqa=gqa).total
     return total + n * f0 + (f1 - f0) * n * (n - 1) // 2
 
-
-def fmt(x: float) -> str:
-    return f"{x:.3e}"

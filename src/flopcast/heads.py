@@ -41,14 +41,29 @@ class SubsetHead(torch.nn.Module):
         return F_nn.linear(h, self.head.weight[self.ids], None if b is None else b[self.ids])
 
 
-def target_ids(*label_arrays: np.ndarray) -> list[int]:
-    """The sorted token ids that occur as training targets."""
-    ids = set()
-    for a in label_arrays:
-        ids.update(int(t) for t in np.unique(a) if t != IGNORE)
-    if not ids:
-        raise FlopcastError("no target tokens to restrict the LM head to")
+def numeric_token_ids(tokenizer, codec_config) -> list[int]:
+    """The sorted token ids of the characters LLMTime text is written in (digits, separators, the point):
+    the numeric head's columns. Each character must be one token, as constrained decoding needs too."""
+    from .grammar import LLMTimeGrammar
+
+    ids = []
+    for ch in sorted(LLMTimeGrammar(codec_config, 1).alphabet):
+        tok = tokenizer(ch, add_special_tokens=False).input_ids
+        if len(tok) != 1:
+            raise FlopcastError(f"the numeric head needs one token per character, and the tokenizer splits {ch!r}")
+        ids.append(tok[0])
     return sorted(ids)
+
+
+def head_ids_for(tokenizer, codec_config, *label_arrays: np.ndarray) -> list[int]:
+    """The numeric head's columns, checked against the training targets (which must all be among them)."""
+    ids = numeric_token_ids(tokenizer, codec_config)
+    seen = {int(t) for a in label_arrays for t in np.unique(a) if t != IGNORE}
+    outside = sorted(seen - set(ids))
+    if outside:
+        raise FlopcastError(f"training targets include tokens outside the series' alphabet ({outside[:5]}): "
+                            "the numeric head cannot score them; use head = 'full'")
+    return ids
 
 
 def remap_table(ids: list[int], vocab: int, device) -> torch.Tensor:

@@ -20,8 +20,8 @@ import os
 import re
 import shutil
 import socket
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 

@@ -63,10 +63,10 @@ class Study:
         return resolve_arch(self.plan.model.name)
 
     def head_tokens(self, t: TrainConfig) -> int | None:
-        """Columns of the numeric head (the series' alphabet), None for the full head."""
-        from .grammar import LLMTimeGrammar
+        """Columns of the numeric head (the series' alphabet, as training computes them), None for the full head."""
+        from .heads import numeric_token_ids
 
-        return len(LLMTimeGrammar(self.plan.codec, self.test.n_vars).alphabet) if t.head == "numeric" else None
+        return len(numeric_token_ids(self.tokenizer, self.plan.codec)) if t.head == "numeric" else None
 
     @cached_property
     def _windows(self) -> dict:

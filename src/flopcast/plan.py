@@ -17,8 +17,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .config import (CodecConfig, DataSpec, EvalConfig, LoraSpec, ModelSpec, SimConfig, SplitConfig, TrainConfig, _check,
-                     check_budget, from_dict, load_toml, to_dict)
+from .config import (
+    CodecConfig,
+    DataSpec,
+    EvalConfig,
+    LoraSpec,
+    ModelSpec,
+    SimConfig,
+    SplitConfig,
+    TrainConfig,
+    _check,
+    check_budget,
+    from_dict,
+    load_toml,
+    to_dict,
+)
 from .errors import FlopcastError
 
 STAGE_KINDS = ("eval", "train", "grid", "context")

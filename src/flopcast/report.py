@@ -8,21 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from .config import BASELINES, load_toml
+from .display import number
 from .ledger import Ledger
 from .plots import save_figure
 
 
-def _fmt(x, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and not np.isfinite(x)):
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.{digits}g}" if 1e-4 <= abs(x) < 1e6 or x == 0 else f"{x:.3e}"
-    return str(x)
-
-
 def _table(header: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    out += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    out += ["| " + " | ".join(number(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
 
 
@@ -79,7 +72,7 @@ def _grid_heatmap(stage: str, res: dict, path: Path) -> Path | None:
     ax.set_yticks(range(len(lrs)), [f"lr={lr:g}" for lr in lrs])
     for i in range(len(lrs)):
         for j in range(len(ranks)):
-            ax.text(j, i, _fmt(float(grid[i, j])), ha="center", va="center", color="w", fontsize=8)
+            ax.text(j, i, number(float(grid[i, j])), ha="center", va="center", color="w", fontsize=8)
     fig.colorbar(im, label="validation loss")
     ax.set_title(f"{stage}: validation loss")
     return save_figure(fig, path)

@@ -27,7 +27,8 @@ RANGES = {
 }
 
 
-def _rhs(t, z, a, b, d, g, K):
+def lv_rhs(z, a, b, d, g, K) -> list:
+    """The damped Lotka-Volterra equations above: (dx/dt, dy/dt) at state ``z = (x, y)``."""
     x, y = z
     return [a * x * (1 - x / K) - b * x * y, d * x * y - g * y]
 
@@ -41,7 +42,7 @@ def simulate_one(params: dict[str, float], t: np.ndarray) -> np.ndarray:
     from scipy.integrate import solve_ivp
 
     p = params
-    sol = solve_ivp(_rhs, (float(t[0]), float(t[-1])), [p["x0"], p["y0"]], t_eval=t,
+    sol = solve_ivp(lambda _t, z, *args: lv_rhs(z, *args), (float(t[0]), float(t[-1])), [p["x0"], p["y0"]], t_eval=t,
                     args=(p["a"], p["b"], p["d"], p["g"], p["K"]), method="LSODA", rtol=1e-7, atol=1e-9)
     if not sol.success or sol.y.shape[1] != len(t):
         raise RuntimeError(sol.message)

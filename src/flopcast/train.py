@@ -49,7 +49,7 @@ from .config import LoraSpec, TrainConfig, load_toml, save_toml, to_dict
 from .costs import RunCost, run_cost, val_chunks_used
 from .errors import Interrupted, SettingsChanged
 from .flops import Arch, lora_shape
-from .heads import numeric_head, remap_table, restricted_loss, target_ids
+from .heads import head_ids_for, numeric_head, remap_table, restricted_loss
 from .lock import DirLock
 from .models import attach_lora, load_adapter, save_adapter, trainable_parameters
 from .signals import StopRequest
@@ -236,7 +236,9 @@ def setup(acc, base_model, tokenizer, codec: LLMTimeCodec, train_series, val_ser
     model, opt, state = _model_and_optimizer(base_model, lora, cfg, ckpt)
     params = [p for p in model.parameters() if p.requires_grad]
     model, opt = acc.prepare(model, opt)
-    head_ids = target_ids(chunks.labels, *([] if val is None else [val.labels])) if cfg.head == "numeric" else None
+    head_ids = None
+    if cfg.head == "numeric":
+        head_ids = head_ids_for(tokenizer, codec.config, chunks.labels, *([] if val is None else [val.labels]))
     cost = run_cost(Arch.from_config(base_model.config), cfg, lora_shape(lora), len(val or []),
                     len(head_ids) if head_ids else None)
     run = Run(Path(run_dir), name, model_name, cfg, lora, acc, model, opt, params, chunks, val,
