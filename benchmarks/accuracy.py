@@ -58,17 +58,16 @@ def main() -> None:
     if not Path(a.data).is_file():
         raise SystemExit(f"dataset not found: {a.data}")
     summary = run_plan(plan_from_dict(plan(a)), a.out)
-    st = summary["stages"]
+    st = summary.stages
     print(f"\nseed protocol, test split ({a.max_series} series), budget {a.budget:.1e}, "
-          f"used {summary['ledger']['used']:.3e} FLOPs")
+          f"used {summary.ledger['used']:.3e} FLOPs")
     print(f"{'S':>4} | {'zero-shot':>17} | {'trained':>17} | {'persistence':>17} | {'linear':>17} | {'LV-ODE':>17} |"
           f" {'ref untrained':>17} | {'ref initial':>17} | {'ref final':>17}")
     for S in (128, 512, 768):
-        z = st["zero_shot"]["test"]["contexts"][str(S)]
-        t = st["trained"]["test"]["contexts"][str(S)]
-        cells = [z.get("model"), t.get("model"), z.get("persistence"), z.get("linear"), z.get("lv_ode")]
+        z, t = st["zero_shot"].test, st["trained"].test
+        cells = [z.score(S), t.score(S), z.score(S, "persistence"), z.score(S, "linear"), z.score(S, "lv_ode")]
         ref = REFERENCE[S]
-        row = " | ".join(f"{c['mse']:.4f} / {c['mae']:.4f}" if c else f"{'no windows':>17}" for c in cells)
+        row = " | ".join(f"{c.mse:.4f} / {c.mae:.4f}" if c else f"{'no windows':>17}" for c in cells)
         refs = " | ".join(f"{ref[i]:.4f} / {ref[i + 1]:.4f}" for i in (0, 2, 4))
         print(f"{S:>4} | {row} | {refs}")
     print("cells: MSE / MAE in original units")

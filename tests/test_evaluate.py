@@ -92,16 +92,16 @@ def test_evaluate_writes_results_and_charges_ledger(tmp_path, tiny, sim_ds):
     cfg = EvalConfig(contexts=(64, 128), max_series=3, stride=10, baselines=("persistence", "linear"), n_boot=50)
     res = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, out_dir=tmp_path / "ev", ledger=lg, name="zs",
                    model_name="tiny-qwen2", progress=False)
-    for S in ("64", "128"):
-        e = res["contexts"][S]
-        assert e["model"]["parse_failure_rate"] == 0 and e["model"]["flops"] > 0
-        assert e["persistence"]["n_windows"] == e["n_windows"] > 0
+    for S in (64, 128):
+        e = res.contexts[S]
+        assert e.model.parse_failure_rate == 0 and e.model.flops > 0
+        assert e.scores["persistence"].n_windows == e.n_windows > 0
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert saved["contexts"]["64"]["model"]["mse"] == pytest.approx(res["contexts"]["64"]["model"]["mse"])
+    assert saved["contexts"]["64"]["model"]["mse"] == pytest.approx(res.score(64).mse)  # the JSON keeps its layout
     assert (tmp_path / "ev" / "windows.csv").read_text().count("\n") > 2
     assert (tmp_path / "ev" / "forecasts_S128.png").stat().st_size > 1000
     charged = {e.name: e.flops_used for e in lg.entries()}
-    assert charged == {"zs/S=64": res["contexts"]["64"]["model"]["flops"], "zs/S=128": res["contexts"]["128"]["model"]["flops"]}
+    assert charged == {"zs/S=64": res.score(64).flops, "zs/S=128": res.score(128).flops}
     assert all(e.status == "done" for e in lg.entries())
 
 
@@ -110,8 +110,8 @@ def test_context_without_windows_is_skipped_not_fatal(tmp_path, tiny, sim_ds):
     cfg = EvalConfig(protocol="seed", contexts=(64, 100000), max_series=2, baselines=("persistence",), n_boot=20)
     with pytest.warns(UserWarning, match="no windows of 100000 tokens"):
         res = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, out_dir=tmp_path, progress=False)
-    assert res["contexts"]["100000"]["n_windows"] == 0 and "skipped" in res["contexts"]["100000"]
-    assert res["contexts"]["64"]["model"]["n_windows"] > 0
+    assert res.contexts[100000].n_windows == 0 and res.contexts[100000].skipped
+    assert res.score(64).n_windows > 0
     with pytest.raises(FlopcastError, match="at any context length"):
         evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, EvalConfig(protocol="seed", contexts=(100000,)), progress=False)
 
@@ -147,9 +147,9 @@ def test_interrupted_evaluation_charges_finished_batches_and_resumes(tmp_path, t
     res = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, out_dir=tmp_path / "ev", ledger=lg, name="zs",
                    model_name="tiny-qwen2", progress=False)
     assert [e.name for e in lg.entries()] == ["zs/S=64", "zs/S=128", "zs/S=128"]  # S=64 came from its saved result
-    for S in ("64", "128"):
-        assert res["contexts"][S]["model"]["mse"] == ref["contexts"][S]["model"]["mse"]
-        assert res["contexts"][S]["model"]["flops"] == ref["contexts"][S]["model"]["flops"]
+    for S in (64, 128):
+        assert res.score(S).mse == ref.score(S).mse
+        assert res.score(S).flops == ref.score(S).flops
     # another model (here: other weights under the same names) is not served from the saved results
     from flopcast.config import LoraSpec
     from flopcast.models import attach_lora, load_model
@@ -158,3 +158,18 @@ def test_interrupted_evaluation_charges_finished_batches_and_resumes(tmp_path, t
     evaluate(peft, tiny.tokenizer, codec, sim_ds, cfg, out_dir=tmp_path / "ev", ledger=lg, name="zs",
              model_name="tiny-qwen2", progress=False)
     assert len(lg.entries()) == 5
+
+
+def test_results_round_trip_and_read_older_files(tmp_path, tiny, sim_ds):
+    """Typed results write the JSON layout flopcast always wrote (plus a format number) and read it back."""
+    from flopcast.results import FORMAT, EvalResult
+
+    codec = LLMTimeCodec.fit(CodecConfig(), sim_ds.series)
+    cfg = EvalConfig(contexts=(64,), max_series=2, baselines=("persistence",), n_boot=20)
+    res = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, out_dir=tmp_path, progress=False)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["format"] == FORMAT and set(on_disk["contexts"]["64"]) >= {"n_windows", "model", "persistence"}
+    assert EvalResult.from_dict(on_disk) == res
+    older = {k: v for k, v in on_disk.items() if k != "format"}  # written before typed results
+    assert EvalResult.from_dict(older).score(64, "persistence") == res.score(64, "persistence")
+    assert [r["method"] for r in res.rows()] == ["model", "persistence"]

@@ -32,14 +32,14 @@ def test_run_plan_end_to_end_artifacts(tmp_path):
     summary = run_plan(plan, out, progress=False)
     for f in ("plan.toml", "split.json", "ledger.db", "summary.json", "report.md", "data.h5", "figures/loss_curves.png"):
         assert (out / f).is_file(), f
-    st = summary["stages"]
+    st = summary.stages
     assert [s for s in st] == ["zero_shot", "initial", "grid", "context", "final_eval", "final"]
-    assert len(st["grid"]["runs"]) == 4 and st["grid"]["best"]["val_loss"] == min(r["val_loss"] for r in st["grid"]["runs"])
-    best = st["grid"]["best"]
-    assert all(r["lr"] == best["lr"] and r["rank"] == best["rank"] for r in st["context"]["runs"])
-    assert st["final"]["best"]["seq_len"] == st["context"]["best"]["seq_len"]
-    for run in st["initial"]["runs"] + st["final"]["runs"]:
-        d = out / "stages" / ("initial" if run in st["initial"]["runs"] else "final") / run["run"]
+    assert len(st["grid"].runs) == 4 and st["grid"].best.val_loss == min(r.val_loss for r in st["grid"].runs)
+    best = st["grid"].best
+    assert all(r.lr == best.lr and r.rank == best.rank for r in st["context"].runs)
+    assert st["final"].best.seq_len == st["context"].best.seq_len
+    for run in st["initial"].runs + st["final"].runs:
+        d = out / "stages" / ("initial" if run in st["initial"].runs else "final") / run.run
         for f in ("config.toml", "metrics.jsonl", "flops.json", "status.json", "adapter/adapter_config.json"):
             assert (d / f).is_file(), f
         assert load_toml(d / "config.toml")["seed"] == 0
@@ -49,7 +49,7 @@ def test_run_plan_end_to_end_artifacts(tmp_path):
     names = [e.name for e in led.entries()]
     assert "zero_shot/test/S=64" in names and "final/run" in names and "grid/lr=0.001_r=4" in names
     # evaluating another stage's adapter reproduces that stage's own test evaluation
-    assert st["final_eval"]["test"]["contexts"]["64"]["model"]["mse"] == pytest.approx(st["initial"]["test"]["contexts"]["64"]["model"]["mse"])
+    assert st["final_eval"].test.score(64).mse == pytest.approx(st["initial"].test.score(64).mse)
     report = (out / "report.md").read_text()
     for heading in ("Test metrics per stage", "Baselines", "FLOPs per experiment", "Time and energy", "Grid `grid`", "Context sweep"):
         assert heading in report
@@ -57,7 +57,7 @@ def test_run_plan_end_to_end_artifacts(tmp_path):
     # re-running skips finished stages: no new ledger rows, same results
     again = run_plan(plan, out, progress=False)
     assert len(Ledger(out / "ledger.db").entries()) == len(names)
-    assert again["stages"]["final"]["best"] == st["final"]["best"]
+    assert again.stages["final"].best == st["final"].best
     # interrupted after their work but before stage.json: finished runs and evaluated contexts are reused, not re-charged
     used = led.used()
     for f in (out / "stages").glob("*/stage.json"):
@@ -65,8 +65,8 @@ def test_run_plan_end_to_end_artifacts(tmp_path):
     again = run_plan(plan, out, progress=False)
     assert len(Ledger(out / "ledger.db").entries()) == len(names) and Ledger(out / "ledger.db").used() == used
     for name in st:
-        assert again["stages"][name].get("test") == st[name].get("test")
-        assert again["stages"][name].get("best") == st[name].get("best")
+        assert again.stages[name].test == st[name].test
+        assert again.stages[name].best == st[name].best
 
 
 def test_shipped_plans_parse():
@@ -106,12 +106,12 @@ def test_cli_run_and_report(tmp_path, capsys):
 
 def test_same_seed_twice_identical_metrics(tmp_path):
     small = plan_from_dict({**PLAN, "budget": 5e9, "stages": [PLAN["stages"][0], PLAN["stages"][1]]})
-    a = run_plan(small, tmp_path / "a", progress=False)["stages"]
-    b = run_plan(small, tmp_path / "b", progress=False)["stages"]
+    a = run_plan(small, tmp_path / "a", progress=False).stages
+    b = run_plan(small, tmp_path / "b", progress=False).stages
     for stage in ("zero_shot", "initial"):
-        ma, mb = a[stage]["test"]["contexts"]["64"]["model"], b[stage]["test"]["contexts"]["64"]["model"]
-        assert ma["mse"] == mb["mse"] and ma["mae_per_step"] == mb["mae_per_step"] and ma["flops"] == mb["flops"]
-    assert a["initial"]["runs"][0]["val_loss"] == b["initial"]["runs"][0]["val_loss"]
+        ma, mb = a[stage].test.score(64), b[stage].test.score(64)
+        assert ma.mse == mb.mse and ma.mae_per_step == mb.mae_per_step and ma.flops == mb.flops
+    assert a["initial"].runs[0].val_loss == b["initial"].runs[0].val_loss
 
 
 def test_remaining_budget_buys_more_steps_with_numeric_head(tmp_path):
@@ -119,8 +119,8 @@ def test_remaining_budget_buys_more_steps_with_numeric_head(tmp_path):
     for head in ("full", "numeric"):
         plan = plan_from_dict({**PLAN, "budget": 3e9, "train": {**PLAN["train"], "head": head},
                                "stages": [{"name": "only", "kind": "train", "steps": "remaining", "evaluate": False}]})
-        st = run_plan(plan, tmp_path / head, progress=False)["stages"]["only"]
-        steps[head] = st["runs"][0]["steps"]
+        st = run_plan(plan, tmp_path / head, progress=False).stages["only"]
+        steps[head] = st.runs[0].steps
         used = Ledger(tmp_path / head / "ledger.db").used()
         assert 0.9 * plan.budget < used <= plan.budget
     assert steps["numeric"] > steps["full"] >= 1

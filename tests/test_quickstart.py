@@ -16,11 +16,11 @@ PLAN = Path(__file__).resolve().parents[1] / "plans" / "quickstart.toml"
 def test_quickstart_training_beats_zero_shot(tmp_path):
     plan = load_plan(PLAN)
     summary = run_plan(plan, tmp_path / "qs", progress=False)
-    st = summary["stages"]
-    zero = st["zero_shot"]["test"]["contexts"]["128"]["model"]
-    final = st["final"]["test"]["contexts"]["128"]["model"]
-    assert final["parse_failure_rate"] == 0 and zero["parse_failure_rate"] == 0
-    assert final["mae"] < zero["mae"] and final["mse"] < zero["mse"]
+    st = summary.stages
+    zero = st["zero_shot"].test.score(128)
+    final = st["final"].test.score(128)
+    assert final.parse_failure_rate == 0 and zero.parse_failure_rate == 0
+    assert final.mae < zero.mae and final.mse < zero.mse
     led = Ledger(tmp_path / "qs" / "ledger.db")
     assert led.used() <= plan.budget
     assert (tmp_path / "qs" / "report.md").read_text().count("![") >= 3

@@ -434,8 +434,8 @@ def test_seed_protocol_on_large_values_parses(tmp_path):
     res = evaluate(model, tok, LLMTimeCodec(CodecConfig(), alpha=1.0), ds,
                    EvalConfig(protocol="seed", contexts=(64,), window_stride_tokens=32, baselines=(), n_boot=10),
                    progress=False)
-    m = res["contexts"]["64"]["model"]
-    assert m["n_windows"] > 3 and m["parse_failure_rate"] == 0 and m["int_digits"] == 5
+    m = res.score(64)
+    assert m.n_windows > 3 and m.parse_failure_rate == 0 and m.int_digits == 5
 
 
 # ----------------------------------------------------------------------------- 10./11. models and pins

@@ -147,10 +147,8 @@ def _eval_cfg(context: str, protocol: str, horizon: int, split: str, max_series:
                       baselines=tuple(b for b in baselines.split(",") if b))
 
 
-def _show_eval(results: dict, out_dir: Path) -> None:
-    from .evaluate import summary_rows
-
-    _print_table(f"{results['model'] or 'baselines'} -- protocol {results['protocol']}", summary_rows(results))
+def _show_eval(results, out_dir: Path) -> None:
+    _print_table(f"{results.model or 'baselines'} -- protocol {results.protocol}", results.rows())
     out.print(f"results: {out_dir}/metrics.json, windows.csv, plots")
 
 
@@ -253,16 +251,16 @@ def run_cmd(
 
 
 
-def _show_study(summary: dict, d: Path) -> None:
+def _show_study(summary, d: Path) -> None:
     rows = []
-    for name, st in summary["stages"].items():
-        for S, e in st.get("test", {}).get("contexts", {}).items():
-            m = e.get("model", {})
-            rows.append({"stage": name, "S": int(S), "MSE": m.get("mse"), "MAE": m.get("mae"),
-                         "best": json.dumps({k: st["best"][k] for k in ("lr", "rank", "seq_len")}) if "best" in st else ""})
+    for name, st in summary.stages.items():
+        best = json.dumps({"lr": st.best.lr, "rank": st.best.rank, "seq_len": st.best.seq_len}) if st.best else ""
+        for S in st.test.contexts if st.test else ():
+            m = st.test.score(S)
+            rows.append({"stage": name, "S": S, "MSE": m.mse if m else None, "MAE": m.mae if m else None, "best": best})
     if rows:
-        _print_table(f"{summary['plan']}: test metrics", rows)
-    led = summary["ledger"]
+        _print_table(f"{summary.plan}: test metrics", rows)
+    led = summary.ledger
     out.print(f"FLOPs used {led['used']:.3e} of {led['budget']:.3e} ({100 * led['used_share']:.2f}%)")
     out.print(f"report: {d / 'report.md'}")
 

@@ -123,8 +123,8 @@ def flops_breakdown(model: str, seq: int, batch: int, rank: int, targets: tuple[
 
 
 def plan_table(model: str, budget: float, seqs, batches, ranks, eval_windows: int = 0) -> list[dict]:
-    from .models import resolve_arch
     from .affordable import affordable
+    from .models import resolve_arch
 
     check_budget(budget)
     return [r.as_dict() for r in affordable(resolve_arch(model), budget, seqs, batches, ranks, eval_windows=eval_windows)]

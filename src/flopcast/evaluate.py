@@ -20,13 +20,14 @@ import numpy as np
 
 from .baselines import run_baseline
 from .codec import LLMTimeCodec
-from .config import BASELINES, EvalConfig, ForecastConfig, to_dict
+from .config import EvalConfig, ForecastConfig, to_dict
 from .costs import charge_batches, generation_bound, model_shape
 from .data import Dataset
 from .errors import FlopcastError
 from .forecast import ForecastResult, forecast_prompts
 from .grammar import LLMTimeGrammar, int_digits_for
 from .metrics import per_window, score
+from .results import ContextScore, EvalResult, Score
 from .windows import Window, aligned_windows, seed_windows
 
 
@@ -117,13 +118,11 @@ def _cache_context(out_dir: Path, S: int, key: str, done: dict) -> None:
 
 def evaluate(model, tokenizer, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig, out_dir: str | Path | None = None,
              ledger=None, name: str = "eval", model_name: str = "", progress: bool = True,
-             fingerprint: str | None = None) -> dict:
-    """Score ``model`` (None: baselines only) on every context length of ``cfg``; returns the results dict.
+             fingerprint: str | None = None) -> EvalResult:
+    """Score ``model`` (None: baselines only) on every context length of ``cfg``.
     ``fingerprint`` (of the settings behind it, see flopcast.preflight) is stored with the results."""
     series = ds.series[: cfg.max_series] if cfg.max_series else ds.series
-    results: dict = {"name": name, "model": model_name, "protocol": cfg.protocol, "config": to_dict(cfg),
-                     "codec": codec.state(), "n_series": len(series), "contexts": {},
-                     **({"fingerprint": fingerprint} if fingerprint else {})}
+    result = EvalResult(name, model_name, cfg.protocol, to_dict(cfg), codec.state(), len(series), {}, fingerprint)
     rows: list[dict] = []
     examples: dict = {}
     for S in cfg.contexts:
@@ -131,52 +130,65 @@ def evaluate(model, tokenizer, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig
         if not wins:  # e.g. the seed protocol at an S longer than the series' text
             reason = f"no windows of {S} tokens: series too short for protocol {cfg.protocol!r} (horizon {cfg.horizon})"
             warnings.warn(reason, stacklevel=2)
-            results["contexts"][str(S)] = {"n_windows": 0, "skipped": reason}
+            result.contexts[S] = ContextScore(S, 0, skipped=reason)
             continue
-        truth = np.stack([w.truth for w in wins])
-        alphas = np.array([w.alpha for w in wins])
-        entry: dict = {"n_windows": len(wins), "context_steps_mean": float(np.mean([len(w.context) for w in wins])),
-                       "prompt_tokens_mean": float(np.mean([len(w.prompt) for w in wins]))}
-        preds: dict[str, np.ndarray] = {}
+        preds, info = {}, {}
         if model is not None:
-            key = _context_key(model, name, model_name, cfg, codec, wins) if out_dir is not None else None
-            done = _cached_context(Path(out_dir), S, key) if key else None
-            if done is None:
-                done = _forecast_context(model, tokenizer, codec, wins, S, cfg, ledger, f"{name}/S={S}", model_name, progress)
-                if key:
-                    _cache_context(Path(out_dir), S, key, done)
-            preds["model"] = done["point"]
-            entry["model"] = score(done["point"], truth, alphas, cfg.n_boot, cfg.seed)
-            entry["model"].update({k: done[k] for k in ("flops", "wall_s", "capped_rate", "int_digits") if k in done})
-            if done.get("capped_rate"):
-                warnings.warn(f"S={S}: {100 * done['capped_rate']:.1f}% of forecasts reached the decoder's cap of "
-                              f"{done['int_digits']} integer digits", stacklevel=2)
-        dt = _dt(ds)
+            info = _model_forecasts(model, tokenizer, codec, wins, S, cfg, out_dir, ledger, name, model_name, progress)
+            preds["model"] = info.pop("point")
         for b in cfg.baselines:
-            if b == "lv_ode" and truth.shape[2] != 2:
-                continue
-            preds[b] = run_baseline(b, [w.context for w in wins], cfg.horizon, dt)
-            entry[b] = score(preds[b], truth, alphas, cfg.n_boot, cfg.seed)
-        results["contexts"][str(S)] = entry
-        for method, p in preds.items():
-            mse, mae = per_window(p, truth)
-            rows += [{"S": S, "method": method, "series": w.series, "cut": w.cut, "mse": m, "mae": a,
-                      "parsed": bool(np.isfinite(m))} for w, m, a in zip(wins, mse, mae)]
+            if b != "lv_ode" or wins[0].truth.shape[1] == 2:
+                preds[b] = run_baseline(b, [w.context for w in wins], cfg.horizon, _dt(ds))
+        result.contexts[S] = _context_score(S, wins, preds, cfg, info)
+        rows += _window_rows(S, wins, preds)
         examples[S] = (wins, preds)
     if not examples:
         raise FlopcastError(f"no evaluation windows at any context length {list(cfg.contexts)}: "
                             f"series too short for protocol {cfg.protocol!r} (horizon {cfg.horizon})")
     if out_dir is not None:
-        write_results(results, rows, examples, out_dir, ds)
-    return results
+        write_results(result, rows, examples, out_dir, ds)
+    return result
 
 
-def write_results(results: dict, rows: list[dict], examples: dict, out_dir: str | Path, ds: Dataset) -> Path:
+def _model_forecasts(model, tokenizer, codec, wins, S, cfg, out_dir, ledger, name, model_name, progress) -> dict:
+    """The model's forecasts at one context length: from the saved results when they exist, else generated and charged."""
+    key = _context_key(model, name, model_name, cfg, codec, wins) if out_dir is not None else None
+    done = _cached_context(Path(out_dir), S, key) if key else None
+    if done is None:
+        done = _forecast_context(model, tokenizer, codec, wins, S, cfg, ledger, f"{name}/S={S}", model_name, progress)
+        if key:
+            _cache_context(Path(out_dir), S, key, done)
+    if done.get("capped_rate"):
+        warnings.warn(f"S={S}: {100 * done['capped_rate']:.1f}% of forecasts reached the decoder's cap of "
+                      f"{done['int_digits']} integer digits", stacklevel=3)
+    return done
+
+
+def _context_score(S: int, wins: list[Window], preds: dict[str, np.ndarray], cfg: EvalConfig, model_info: dict) -> ContextScore:
+    truth = np.stack([w.truth for w in wins])
+    alphas = np.array([w.alpha for w in wins])
+    scores = {m: Score.from_dict({**score(p, truth, alphas, cfg.n_boot, cfg.seed), **(model_info if m == "model" else {})})
+              for m, p in preds.items()}
+    return ContextScore(S, len(wins), scores, float(np.mean([len(w.context) for w in wins])),
+                        float(np.mean([len(w.prompt) for w in wins])))
+
+
+def _window_rows(S: int, wins: list[Window], preds: dict[str, np.ndarray]) -> list[dict]:
+    truth = np.stack([w.truth for w in wins])
+    rows = []
+    for method, p in preds.items():
+        mse, mae = per_window(p, truth)
+        rows += [{"S": S, "method": method, "series": w.series, "cut": w.cut, "mse": m, "mae": a,
+                  "parsed": bool(np.isfinite(m))} for w, m, a in zip(wins, mse, mae)]
+    return rows
+
+
+def write_results(result: EvalResult, rows: list[dict], examples: dict, out_dir: str | Path, ds: Dataset) -> Path:
     from .plots import plot_error_vs_horizon, plot_forecasts
 
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "metrics.json").write_text(json.dumps(results, indent=2))
+    (d / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2))
     with (d / "windows.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["S", "method", "series", "cut", "mse", "mae", "parsed"])
         w.writeheader()
@@ -184,18 +196,5 @@ def write_results(results: dict, rows: list[dict], examples: dict, out_dir: str 
     S = max(examples)
     wins, preds = examples[S]
     plot_forecasts(wins, preds, d / f"forecasts_S{S}.png", variables=ds.variables)
-    plot_error_vs_horizon(results, d / "error_vs_horizon.png")
+    plot_error_vs_horizon(result, d / "error_vs_horizon.png")
     return d
-
-
-def summary_rows(results: dict) -> list[dict]:
-    """One row per (S, method) for tables."""
-    out = []
-    for S, entry in results["contexts"].items():
-        for method in ("model", *BASELINES):
-            m = entry.get(method)
-            if m:
-                out.append({"S": int(S), "method": method, "windows": m["n_windows"], "MSE": m["mse"], "MAE": m["mae"],
-                            "MSE 95% CI": "[{:.4g}, {:.4g}]".format(*m.get("mse_ci95", [np.nan, np.nan])),
-                            "parse fail %": 100 * m["parse_failure_rate"], "FLOPs": m.get("flops")})
-    return out

@@ -31,6 +31,7 @@ from .errors import BudgetExceeded, FlopcastError
 from .ledger import Ledger
 from .lock import DirLock
 from .plan import Plan, Stage
+from .results import EvalResult, RunResult, StageResult, StudyResult
 
 
 @dataclasses.dataclass
@@ -89,11 +90,11 @@ def _stage_file(study: Study, stage: str) -> Path:
     return study.out / "stages" / stage / "stage.json"
 
 
-def stage_result(study: Study, stage: str) -> dict:
+def stage_result(study: Study, stage: str) -> StageResult:
     p = _stage_file(study, stage)
     if not p.is_file():
         raise FlopcastError(f"stage {stage!r} has no results yet")
-    return json.loads(p.read_text())
+    return StageResult.from_dict(json.loads(p.read_text()))
 
 
 def _stage_done(study: Study, stage: str) -> bool:
@@ -151,7 +152,7 @@ def prepare(plan: Plan, out_dir: str | Path, progress: bool = True, restart: tup
 
 
 def run_plan(plan: Plan, out_dir: str | Path, progress: bool = True, only: list[str] | None = None,
-             restart: tuple[str, ...] = ()) -> dict:
+             restart: tuple[str, ...] = ()) -> StudyResult:
     """Execute (or continue) every stage; finished stages with unchanged settings are reused."""
     with DirLock(out_dir):  # a second process on this study stops here
         study = prepare(plan, out_dir, progress, restart, only)
@@ -167,12 +168,11 @@ def run_plan(plan: Plan, out_dir: str | Path, progress: bool = True, only: list[
                 continue
             t0 = time.time()
             res = RUNNERS[stage.kind](study, stage)
-            res.update({"status": "done", "kind": stage.kind, "wall_s": time.time() - t0,
-                        "fingerprint": fingerprint.digest(study.settings[stage.name])})
-            _stage_file(study, stage.name).write_text(json.dumps(res, indent=2))
+            res.wall_s, res.fingerprint = time.time() - t0, fingerprint.digest(study.settings[stage.name])
+            _stage_file(study, stage.name).write_text(json.dumps(res.to_dict(), indent=2))
             results[stage.name] = res
-        summary = {"plan": plan.name, "budget": plan.budget, "ledger": study.ledger.summary(), "stages": results}
-        (study.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary = StudyResult(plan.name, plan.budget, study.ledger.summary(), results)
+        (study.out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
         from .report import write_report
 
         write_report(study.out)
@@ -187,7 +187,7 @@ def _load(study: Study):
     return load_model(study.plan.model, seed=study.plan.seed)
 
 
-def _evaluate(study: Study, stage: Stage, adapter: Path | None) -> dict:
+def _evaluate(study: Study, stage: Stage, adapter: Path | None) -> EvalResult:
     from .evaluate import evaluate
     from .models import load_adapter
 
@@ -203,14 +203,14 @@ def _settings(study: Study, stage: Stage) -> tuple[TrainConfig, LoraSpec]:
     """Training and LoRA settings: plan defaults <- base stage's best <- stage's own."""
     tcfg, lora = study.plan.train, study.plan.lora
     if stage.base:
-        best = stage_result(study, stage.base)["best"]
-        tcfg = replace(tcfg, **{k: best[k] for k in ("lr", "seq_len") if k in best})
-        lora = replace(lora, rank=best.get("rank", lora.rank))
+        best = stage_result(study, stage.base).best
+        tcfg = replace(tcfg, lr=best.lr, seq_len=best.seq_len)
+        lora = replace(lora, rank=best.rank)
     t = from_dict(TrainConfig, {**to_dict(tcfg), **stage.train, **({"steps": stage.steps} if isinstance(stage.steps, int) else {})})
     return t, from_dict(LoraSpec, {**to_dict(lora), **stage.lora})
 
 
-def _train_run(study: Study, stage: Stage, run_name: str, tcfg: TrainConfig, lora: LoraSpec) -> dict:
+def _train_run(study: Study, stage: Stage, run_name: str, tcfg: TrainConfig, lora: LoraSpec) -> RunResult:
     from .train import train
 
     lm = _load(study)
@@ -218,11 +218,11 @@ def _train_run(study: Study, stage: Stage, run_name: str, tcfg: TrainConfig, lor
     r = train(lm.model, lm.tokenizer, study.codec, study.train.series, study.val.series, lora, tcfg, d,
               ledger=study.ledger, name=f"{stage.name}/{run_name}", model_name=study.plan.model.name,
               progress=study.progress)
-    return {"run": run_name, "dir": str(d), "lr": tcfg.lr, "rank": lora.rank, "seq_len": tcfg.seq_len,
-            "steps": r.steps, "flops": r.flops, "val_loss": r.best_val_loss, "status": r.status, "wall_s": r.wall_s}
+    return RunResult(run_name, str(d), tcfg.lr, lora.rank, tcfg.seq_len, r.steps, r.flops, r.best_val_loss, r.status,
+                     r.wall_s)
 
 
-def _train_runs(study: Study, stage: Stage, widest: LoraSpec, names: list[str], runs) -> dict:
+def _train_runs(study: Study, stage: Stage, widest: LoraSpec, names: list[str], runs) -> StageResult:
     """Train ``runs()`` (name, training and LoRA settings of each run) while the stage's evaluation FLOPs
     (for its ``widest`` adapter) are held aside, then evaluate the best run."""
     from .flops import lora_shape
@@ -238,30 +238,28 @@ def _train_runs(study: Study, stage: Stage, widest: LoraSpec, names: list[str], 
     finally:
         study.ledger.drop_hold(hold)
     best = _best(stage, done)
-    res = {"runs": done, "best": best}
-    if stage.evaluate:
-        res["test"] = _evaluate(study, stage, Path(best["dir"]) / "adapter_best")
-    return res
+    test = _evaluate(study, stage, Path(best.dir) / "adapter_best") if stage.evaluate else None
+    return StageResult(stage.kind, done, best, test)
 
 
-def _best(stage: Stage, runs: list[dict]) -> dict:
+def _best(stage: Stage, runs: list[RunResult]) -> RunResult:
     """The run with the lowest validation loss; diverged runs never win, and a stage of only diverged runs fails."""
-    ok = [r for r in runs if r["status"] != "diverged"]
+    ok = [r for r in runs if r.status != "diverged"]
     if not ok:
         r = runs[-1]
-        raise FlopcastError(f"stage {stage.name!r}: training diverged (loss became NaN or infinite) at step {r['steps']} "
-                            f"of {r['dir']}; lower the learning rate (lr={r['lr']:g})")
-    scored = [r for r in ok if r["val_loss"] is not None]
-    return min(scored, key=lambda r: r["val_loss"]) if scored else ok[-1]
+        raise FlopcastError(f"stage {stage.name!r}: training diverged (loss became NaN or infinite) at step {r.steps} "
+                            f"of {r.dir}; lower the learning rate (lr={r.lr:g})")
+    scored = [r for r in ok if r.val_loss is not None]
+    return min(scored, key=lambda r: r.val_loss) if scored else ok[-1]
 
 
 # ----------------------------------------------------------------------------- stage kinds
 
-def run_eval_stage(study: Study, stage: Stage) -> dict:
+def run_eval_stage(study: Study, stage: Stage) -> StageResult:
     adapter = None
     if stage.adapter_from:
-        adapter = Path(stage_result(study, stage.adapter_from)["best"]["dir"]) / "adapter_best"
-    return {"test": _evaluate(study, stage, adapter)}
+        adapter = Path(stage_result(study, stage.adapter_from).best.dir) / "adapter_best"
+    return StageResult(stage.kind, test=_evaluate(study, stage, adapter))
 
 
 def _remaining_steps(study: Study, stage: Stage, tcfg: TrainConfig, lora: LoraSpec, run_dir: Path) -> TrainConfig:
@@ -289,7 +287,7 @@ def _remaining_steps(study: Study, stage: Stage, tcfg: TrainConfig, lora: LoraSp
     return replace(tcfg, steps=steps, max_flops=spendable)
 
 
-def run_train_stage(study: Study, stage: Stage) -> dict:
+def run_train_stage(study: Study, stage: Stage) -> StageResult:
     tcfg, lora = _settings(study, stage)
     if stage.steps == "remaining":  # counted once the evaluation is held, so they leave it its FLOPs
         run_dir = study.out / "stages" / stage.name / "run"
@@ -298,14 +296,14 @@ def run_train_stage(study: Study, stage: Stage) -> dict:
     return _train_runs(study, stage, lora, ["run"], lambda: [("run", tcfg, lora)])
 
 
-def run_grid_stage(study: Study, stage: Stage) -> dict:
+def run_grid_stage(study: Study, stage: Stage) -> StageResult:
     tcfg, lora = _settings(study, stage)
     runs = [(f"lr={lr:g}_r={rank}", replace(tcfg, lr=lr), replace(lora, rank=rank)) for lr in stage.lr for rank in stage.rank]
     widest = max((lo for *_, lo in runs), key=lambda lo: lo.rank)
     return _train_runs(study, stage, widest, [r[0] for r in runs], lambda: runs)
 
 
-def run_context_stage(study: Study, stage: Stage) -> dict:
+def run_context_stage(study: Study, stage: Stage) -> StageResult:
     tcfg, lora = _settings(study, stage)
     runs = [(f"S={s}", replace(tcfg, seq_len=s), lora) for s in stage.seq_len]
     return _train_runs(study, stage, lora, [r[0] for r in runs], lambda: runs)

@@ -76,15 +76,15 @@ def plot_forecasts(windows, preds: dict, path: str | Path, n: int = 4, variables
     return save_figure(fig, path)
 
 
-def plot_error_vs_horizon(results: dict, path: str | Path) -> Path:
-    """MAE per horizon step for every method, one panel per context length."""
+def plot_error_vs_horizon(result, path: str | Path) -> Path:
+    """MAE per horizon step for every method, one panel per context length (``result``: an EvalResult)."""
     plt = _plt()
-    ctxs = list(results["contexts"])
+    ctxs = list(result.contexts)
     fig, axes = plt.subplots(1, len(ctxs), figsize=(4.5 * len(ctxs), 3.2), squeeze=False)
     for ax, S in zip(axes[0], ctxs):
-        for method, m in results["contexts"][S].items():
-            if isinstance(m, dict) and "mae_per_step" in m:
-                ax.plot(np.arange(1, len(m["mae_per_step"]) + 1), m["mae_per_step"], marker="o", label=method)
+        for method, m in result.contexts[S].scores.items():
+            if m.mae_per_step:
+                ax.plot(np.arange(1, len(m.mae_per_step) + 1), m.mae_per_step, marker="o", label=method)
         ax.set_title(f"S = {S} tokens")
         ax.set_xlabel("horizon step")
         ax.set_ylabel("MAE")

@@ -11,6 +11,7 @@ from .config import BASELINES, load_toml
 from .display import number
 from .ledger import Ledger
 from .plots import save_figure
+from .results import RunResult, StageResult, StudyResult
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -19,11 +20,11 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
-def _runs(stages: dict) -> list[dict]:
-    return [r for st in stages.values() for r in st.get("runs", [])]
+def _runs(stages: dict[str, StageResult]) -> list[RunResult]:
+    return [r for st in stages.values() for r in st.runs]
 
 
-def _loss_curves(stages: dict, path: Path) -> Path | None:
+def _loss_curves(stages: dict[str, StageResult], path: Path) -> Path | None:
     from .plots import _plt
 
     runs = _runs(stages)
@@ -32,13 +33,13 @@ def _loss_curves(stages: dict, path: Path) -> Path | None:
     plt = _plt()
     fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
     for r in runs:
-        f = Path(r["dir"]) / "metrics.jsonl"
+        f = Path(r.dir) / "metrics.jsonl"
         if not f.is_file():
             continue
         rows = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
         tr = [(x["step"], x["loss"]) for x in rows if "loss" in x]
         va = [(x["step"], x["val_loss"]) for x in rows if "val_loss" in x]
-        label = f"{Path(r['dir']).parent.name}/{r['run']}"
+        label = f"{Path(r.dir).parent.name}/{r.run}"
         if tr:
             ax[0].plot(*zip(*tr), lw=0.8, label=label)
         if va:
@@ -51,20 +52,20 @@ def _loss_curves(stages: dict, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def _scored_runs(res: dict) -> list[dict]:
-    return [r for r in res.get("runs", []) if r.get("val_loss") is not None]
+def _scored_runs(res: StageResult) -> list[RunResult]:
+    return [r for r in res.runs if r.val_loss is not None]
 
 
-def _grid_heatmap(stage: str, res: dict, path: Path) -> Path | None:
+def _grid_heatmap(stage: str, res: StageResult, path: Path) -> Path | None:
     from .plots import _plt
 
     runs = _scored_runs(res)
     if len(runs) < 2:
         return None
-    lrs, ranks = sorted({r["lr"] for r in runs}), sorted({r["rank"] for r in runs})
+    lrs, ranks = sorted({r.lr for r in runs}), sorted({r.rank for r in runs})
     grid = np.full((len(lrs), len(ranks)), np.nan)
     for r in runs:
-        grid[lrs.index(r["lr"]), ranks.index(r["rank"])] = r["val_loss"]
+        grid[lrs.index(r.lr), ranks.index(r.rank)] = r.val_loss
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1.6 * len(ranks) + 2, 1.2 * len(lrs) + 1.2))
     im = ax.imshow(grid, cmap="viridis_r")
@@ -78,7 +79,7 @@ def _grid_heatmap(stage: str, res: dict, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def _context_curve(stage: str, res: dict, path: Path) -> Path | None:
+def _context_curve(stage: str, res: StageResult, path: Path) -> Path | None:
     from .plots import _plt
 
     runs = _scored_runs(res)
@@ -86,82 +87,91 @@ def _context_curve(stage: str, res: dict, path: Path) -> Path | None:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.3))
-    ax.plot([r["seq_len"] for r in runs], [r["val_loss"] for r in runs], marker="o")
+    ax.plot([r.seq_len for r in runs], [r.val_loss for r in runs], marker="o")
     ax.set_xlabel("training context S (tokens)")
     ax.set_ylabel("validation loss")
     ax.set_title(stage)
     return save_figure(fig, path)
 
 
-def write_report(run_dir: str | Path) -> Path:
-    d = Path(run_dir)
-    summary = json.loads((d / "summary.json").read_text())
-    plan = load_toml(d / "plan.toml") if (d / "plan.toml").is_file() else {}
-    stages = summary["stages"]
+def _metrics_section(stages: dict[str, StageResult]) -> list[str]:
+    """Test metrics per stage x context (the reference's layout), the baselines, CIs and parse failures."""
+    evals = {n: st.test for n, st in stages.items() if st.test is not None}
+    if not evals:
+        return []
+    contexts = sorted({S for r in evals.values() for S in r.contexts})
+    header = ["Context (S)"] + [f"{n} {m}" for n in evals for m in ("MSE", "MAE")]
+    rows = [[S] + [v for r in evals.values() for v in _mse_mae(r.score(S))] for S in contexts]
+    lines = ["## Test metrics per stage", "", _table(header, rows), ""]
+    first = next(iter(evals.values()))
+    brow = [[S, b, m.mse, m.mae] for S in contexts for b in BASELINES if (m := first.score(S, b)) is not None]
+    if brow:
+        lines += ["## Baselines (same windows)", "", _table(["S", "baseline", "MSE", "MAE"], brow), ""]
+    ci_rows = [[n, S, str(np.round(m.mse_ci95, 5).tolist()) if m.mse_ci95 else "-", m.parse_failure_rate]
+               for n, r in evals.items() for S in contexts if (m := r.score(S)) is not None]
+    return lines + ["MSE 95% bootstrap CIs and parse failures:", "",
+                    _table(["stage", "S", "MSE 95% CI", "parse failure rate"], ci_rows), ""]
+
+
+def _mse_mae(m) -> tuple:
+    return (m.mse, m.mae) if m is not None else (None, None)
+
+
+def _figures_section(d: Path, stages: dict[str, StageResult]) -> list[str]:
     fig_dir = d / "figures"
     fig_dir.mkdir(exist_ok=True)
-    lines = [f"# flopcast report: {summary['plan']}", ""]
-    led = summary["ledger"]
-    lines += [f"Model `{plan.get('model', {}).get('name', '?')}`, budget {led['budget']:.3e} FLOPs, "
-              f"used {led['used']:.3e} ({100 * led['used_share']:.2f}%). Protocol "
-              f"`{plan.get('eval', {}).get('protocol', '?')}`, horizon {plan.get('eval', {}).get('horizon', '?')} steps, "
-              "errors in original units.", ""]
-
-    # metrics per stage x context (the reference's layout)
-    evals = {n: st["test"] for n, st in stages.items() if "test" in st}
-    contexts = sorted({int(S) for r in evals.values() for S in r["contexts"]})
-    if evals:
-        header = ["Context (S)"] + [f"{n} {m}" for n in evals for m in ("MSE", "MAE")]
-        rows = [[S] + [v for r in evals.values() for v in (r["contexts"].get(str(S), {}).get("model", {}).get("mse"),
-                                                             r["contexts"].get(str(S), {}).get("model", {}).get("mae"))]
-                for S in contexts]
-        lines += ["## Test metrics per stage", "", _table(header, rows), ""]
-        first = next(iter(evals.values()))
-        brow = []
-        for S in contexts:
-            e = first["contexts"].get(str(S), {})
-            brow += [[S, b, e[b]["mse"], e[b]["mae"]] for b in BASELINES if b in e]
-        if brow:
-            lines += ["## Baselines (same windows)", "", _table(["S", "baseline", "MSE", "MAE"], brow), ""]
-        ci_rows = [[n, S, r["contexts"][str(S)]["model"].get("mse_ci95"), r["contexts"][str(S)]["model"]["parse_failure_rate"]]
-                   for n, r in evals.items() for S in contexts if "model" in r["contexts"].get(str(S), {})]
-        lines += ["MSE 95% bootstrap CIs and parse failures:", "",
-                  _table(["stage", "S", "MSE 95% CI", "parse failure rate"], [[a, b, str(np.round(c, 5).tolist()), e] for a, b, c, e in ci_rows]), ""]
-
-    # figures
     figs = []
     if (p := _loss_curves(stages, fig_dir / "loss_curves.png")):
         figs.append(("Loss curves", p))
     for n, st in stages.items():
-        if st.get("kind") == "grid" and (p := _grid_heatmap(n, st, fig_dir / f"grid_{n}.png")):
-            figs.append((f"Grid `{n}` (best: lr={st['best']['lr']:g}, r={st['best']['rank']})", p))
-        if st.get("kind") == "context" and (p := _context_curve(n, st, fig_dir / f"context_{n}.png")):
-            figs.append((f"Context sweep `{n}` (best S={st['best']['seq_len']})", p))
+        if st.kind == "grid" and (p := _grid_heatmap(n, st, fig_dir / f"grid_{n}.png")):
+            figs.append((f"Grid `{n}` (best: lr={st.best.lr:g}, r={st.best.rank})", p))
+        if st.kind == "context" and (p := _context_curve(n, st, fig_dir / f"context_{n}.png")):
+            figs.append((f"Context sweep `{n}` (best S={st.best.seq_len})", p))
         for png in sorted((d / "stages" / n / "eval").glob("forecasts_*.png")):
             figs.append((f"Forecasts after `{n}`", png))
-    if figs:
-        lines += ["## Figures", ""]
-        lines += [f"**{title}**\n\n![{title}]({p.relative_to(d)})\n" for title, p in figs]
+    if not figs:
+        return []
+    return ["## Figures", ""] + [f"**{title}**\n\n![{title}]({p.relative_to(d)})\n" for title, p in figs]
 
-    # FLOPs per experiment
+
+def _flops_section(d: Path, budget: float) -> list[str]:
     ledger = Ledger(d / "ledger.db")
-    rows = [[e["name"], e["kind"], e["seq"], e["rank"], e["steps"], e["flops_used"], 100 * e["share"], e["wall_s"], e["status"]]
-            for e in ledger.rows()]
-    lines += ["## FLOPs per experiment", "", _table(["experiment", "kind", "S", "r", "steps", "FLOPs", "budget %", "wall s", "status"], rows), ""]
+    rows = [[e["name"], e["kind"], e["seq"], e["rank"], e["steps"], e["flops_used"], 100 * e["share"], e["wall_s"],
+             e["status"]] for e in ledger.rows()]
+    header = ["experiment", "kind", "S", "r", "steps", "FLOPs", "budget %", "wall s", "status"]
     by_stage: dict[str, float] = {}
     for e in ledger.rows():
         by_stage[e["name"].split("/")[0]] = by_stage.get(e["name"].split("/")[0], 0) + e["flops_used"]
-    lines += [_table(["stage", "FLOPs", "budget %"], [[k, v, 100 * v / led["budget"]] for k, v in by_stage.items()]), ""]
+    return ["## FLOPs per experiment", "", _table(header, rows), "",
+            _table(["stage", "FLOPs", "budget %"], [[k, v, 100 * v / budget] for k, v in by_stage.items()]), ""]
 
-    # time and energy
-    wall = sum(st.get("wall_s", 0.0) for st in stages.values())
+
+def _energy_section(stages: dict[str, StageResult], plan: dict) -> list[str]:
+    wall = sum(st.wall_s for st in stages.values())
     power = float(plan.get("device_power_w", 65.0))
     carbon = float(plan.get("carbon_g_per_kwh", 300.0))
     kwh = wall / 3600 * power / 1000
-    lines += ["## Time and energy", "",
-              f"Total wall time {wall / 3600:.2f} h. At a stated device power of {power:g} W this is "
-              f"{kwh:.3f} kWh, about {kwh * carbon:.0f} g CO2e at {carbon:g} g/kWh "
-              "(power x time x grid intensity; set `device_power_w` and `carbon_g_per_kwh` in the plan).", ""]
+    return ["## Time and energy", "",
+            f"Total wall time {wall / 3600:.2f} h. At a stated device power of {power:g} W this is "
+            f"{kwh:.3f} kWh, about {kwh * carbon:.0f} g CO2e at {carbon:g} g/kWh "
+            "(power x time x grid intensity; set `device_power_w` and `carbon_g_per_kwh` in the plan).", ""]
+
+
+def write_report(run_dir: str | Path) -> Path:
+    d = Path(run_dir)
+    summary = StudyResult.from_dict(json.loads((d / "summary.json").read_text()))
+    plan = load_toml(d / "plan.toml") if (d / "plan.toml").is_file() else {}
+    led = summary.ledger
+    lines = [f"# flopcast report: {summary.plan}", "",
+             f"Model `{plan.get('model', {}).get('name', '?')}`, budget {led['budget']:.3e} FLOPs, "
+             f"used {led['used']:.3e} ({100 * led['used_share']:.2f}%). Protocol "
+             f"`{plan.get('eval', {}).get('protocol', '?')}`, horizon {plan.get('eval', {}).get('horizon', '?')} steps, "
+             "errors in original units.", ""]
+    lines += _metrics_section(summary.stages)
+    lines += _figures_section(d, summary.stages)
+    lines += _flops_section(d, led["budget"])
+    lines += _energy_section(summary.stages, plan)
     out = d / "report.md"
     out.write_text("\n".join(lines))
     return out
