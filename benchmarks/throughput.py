@@ -28,7 +28,7 @@ from flopcast.config import CodecConfig, LoraSpec, SimConfig
 from flopcast.heads import head_ids_for, numeric_head, remap_table, restricted_loss
 from flopcast.models import attach_lora, load_model
 from flopcast.simulate import simulate
-from flopcast.train import train_step
+from flopcast.steps import train_step
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:

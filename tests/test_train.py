@@ -12,7 +12,8 @@ from flopcast.codec import LLMTimeCodec
 from flopcast.config import CodecConfig, LoraSpec, SimConfig, TrainConfig, load_toml
 from flopcast.ledger import Ledger
 from flopcast.models import load_model
-from flopcast.train import lr_at, train
+from flopcast.steps import lr_at
+from flopcast.train import train
 
 
 def test_chunks_every_token_a_target_once():

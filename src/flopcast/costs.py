@@ -62,6 +62,12 @@ def generation_bound(arch: Arch, n_prompts: int, prompt_len: int, new_tokens: in
     return total + (generate_total(arch, rest, prompt_len, new_tokens, lora) if rest else 0)
 
 
+def eval_bound(arch: Arch, n_windows: int, S: int, horizon: int, batch: int, grammar, lora: LoraShape | None = None) -> int:
+    """Upper bound on an evaluation's (or forecast's) FLOPs: every one of ``n_windows`` prompts of up to ``S``
+    tokens generates the longest output ``grammar`` (an LLMTimeGrammar) allows for ``horizon`` steps."""
+    return generation_bound(arch, n_windows, S, grammar.max_tokens(horizon), batch, lora)
+
+
 def batch_flops(arch: Arch, batch: dict, lora: LoraShape | None = None) -> int:
     """FLOPs of one generated batch (a ``ForecastResult.batches`` entry: B, prompt_len, new_tokens)."""
     return generate_total(arch, batch["B"], batch["prompt_len"], batch["new_tokens"], lora)

@@ -21,7 +21,7 @@ import numpy as np
 from .baselines import run_baseline
 from .codec import LLMTimeCodec
 from .config import EvalConfig, ForecastConfig, to_dict
-from .costs import charge_batches, generation_bound, model_shape
+from .costs import charge_batches, eval_bound, model_shape
 from .data import Dataset
 from .errors import FlopcastError
 from .forecast import ForecastResult, forecast_prompts
@@ -42,11 +42,6 @@ def window_grammar(windows: list[Window], tokenizer, codec: LLMTimeCodec, n_vars
     return LLMTimeGrammar(codec.config, n_vars, int_digits_for([tokenizer.decode(w.prompt) for w in windows], codec.config))
 
 
-def eval_bound(arch, windows: list[Window], S: int, cfg: EvalConfig, grammar: LLMTimeGrammar, lora=None) -> int:
-    """Upper bound on an evaluation's FLOPs: every window generates the grammar's longest output."""
-    return generation_bound(arch, len(windows), S, grammar.max_tokens(cfg.horizon), cfg.batch_size, lora)
-
-
 def forecast_reservation(ledger, forecaster, name: str, kind: str, n_prompts: int, prompt_len: int, horizon: int,
                          batch_size: int, grammar: LLMTimeGrammar, **fields):
     """``ledger.reserved`` for a forecast of ``n_prompts`` prompts of up to ``prompt_len`` tokens (a no-op without a ledger)."""
@@ -57,8 +52,7 @@ def forecast_reservation(ledger, forecaster, name: str, kind: str, n_prompts: in
     if ledger is None:
         return nullcontext(Charge())
     arch, lora = model_shape(forecaster)
-    bound = generation_bound(arch, n_prompts, prompt_len, grammar.max_tokens(horizon), batch_size, lora)
-    return ledger.reserved(name, kind, bound, **fields)
+    return ledger.reserved(name, kind, eval_bound(arch, n_prompts, prompt_len, horizon, batch_size, grammar, lora), **fields)
 
 
 def _dt(ds: Dataset) -> float:

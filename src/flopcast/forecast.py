@@ -161,43 +161,53 @@ def forecast_prompts(model, tokenizer, codec: LLMTimeCodec, prompts: list[list[i
     ``on_batch`` gets each finished batch's shape (B, prompt_len, new_tokens), e.g. to count FLOPs as they go."""
     digits = cfg.max_int_digits or int_digits_for([tokenizer.decode(p) for p in prompts], codec.config)
     grammar = LLMTimeGrammar(codec.config, n_vars, digits)
-    vocab = model.get_output_embeddings().weight.shape[0]
-    device = next(model.parameters()).device
-    masks = TokenMasks(tokenizer, grammar, vocab, device)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    N, S, H = len(prompts), cfg.n_samples, cfg.horizon
     extra = [1 if (skip_first_partial and p) else 0 for p in prefixes]
-    # each (series, sample) is one row; sort rows by prompt length to minimise padding
-    rows = [(i, s) for i in range(N) for s in range(S)]
+    was_training = model.training
+    model.eval()
+    try:
+        out_text, batches = _generate_rows(model, tokenizer, grammar, prompts, prefixes, extra, cfg, progress, on_batch)
+    finally:
+        model.train(was_training)
+    return _collect(out_text, batches, codec, prompts, alphas, n_vars, cfg, extra, digits)
+
+
+def _generate_rows(model, tokenizer, grammar: LLMTimeGrammar, prompts, prefixes, extra, cfg: ForecastConfig, progress,
+                   on_batch) -> tuple[dict[tuple[int, int], str], list[dict]]:
+    """Generated text per (series, sample) row, in batches of rows sorted by prompt length (little padding)."""
+    masks = TokenMasks(tokenizer, grammar, model.get_output_embeddings().weight.shape[0], next(model.parameters()).device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows = [(i, k) for i in range(len(prompts)) for k in range(cfg.n_samples)]
     order = np.argsort([-len(prompts[i]) for i, _ in rows], kind="stable")
     gen = torch.Generator().manual_seed(cfg.seed)
     out_text: dict[tuple[int, int], str] = {}
-    batches = []
+    batches: list[dict] = []
     it = list(_batches(order, cfg.batch_size))
     if progress:
         from tqdm.auto import tqdm
 
         it = tqdm(it, desc="forecast", unit="batch", disable=None)
-    was_training = model.training
-    model.eval()
     for b in it:
         sel = [rows[k] for k in b]
         res = generate_constrained(
-            model, [prompts[i] for i, _ in sel], grammar, masks, [H + extra[i] for i, _ in sel],
+            model, [prompts[i] for i, _ in sel], grammar, masks, [cfg.horizon + extra[i] for i, _ in sel],
             [prefixes[i] for i, _ in sel], pad_id, greedy=cfg.greedy, temperature=cfg.temperature, generator=gen)
-        for r, t in zip(sel, res):
-            out_text[r] = t
+        out_text.update(zip(sel, res))
         batches.append({"B": len(sel), "prompt_len": max(len(prompts[i]) for i, _ in sel),
                         "new_tokens": max(len(t) for t in res)})
         if on_batch:
             on_batch(batches[-1])
-    model.train(was_training)
-    samples = np.full((N, S, H, n_vars), np.nan)
-    ok = np.ones(N, dtype=bool)
-    capped = np.zeros(N, dtype=bool)
+    return out_text, batches
+
+
+def _collect(out_text, batches, codec: LLMTimeCodec, prompts, alphas, n_vars: int, cfg: ForecastConfig, extra,
+             digits: int) -> ForecastResult:
+    """Decode every row's text into values; the median and quantiles over samples."""
+    N, K, H = len(prompts), cfg.n_samples, cfg.horizon
+    samples = np.full((N, K, H, n_vars), np.nan)
+    ok, capped = np.ones(N, dtype=bool), np.zeros(N, dtype=bool)
     gen_tokens = np.zeros(N, dtype=np.int64)
     texts: list[list[str]] = [[] for _ in range(N)]
-    for (i, s), t in out_text.items():
+    for (i, k), t in out_text.items():
         texts[i].append(t)
         gen_tokens[i] += len(t)
         capped[i] |= longest_int_part([t], codec.config) >= digits
@@ -206,12 +216,12 @@ def forecast_prompts(model, tokenizer, codec: LLMTimeCodec, prompts: list[list[i
             cut = body.find(codec.config.step_sep)
             body = body[cut + 1:] if cut >= 0 else ""
         dec = codec.decode(body, n_vars, alpha=alphas[i])
-        k = min(H, dec.n_steps)
-        samples[i, s, :k] = dec.values[:k]
-        ok[i] &= dec.n_valid >= H and not np.isnan(samples[i, s]).any()
-    point = samples[:, 0] if S == 1 else np.nanmedian(samples, axis=1) if np.isfinite(samples).any() else samples[:, 0]
-    quant = {} if S == 1 else {q: np.nanquantile(samples, q, axis=1) for q in cfg.quantiles}
-    return ForecastResult(point, samples if S > 1 else None, quant, texts, alphas,
+        n = min(H, dec.n_steps)
+        samples[i, k, :n] = dec.values[:n]
+        ok[i] &= dec.n_valid >= H and not np.isnan(samples[i, k]).any()
+    point = samples[:, 0] if K == 1 else np.nanmedian(samples, axis=1) if np.isfinite(samples).any() else samples[:, 0]
+    quant = {} if K == 1 else {q: np.nanquantile(samples, q, axis=1) for q in cfg.quantiles}
+    return ForecastResult(point, samples if K > 1 else None, quant, texts, alphas,
                           np.array([len(p) for p in prompts]), gen_tokens, ok, batches, capped, digits)
 
 

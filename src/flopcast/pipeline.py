@@ -226,7 +226,7 @@ def _train_runs(study: Study, stage: Stage, widest: LoraSpec, names: list[str], 
     """Train ``runs()`` (name, training and LoRA settings of each run) while the stage's evaluation FLOPs
     (for its ``widest`` adapter) are held aside, then evaluate the best run."""
     from .flops import lora_shape
-    from .train import finished_run
+    from .rundir import finished_run
 
     hold = None
     pending = any(finished_run(study.out / "stages" / stage.name / n) is None for n in names)
@@ -267,7 +267,7 @@ def _remaining_steps(study: Study, stage: Stage, tcfg: TrainConfig, lora: LoraSp
     from .checkpoint import CheckpointManager
     from .costs import run_cost
     from .flops import lora_shape
-    from .train import finished_run
+    from .rundir import finished_run
 
     done = finished_run(run_dir)
     if done is not None:  # trained before an interruption: keep the steps it was given

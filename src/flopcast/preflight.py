@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from . import fingerprint
 from .chunks import make_chunks, series_token_ids
 from .config import LoraSpec, TrainConfig, to_dict
-from .costs import run_cost, val_chunks_used
+from .costs import eval_bound, run_cost, val_chunks_used
 from .errors import BudgetExceeded, DataError, FlopcastError, SettingsChanged
 from .flops import lora_shape
 from .plan import Plan, Stage
@@ -97,9 +97,8 @@ def archive_stages(out: Path, names: tuple[str, ...]) -> list[Path]:
 
 def eval_cost(study: "Study", lora=None) -> int:
     """Bound of one stage's evaluation over every context length (what it reserves before it starts)."""
-    from .evaluate import eval_bound
-
-    return sum(eval_bound(study.arch, wins, S, study.plan.eval, grammar, lora)
+    cfg = study.plan.eval
+    return sum(eval_bound(study.arch, len(wins), S, cfg.horizon, cfg.batch_size, grammar, lora)
                for S, (wins, grammar) in study.eval_windows().items() if wins)
 
 

@@ -26,7 +26,6 @@ becomes NaN or infinite stops the run with status ``diverged``.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import json
 import math
 import os
@@ -45,27 +44,16 @@ import torch
 from .checkpoint import CheckpointManager, TrainState, set_rng_state
 from .chunks import Chunks, make_chunks, series_token_ids
 from .codec import LLMTimeCodec
-from .config import LoraSpec, TrainConfig, load_toml, save_toml, to_dict
+from .config import LoraSpec, TrainConfig, save_toml, to_dict
 from .costs import RunCost, run_cost, val_chunks_used
-from .errors import Interrupted, SettingsChanged
+from .errors import Interrupted
 from .flops import Arch, lora_shape
 from .heads import head_ids_for, numeric_head, remap_table, restricted_loss
 from .lock import DirLock
 from .models import attach_lora, load_adapter, save_adapter, trainable_parameters
+from .rundir import TrainResult, finished_run, run_fingerprint, series_sha256, truncate_log
 from .signals import StopRequest
-
-FINAL = ("done", "stopped_budget", "diverged")  # a run with one of these statuses is not trained again
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    flops: int                 # charged to the ledger: the run's steps and validations plus redone work
-    best_val_loss: float | None
-    status: str
-    wall_s: float
-    flops_redone: int = 0
+from .steps import BatchOrder, lr_at, make_batch, train_step, validation_loss
 
 
 @dataclass
@@ -87,7 +75,7 @@ class Run:
     head_ids: list[int] | None
     cost: RunCost
     state: TrainState
-    order: "BatchOrder"
+    order: BatchOrder
     ckpt: CheckpointManager
     codec_state: dict
     ledger: Any = None
@@ -103,87 +91,6 @@ class Run:
     def wall(self) -> float:
         """Seconds of training so far, over every process that worked on this run."""
         return self.wall0 + time.time() - self.t0
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Warmup then constant / cosine / linear decay to 0."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.5 * (1 + math.cos(math.pi * frac)) if cfg.schedule == "cosine" else 1 - frac)
-
-
-class BatchOrder:
-    """Seeded epoch shuffles; its state (epoch, position) is checkpointed for exact resume."""
-
-    def __init__(self, n: int, batch: int, seed: int, epoch: int = 0, pos: int = 0):
-        self.n, self.batch, self.seed, self.epoch, self.pos = n, batch, seed, epoch, pos
-
-    def _perm(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-
-    def next(self) -> np.ndarray:
-        out = []
-        while len(out) < self.batch:
-            perm = self._perm()
-            take = perm[self.pos:self.pos + self.batch - len(out)]
-            out.extend(take.tolist())
-            self.pos += len(take)
-            if self.pos >= self.n:
-                self.epoch, self.pos = self.epoch + 1, 0
-        return np.array(out)
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-
-def _batch(chunks: Chunks, idx: np.ndarray, device) -> dict[str, torch.Tensor]:
-    return {k: torch.as_tensor(getattr(chunks, k)[idx], device=device) for k in ("input_ids", "attention_mask", "labels")}
-
-
-# ----------------------------------------------------------------------------- one step
-
-def train_step(model, optimizer, batch: dict, loss_fn: Callable[[dict], torch.Tensor], lr: float, grad_clip: float = 0.0,
-               acc=None, params: list | None = None) -> float:
-    """One optimizer step on ``batch`` at learning rate ``lr``; returns the loss (mean over processes).
-
-    A non-finite loss leaves the weights as they were: the caller stops, the run diverged.
-    """
-    for g in optimizer.param_groups:
-        g["lr"] = lr
-    loss = loss_fn(batch)
-    (acc.backward if acc is not None else torch.Tensor.backward)(loss)
-    value = float(acc.reduce(loss.detach(), reduction="mean") if acc is not None else loss.detach())
-    if math.isfinite(value):
-        if grad_clip:
-            params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-            (acc.clip_grad_norm_ if acc is not None else torch.nn.utils.clip_grad_norm_)(params, grad_clip)
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return value
-
-
-@torch.no_grad()
-def validation_loss(model, chunks: Chunks | None, batch: int, acc, loss_fn=None) -> float | None:
-    """Mean loss per target token; each process scores its share of every batch."""
-    loss_fn = loss_fn or (lambda b: model(**b).loss)
-    if chunks is None or len(chunks) == 0:
-        return None
-    was = model.training
-    model.eval()
-    tot = torch.zeros(2, dtype=torch.float64, device=acc.device)
-    for i in range(0, len(chunks), batch):
-        idx = np.arange(i, min(i + batch, len(chunks)))[acc.process_index::acc.num_processes]
-        if len(idx) == 0:
-            continue
-        b = _batch(chunks, idx, acc.device)
-        k = int((b["labels"][:, 1:] != -100).sum())
-        tot += torch.tensor([float(loss_fn(b)) * k, k], dtype=torch.float64, device=acc.device)
-    tot = acc.reduce(tot, reduction="sum")
-    model.train(was)
-    return float(tot[0] / max(float(tot[1]), 1.0))
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -248,7 +155,7 @@ def setup(acc, base_model, tokenizer, codec: LLMTimeCodec, train_series, val_ser
     if run.main:
         _ledger_row(run, ledger)
         _write_config(run, data_sha, trainable_parameters(model))
-        _truncate_log(run.dir / "metrics.jsonl", state.step)  # steps after the checkpoint are redone
+        truncate_log(run.dir / "metrics.jsonl", state.step)  # steps after the checkpoint are redone
         run.log = (run.dir / "metrics.jsonl").open("a")
         run.tracker = _wandb(cfg, name, run.dir)
     return run
@@ -266,7 +173,7 @@ def fit(run: Run, stop: StopRequest, bar=None, on_step: Callable[[int, float], N
         before, lr = run.order.state(), lr_at(st.step, cfg)
         shard = run.order.next()[acc.process_index::acc.num_processes]  # each process takes its share
         try:
-            loss = train_step(run.model, run.opt, _batch(run.chunks, shard, acc.device), run.loss_fn, lr,
+            loss = train_step(run.model, run.opt, make_batch(run.chunks, shard, acc.device), run.loss_fn, lr,
                               cfg.grad_clip, acc, run.params)
         except KeyboardInterrupt:  # cut short before its update: the resumed run takes the same batch again
             run.order.epoch, run.order.pos = before["epoch"], before["pos"]
@@ -373,23 +280,6 @@ def _ledger_row(run: Run, ledger) -> None:
         ledger.progress(st.ledger_id, st.charged, steps=st.step)
 
 
-def series_sha256(*groups: list[np.ndarray]) -> str:
-    """A hash of the series a run trains and validates on."""
-    h = hashlib.sha256()
-    for group in groups:
-        h.update(str(len(group)).encode())
-        for s in group:
-            a = np.ascontiguousarray(s, dtype=np.float64)
-            h.update(str(a.shape).encode())
-            h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def run_fingerprint(model_name: str, lora: LoraSpec, cfg: TrainConfig, codec_state: dict, data_sha: str) -> str:
-    key = {"model": model_name, "lora": to_dict(lora), "train": to_dict(cfg), "codec": codec_state, "data": data_sha}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _write_config(run: Run, data_sha: str, n_trainable: int) -> None:
     save_toml({"name": run.name, "model": run.model_name, "lora": to_dict(run.lora), "train": to_dict(run.cfg),
                "codec": run.codec_state, "seed": run.cfg.seed, "data_sha256": data_sha,
@@ -466,12 +356,6 @@ def _destroy_process_group() -> None:
     PartialState().destroy_process_group()
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    if path.is_file():
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in keep))
-
-
 def _wandb(cfg: TrainConfig, name: str, run: Path):
     """A wandb run when wandb is installed (offline unless an API key is configured)."""
     if not cfg.wandb:
@@ -483,35 +367,3 @@ def _wandb(cfg: TrainConfig, name: str, run: Path):
     mode = "online" if os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").exists() else "offline"
     return wandb.init(project="flopcast", name=name, dir=str(run), mode=os.environ.get("WANDB_MODE", mode),
                       config=to_dict(cfg), reinit=True)
-
-
-# ----------------------------------------------------------------------------- finished runs
-
-def finished_run(run_dir: str | Path, lora: LoraSpec | None = None, cfg: TrainConfig | None = None,
-                 data_sha: str | None = None) -> TrainResult | None:
-    """The result of a run directory whose training ended for good (done, stopped_budget or diverged), else None.
-
-    With ``lora``/``cfg``/``data_sha``, a finished run with other settings is an error rather than a result.
-    """
-    run = Path(run_dir)
-    if not (run / "status.json").is_file():
-        return None
-    st = json.loads((run / "status.json").read_text())
-    if st.get("status") not in FINAL:
-        return None
-    saved = load_toml(run / "config.toml") if (run / "config.toml").is_file() else {}
-    for key, want in (("train", cfg), ("lora", lora)):
-        mine, theirs = (to_dict(want) if want is not None else None), saved.get(key, {})
-        if mine is not None and theirs != mine:
-            diff = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))
-            raise SettingsChanged(f"{run}: holds a finished run with other {key} settings ({', '.join(diff)}); "
-                                  "choose another output directory or delete this one")
-    if data_sha is not None and saved.get("data_sha256", data_sha) != data_sha:
-        raise SettingsChanged(f"{run}: holds a finished run trained on other data; choose another output directory")
-    flops = st["flops"] if "flops" in st else json.loads((run / "flops.json").read_text())["total"]
-    best = st.get("best_val_loss")
-    if "best_val_loss" not in st and (run / "metrics.jsonl").is_file():  # status.json of an older flopcast
-        vals = [r["val_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
-        best = min(vals) if vals else None
-    redone = json.loads((run / "flops.json").read_text()).get("redone", 0) if (run / "flops.json").is_file() else 0
-    return TrainResult(run, st["steps"], flops, best, st["status"], st["wall_s"], redone)

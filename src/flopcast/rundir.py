@@ -1,0 +1,82 @@
+"""A training run's directory: its result, whether it has finished, and what identifies its settings. No torch.
+
+See :mod:`flopcast.train` for the files a run directory holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import LoraSpec, TrainConfig, load_toml, to_dict
+from .errors import SettingsChanged
+
+FINAL = ("done", "stopped_budget", "diverged")  # a run with one of these statuses is not trained again
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    flops: int                 # charged to the ledger: the run's steps and validations plus redone work
+    best_val_loss: float | None
+    status: str
+    wall_s: float
+    flops_redone: int = 0
+
+
+def series_sha256(*groups: list[np.ndarray]) -> str:
+    """A hash of the series a run trains and validates on."""
+    h = hashlib.sha256()
+    for group in groups:
+        h.update(str(len(group)).encode())
+        for s in group:
+            a = np.ascontiguousarray(s, dtype=np.float64)
+            h.update(str(a.shape).encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def run_fingerprint(model_name: str, lora: LoraSpec, cfg: TrainConfig, codec_state: dict, data_sha: str) -> str:
+    key = {"model": model_name, "lora": to_dict(lora), "train": to_dict(cfg), "codec": codec_state, "data": data_sha}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def truncate_log(path: Path, step: int) -> None:
+    if path.is_file():
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def finished_run(run_dir: str | Path, lora: LoraSpec | None = None, cfg: TrainConfig | None = None,
+                 data_sha: str | None = None) -> TrainResult | None:
+    """The result of a run directory whose training ended for good (done, stopped_budget or diverged), else None.
+
+    With ``lora``/``cfg``/``data_sha``, a finished run with other settings is an error rather than a result.
+    """
+    run = Path(run_dir)
+    if not (run / "status.json").is_file():
+        return None
+    st = json.loads((run / "status.json").read_text())
+    if st.get("status") not in FINAL:
+        return None
+    saved = load_toml(run / "config.toml") if (run / "config.toml").is_file() else {}
+    for key, want in (("train", cfg), ("lora", lora)):
+        mine, theirs = (to_dict(want) if want is not None else None), saved.get(key, {})
+        if mine is not None and theirs != mine:
+            diff = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))
+            raise SettingsChanged(f"{run}: holds a finished run with other {key} settings ({', '.join(diff)}); "
+                                  "choose another output directory or delete this one")
+    if data_sha is not None and saved.get("data_sha256", data_sha) != data_sha:
+        raise SettingsChanged(f"{run}: holds a finished run trained on other data; choose another output directory")
+    flops = st["flops"] if "flops" in st else json.loads((run / "flops.json").read_text())["total"]
+    best = st.get("best_val_loss")
+    if "best_val_loss" not in st and (run / "metrics.jsonl").is_file():  # status.json of an older flopcast
+        vals = [r["val_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+        best = min(vals) if vals else None
+    redone = json.loads((run / "flops.json").read_text()).get("redone", 0) if (run / "flops.json").is_file() else 0
+    return TrainResult(run, st["steps"], flops, best, st["status"], st["wall_s"], redone)
