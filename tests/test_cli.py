@@ -32,7 +32,7 @@ def test_data_simulate_inspect_split(tmp_path, capsys):
 
 
 def test_encode_shows_text_and_ids(tmp_path, capsys):
-    code, out, _ = run(capsys, "encode", "--steps", "2", "--scale", "none")
+    code, out, _ = run(capsys, "encode", "--steps", "2", "--scale", "none", "--model", "tiny-qwen2")
     assert code == 0 and "ids" in out and ";" in out
 
 

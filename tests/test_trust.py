@@ -305,7 +305,7 @@ def test_unwritable_forecast_output_found_before_charging(tmp_path, capsys):
     (["forecast", "-i", "{tmp}/x.csv", "--model", "tiny-qwen2", "--samples", "0"], "n_samples"),
     (["data", "simulate", "-o", "{tmp}/s.h5", "--t-end", "inf"], "t_end"),
     (["data", "inspect", "{tmp}/x.csv", "--n-plot", "0"], "n_plot"),
-    (["encode", "--steps", "0"], "steps must be"),
+    (["encode", "--steps", "0", "--model", "tiny-qwen2"], "steps must be"),
 ])
 def test_every_number_is_validated(tmp_path, capsys, args, match):
     (tmp_path / "x.csv").write_text("prey,predator\n1,1\n2,2\n3,1\n")

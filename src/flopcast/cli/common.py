@@ -1,0 +1,84 @@
+"""What every command shares: the typer apps, the consoles, option defaults taken from the configs, parsing."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..config import CodecConfig, EvalConfig, ForecastConfig, LoraSpec, ModelSpec, SimConfig, SplitConfig, TrainConfig
+from ..display import number
+from ..errors import FlopcastError
+
+app = typer.Typer(help="flopcast: FLOP-budgeted LoRA forecasting of numeric time series with small LMs.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Create, inspect and split datasets.", no_args_is_help=True)
+budget_app = typer.Typer(help="The FLOP budget ledger of a study.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(budget_app, name="budget")
+
+# wide tables when piped or captured (rich defaults to 80 columns without a terminal)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True)
+
+# option defaults are the configs' own defaults
+CODEC, EVAL, FORECAST, LORA, SIM, SPLIT, TRAIN = (CodecConfig(), EvalConfig(), ForecastConfig(), LoraSpec(), SimConfig(),
+                                                 SplitConfig(), TrainConfig())
+MODEL = ModelSpec().name
+MODEL_HELP = f"built-in name ({MODEL}, tiny-qwen2, tiny-llama), Hugging Face id or local directory"
+ID_HELP = "CSV column naming each row's series (default: a column named id, series or item_id; '' for none)"
+TIME_HELP = "CSV column with each row's time (default: a column named time, t, timestamp or date; '' for none)"
+RESTART_HELP = ("comma-separated stages to run again from scratch: their files move to OUT/archive/ (their FLOPs "
+                "stay in the ledger)")
+
+
+def ints(text: str) -> list[int]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        vals = []
+    if not vals or not all(v.is_integer() for v in vals):
+        raise FlopcastError(f"expected comma-separated integers, got {text!r}")
+    return [int(v) for v in vals]
+
+
+def floats(text: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        vals = []
+    if not vals:
+        raise FlopcastError(f"expected comma-separated numbers, got {text!r}")
+    return vals
+
+
+def csv_list(values) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def names(text: Optional[str]) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip()) if text else ()
+
+
+def data_spec(path: Optional[Path], id_column: Optional[str], time_column: Optional[str]):
+    from ..config import DataSpec
+
+    return DataSpec(str(path), id_column, time_column) if path is not None else None
+
+
+def codec_cfg(decimals: int, scale: str, no_point: bool) -> CodecConfig:
+    return CodecConfig(decimals=decimals, scale_mode=scale, drop_decimal_point=no_point)
+
+
+def print_table(title: str, rows: list[dict], columns: list[str] | None = None) -> None:
+    cols = columns or (list(rows[0]) if rows else [])
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), (int, float)) else "left")
+    for r in rows:
+        t.add_row(*[number(r.get(c), missing="") for c in cols])
+    out.print(t)

@@ -1,0 +1,129 @@
+"""``flopcast eval``, ``flopcast baselines`` and ``flopcast forecast``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import (
+    CODEC,
+    EVAL,
+    FORECAST,
+    ID_HELP,
+    MODEL,
+    MODEL_HELP,
+    TIME_HELP,
+    app,
+    codec_cfg,
+    csv_list,
+    data_spec,
+    err,
+    ints,
+    out,
+    print_table,
+)
+
+DATA_HELP = ".h5/.csv (default: simulated systems)"
+
+
+def _eval_cfg(context: str, protocol: str, horizon: int, split: str, max_series: Optional[int], stride: int,
+              baselines: str, batch_size: int):
+    from ..config import EvalConfig
+
+    return EvalConfig(protocol=protocol, contexts=tuple(ints(context)), horizon=horizon, split=split,
+                      max_series=max_series, stride=stride, batch_size=batch_size,
+                      baselines=tuple(b for b in baselines.split(",") if b))
+
+
+def _show_eval(results, out_dir: Path) -> None:
+    print_table(f"{results.model or 'baselines'} -- protocol {results.protocol}", results.rows())
+    out.print(f"results: {out_dir}/metrics.json, windows.csv, plots")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Option(MODEL, help=MODEL_HELP),
+    adapter: Optional[Path] = typer.Option(None, help="LoRA adapter directory"),
+    data: Optional[Path] = typer.Option(None, help=DATA_HELP),
+    split: str = typer.Option(EVAL.split, help="train | val | test"),
+    context: str = typer.Option(csv_list(EVAL.contexts), help="context lengths S in tokens, comma-separated"),
+    protocol: str = typer.Option(EVAL.protocol, help="aligned | seed (the reference's protocol)"),
+    horizon: int = typer.Option(EVAL.horizon, help="timesteps forecast and scored"),
+    stride: int = typer.Option(EVAL.stride, help="aligned: timesteps between cut points"),
+    max_series: Optional[int] = typer.Option(None, help="evaluate only the first N series of the split"),
+    baselines: str = typer.Option(csv_list(EVAL.baselines), help="comma-separated, '' for none"),
+    batch_size: int = typer.Option(EVAL.batch_size, help="windows forecast together"),
+    decimals: int = typer.Option(CODEC.decimals, help="decimals of each value"),
+    scale: str = typer.Option(CODEC.scale_mode, help="global | per_series | none"),
+    no_point: bool = typer.Option(False, "--no-point", help="drop the decimal point (LLMTime style)"),
+    out_dir: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="results directory"),
+    ledger: Optional[Path] = typer.Option(None, help="charge the FLOPs to this ledger"),
+    budget: Optional[float] = typer.Option(None, help="budget (FLOPs) when creating the ledger"),
+    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
+    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
+):
+    """Evaluate a model (and baselines) on a split: MSE/MAE with CIs, parse failures, FLOPs, plots."""
+    from ..commands import run_eval
+
+    cfg = _eval_cfg(context, protocol, horizon, split, max_series, stride, baselines, batch_size)
+    res = run_eval(model, data_spec(data, id_column, time_column), cfg, out_dir, adapter,
+                   codec_cfg(decimals, scale, no_point), ledger, budget)
+    _show_eval(res, out_dir)
+
+
+@app.command("baselines")
+def baselines_cmd(
+    data: Optional[Path] = typer.Option(None, help=DATA_HELP),
+    split: str = typer.Option(EVAL.split, help="train | val | test"),
+    context: str = typer.Option(csv_list(EVAL.contexts), help="context lengths S in tokens, comma-separated"),
+    protocol: str = typer.Option(EVAL.protocol, help="aligned | seed (the reference's protocol)"),
+    horizon: int = typer.Option(EVAL.horizon, help="timesteps forecast and scored"),
+    stride: int = typer.Option(EVAL.stride, help="aligned: timesteps between cut points"),
+    max_series: Optional[int] = typer.Option(None, help="evaluate only the first N series of the split"),
+    baselines: str = typer.Option(csv_list(EVAL.baselines), help="comma-separated"),
+    tokenizer: str = typer.Option(MODEL, help=f"whose tokenizer defines the windows: {MODEL_HELP}"),
+    decimals: int = typer.Option(CODEC.decimals, help="decimals of each value"),
+    scale: str = typer.Option(CODEC.scale_mode, help="global | per_series | none"),
+    no_point: bool = typer.Option(False, "--no-point", help="drop the decimal point (LLMTime style)"),
+    out_dir: Path = typer.Option(Path("runs/baselines"), "--out", "-o", help="results directory"),
+    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
+    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
+):
+    """Score the persistence / linear-drift / Lotka-Volterra-ODE baselines on the same windows as eval."""
+    from ..commands import run_eval
+
+    cfg = _eval_cfg(context, protocol, horizon, split, max_series, stride, baselines, EVAL.batch_size)
+    res = run_eval(tokenizer, data_spec(data, id_column, time_column), cfg, out_dir, None,
+                   codec_cfg(decimals, scale, no_point), baselines_only=True)
+    _show_eval(res, out_dir)
+
+
+@app.command("forecast")
+def forecast_cmd(
+    input: Path = typer.Option(..., "--input", "-i", help="series as CSV (one column per variable) or .h5"),
+    model: str = typer.Option(MODEL, help=MODEL_HELP),
+    adapter: Optional[Path] = typer.Option(None, help="LoRA adapter directory"),
+    steps: int = typer.Option(FORECAST.horizon, help="timesteps to forecast"),
+    samples: int = typer.Option(FORECAST.n_samples, help=">1: sample n forecasts -> median and 10/50/90% quantiles"),
+    context_tokens: Optional[int] = typer.Option(None, help="keep only the last whole steps fitting in N tokens"),
+    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="write the forecast as CSV"),
+    plot: Optional[Path] = typer.Option(None, help="save a PNG of context + forecast"),
+    seed: int = typer.Option(FORECAST.seed, help="random seed of the sampling"),
+    ledger: Optional[Path] = typer.Option(None, help="charge the FLOPs to this ledger"),
+    budget: Optional[float] = typer.Option(None, help="budget (FLOPs) when creating the ledger"),
+    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
+    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
+):
+    """Forecast the next steps of your own series."""
+    from ..commands import run_forecast
+
+    res = run_forecast(model, data_spec(input, id_column, time_column), steps, adapter, samples, context_tokens, out_file,
+                       plot, seed=seed, ledger_path=ledger, budget=budget)
+    print_table(f"forecast ({model})", res["rows"])
+    if res["parse_failure_rate"]:
+        err.print(f"warning: {100 * res['parse_failure_rate']:.1f}% of forecasts did not parse completely")
+    if res["capped_rate"]:
+        err.print(f"warning: {100 * res['capped_rate']:.1f}% of forecasts reached the decoder's cap of "
+                  f"{res['int_digits']} integer digits (10x the largest value in their context)")
