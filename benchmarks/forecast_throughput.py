@@ -46,7 +46,8 @@ def naive(model, tok, codec, ctxs, horizon, alpha):
     for c in ctxs:
         ids = tok(codec.encode(c, alpha), return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
-            g = model.generate(**ids, max_new_tokens=horizon * per_step + 2, do_sample=False, pad_token_id=tok.pad_token_id)
+            g = model.generate(**ids, max_new_tokens=horizon * per_step + 2, do_sample=False,
+                               pad_token_id=tok.pad_token_id)
         text = tok.decode(g[0, ids.input_ids.shape[1]:], skip_special_tokens=True)
         out.append(codec.decode(text, c.shape[1], alpha).values[:horizon])
     return out
@@ -80,7 +81,8 @@ def run(lm, a, steps: int) -> None:
     t_fast = time.perf_counter() - t
     naive_ok = np.mean([len(b) == a.horizon and np.isfinite(b).all() for b in base])
     print(f"naive loop      : {a.n / t_naive:7.2f} series/s  ({t_naive:.1f} s), fully parsed {100 * naive_ok:.0f}%")
-    print(f"flopcast batched: {a.n / t_fast:7.2f} series/s  ({t_fast:.1f} s), fully parsed {100 * (1 - res.parse_failure_rate):.0f}%")
+    parsed = 100 * (1 - res.parse_failure_rate)
+    print(f"flopcast batched: {a.n / t_fast:7.2f} series/s  ({t_fast:.1f} s), fully parsed {parsed:.0f}%")
     print(f"speed-up        : {t_naive / t_fast:.1f}x")
 
 

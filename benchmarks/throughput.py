@@ -90,7 +90,8 @@ def main() -> None:
     model = attach_lora(lm.model, LoraSpec(rank=8))
     model.train()
     arch = flops.Arch.from_config(lm.model.config)
-    print(f"{'S':>5} {'head':>8} {'s/step':>8} {'tokens/s':>9} {'ref GFLOP/s':>12} {'ref/peak':>9} {'exec GFLOP/s':>13} {'exec/peak':>10} {'ref/exec':>9}")
+    print(f"{'S':>5} {'head':>8} {'s/step':>8} {'tokens/s':>9} {'ref GFLOP/s':>12} {'ref/peak':>9} "
+          f"{'exec GFLOP/s':>13} {'exec/peak':>10} {'ref/exec':>9}")
     for S in [int(s) for s in a.seq.split(",")]:
         batch = llmtime_batch(lm.tokenizer, a.batch, S)
         ids = head_ids_for(lm.tokenizer, CodecConfig(), batch["labels"].numpy())
@@ -102,7 +103,8 @@ def main() -> None:
                                            replace(arch, vocab=len(ids)), S, a.batch)
             else:
                 dt, ref, exe = measure(model, lambda b: model(**b).loss, batch, a.steps, arch, S, a.batch)
-            print(f"{S:>5} {head:>8} {dt:>8.2f} {a.batch * S / dt:>9.0f} {ref / dt / 1e9:>12.1f} {ref / dt / peak:>9.2f} "
+            print(f"{S:>5} {head:>8} {dt:>8.2f} {a.batch * S / dt:>9.0f} {ref / dt / 1e9:>12.1f} "
+                  f"{ref / dt / peak:>9.2f} "
                   f"{exe / dt / 1e9:>13.1f} {exe / dt / peak:>10.2f} {ref / exe:>9.2f}")
     print("numeric: logits and softmax over the series' tokens only; its reference FLOPs count that smaller head.")
     print("ref = reference convention (backward = 2 x forward); exec = matmul FLOPs torch ran (FlopCounterMode).\n"

@@ -101,7 +101,8 @@ def test_eval_forecast_baselines_commands(tmp_path, capsys, sim_ds):
     assert "persistence" in text and (out / "metrics.json").is_file()
     assert Ledger(tmp_path / "l.db").used() > 0
     code, text, err = run(capsys, "baselines", "--data", str(data), "--context", "64", "--max-series", "2",
-                          "--tokenizer", "tiny-qwen2", "--protocol", "seed", "--baselines", "persistence,linear", "--out", str(tmp_path / "b"))
+                          "--tokenizer", "tiny-qwen2", "--protocol", "seed", "--baselines", "persistence,linear",
+                          "--out", str(tmp_path / "b"))
     assert code == 0, err
     assert "linear" in text
     csv_in = tmp_path / "mine.csv"
@@ -145,5 +146,6 @@ def test_sigterm_during_eval_settles_the_ledger_and_exits_143(tmp_path, capsys, 
                        "--ledger", str(tmp_path / "l.db"), "--budget", "1e12")
     assert code == 128 + signal.SIGTERM and err.strip().splitlines()[-1].startswith("interrupted (SIGTERM)")
     (e,) = Ledger(tmp_path / "l.db").entries()
-    assert e.status == "failed" and 0 < e.flops_used < e.flops_planned  # the finished batch stays counted, nothing reserved
+    # the finished batch stays counted, nothing stays reserved
+    assert e.status == "failed" and 0 < e.flops_used < e.flops_planned
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main() put the default back

@@ -40,14 +40,16 @@ def test_roundtrip_without_decimal_point(x, decimals):
     c = LLMTimeCodec(CodecConfig(decimals=decimals, drop_decimal_point=True), alpha=1.0)
     text = c.encode(x)
     assert "." not in text
-    np.testing.assert_allclose(c.decode(text, x.shape[1]).values, np.round(x, decimals), rtol=0, atol=1e-9 * (1 + x.max()))
+    np.testing.assert_allclose(c.decode(text, x.shape[1]).values, np.round(x, decimals), rtol=0,
+                               atol=1e-9 * (1 + x.max()))
 
 
 @settings(max_examples=100, deadline=None)
 @given(values, st.floats(0.01, 100))
 def test_roundtrip_with_alpha(x, alpha):
     c = LLMTimeCodec(CodecConfig(), alpha=alpha)
-    np.testing.assert_allclose(c.decode(c.encode(x), x.shape[1]).values, np.round(x / alpha, 2) * alpha, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(c.decode(c.encode(x), x.shape[1]).values, np.round(x / alpha, 2) * alpha, rtol=1e-12,
+                               atol=1e-12)
 
 
 def test_no_ceiling_values_above_ten():
@@ -112,7 +114,8 @@ def test_stray_count():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("0123456789.,;-ab \n\x00é")), max_size=60), st.integers(1, 3), st.booleans())
+@given(st.text(alphabet=st.sampled_from(list("0123456789.,;-ab \n\x00é")), max_size=60), st.integers(1, 3),
+       st.booleans())
 def test_decode_never_raises(text, n_vars, no_point):
     res = LLMTimeCodec(CodecConfig(drop_decimal_point=no_point), alpha=1.0).decode(text, n_vars)
     assert res.values.shape == (res.n_steps, n_vars)
@@ -120,7 +123,9 @@ def test_decode_never_raises(text, n_vars, no_point):
     assert np.all(np.isnan(res.values) | (res.values >= 0))
 
 
-@pytest.mark.parametrize("kw", [dict(decimals=-1), dict(scale_mode="zz"), dict(var_sep="."), dict(var_sep=";"), dict(percentile=0)])
+@pytest.mark.parametrize("kw",
+                         [dict(decimals=-1), dict(scale_mode="zz"), dict(var_sep="."), dict(var_sep=";"),
+                          dict(percentile=0)])
 def test_config_validation(kw):
     with pytest.raises(FlopcastError):
         CodecConfig(**kw)

@@ -103,7 +103,8 @@ def test_csv_single_series_and_errors(tmp_path):
     p = tmp_path / "one.csv"
     p.write_text("x,y\n1,2\n3,4\n")
     assert load(p).series[0].shape == (2, 2)
-    for body, match in [("", "empty"), ("x,y\n", "no data rows"), ("x,y\n1,a\n", "non-numeric"), ("x,y\n1,-2\n", "negative"), ("x,y\n1\n", "fields")]:
+    for body, match in [("", "empty"), ("x,y\n", "no data rows"), ("x,y\n1,a\n", "non-numeric"),
+                        ("x,y\n1,-2\n", "negative"), ("x,y\n1\n", "fields")]:
         p.write_text(body)
         with pytest.raises(DataError, match=match):
             load(p)

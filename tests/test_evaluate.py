@@ -113,7 +113,8 @@ def test_context_without_windows_is_skipped_not_fatal(tmp_path, tiny, sim_ds):
     assert res.contexts[100000].n_windows == 0 and res.contexts[100000].skipped
     assert res.score(64).n_windows > 0
     with pytest.raises(FlopcastError, match="at any context length"):
-        evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, EvalConfig(protocol="seed", contexts=(100000,)), progress=False)
+        evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, EvalConfig(protocol="seed", contexts=(100000,)),
+                 progress=False)
 
 
 def test_interrupted_evaluation_charges_finished_batches_and_resumes(tmp_path, tiny, sim_ds, monkeypatch):
@@ -142,7 +143,8 @@ def test_interrupted_evaluation_charges_finished_batches_and_resumes(tmp_path, t
                  model_name="tiny-qwen2", progress=False)
     rows = {e.name: e for e in lg.entries()}
     assert rows["zs/S=64"].status == "done" and rows["zs/S=128"].status == "failed"
-    assert rows["zs/S=128"].flops_used == batch_flops(Arch.from_config(tiny.model.config), seen[0]) > 0  # work done stays counted
+    # work done stays counted
+    assert rows["zs/S=128"].flops_used == batch_flops(Arch.from_config(tiny.model.config), seen[0]) > 0
     monkeypatch.setattr(fc, "generate_constrained", real)
     res = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, out_dir=tmp_path / "ev", ledger=lg, name="zs",
                    model_name="tiny-qwen2", progress=False)

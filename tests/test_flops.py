@@ -7,7 +7,8 @@ from flopcast import flops
 from flopcast.errors import FlopcastError
 from flopcast.models import tiny_config
 
-MATMUL_TERMS = ("q_proj", "k_proj", "v_proj", "o_proj", "attn_scores", "attn_values", "mlp_gate", "mlp_up", "mlp_down", "lm_head")
+MATMUL_TERMS = ("q_proj", "k_proj", "v_proj", "o_proj", "attn_scores", "attn_values", "mlp_gate", "mlp_up", "mlp_down",
+                "lm_head")
 
 
 def _torch_counts(cfg, B, S):

@@ -14,13 +14,18 @@ def _contexts(rng, n, lo=3, hi=25, scale=3.0):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("codec_cfg", [CodecConfig(), CodecConfig(drop_decimal_point=True), CodecConfig(decimals=1, scale_mode="per_series")])
+@pytest.mark.parametrize("codec_cfg",
+                         [CodecConfig(), CodecConfig(drop_decimal_point=True),
+                          CodecConfig(decimals=1, scale_mode="per_series")])
 def test_constrained_output_always_decodes(seed, codec_cfg):
     lm = load_model("tiny-llama" if seed % 2 else "tiny-qwen2", seed=seed)
     codec = LLMTimeCodec(codec_cfg, alpha=1.0 if codec_cfg.scale_mode == "global" else None)
     rng = np.random.default_rng(seed)
     res = forecast(lm.model, lm.tokenizer, codec, _contexts(rng, 7), ForecastConfig(horizon=4, batch_size=3))
-    num = r"\d{1,%d}" % (3 + codec_cfg.decimals) if codec_cfg.drop_decimal_point else r"\d{1,3}\.\d{%d}" % codec_cfg.decimals
+    if codec_cfg.drop_decimal_point:
+        num = r"\d{1,%d}" % (3 + codec_cfg.decimals)
+    else:
+        num = r"\d{1,3}\.\d{%d}" % codec_cfg.decimals
     for (t,) in res.texts:
         assert re.fullmatch(f"({num},{num};){{4}}", t), t
     assert res.parse_ok.all() and res.parse_failure_rate == 0.0
@@ -73,7 +78,8 @@ def test_forecast_flops_counted(tiny):
     from flopcast import flops
 
     codec = LLMTimeCodec(CodecConfig(), alpha=1.0)
-    res = forecast(tiny.model, tiny.tokenizer, codec, _contexts(np.random.default_rng(2), 5), ForecastConfig(horizon=2, batch_size=2))
+    res = forecast(tiny.model, tiny.tokenizer, codec, _contexts(np.random.default_rng(2), 5),
+                   ForecastConfig(horizon=2, batch_size=2))
     arch = flops.Arch.from_config(tiny.model.config)
     expect = sum(flops.generate_total(arch, b["B"], b["prompt_len"], b["new_tokens"]) for b in res.batches)
     assert forecast_flops(tiny.model, res) == expect > 0

@@ -53,7 +53,8 @@ def _expected_lora_params(cfg, spec):
     return cfg.num_hidden_layers * per_layer + (cfg.vocab_size if spec.train_lm_head_bias else 0)
 
 
-@pytest.mark.parametrize("spec", [LoraSpec(rank=4), LoraSpec(rank=2, targets=("q_proj", "k_proj"), train_lm_head_bias=True)])
+@pytest.mark.parametrize("spec",
+                         [LoraSpec(rank=4), LoraSpec(rank=2, targets=("q_proj", "k_proj"), train_lm_head_bias=True)])
 def test_lora_trainable_count(tiny, spec):
     pm = attach_lora(tiny.model, spec)
     assert trainable_parameters(pm) == _expected_lora_params(tiny_config("tiny-qwen2"), spec)

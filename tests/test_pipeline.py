@@ -30,7 +30,8 @@ def test_run_plan_end_to_end_artifacts(tmp_path):
     plan = plan_from_dict(PLAN)
     out = tmp_path / "study"
     summary = run_plan(plan, out, progress=False)
-    for f in ("plan.toml", "split.json", "ledger.db", "summary.json", "report.md", "data.h5", "figures/loss_curves.png"):
+    for f in ("plan.toml", "split.json", "ledger.db", "summary.json", "report.md", "data.h5",
+              "figures/loss_curves.png"):
         assert (out / f).is_file(), f
     st = summary.stages
     assert [s for s in st] == ["zero_shot", "initial", "grid", "context", "final_eval", "final"]
@@ -51,14 +52,16 @@ def test_run_plan_end_to_end_artifacts(tmp_path):
     # evaluating another stage's adapter reproduces that stage's own test evaluation
     assert st["final_eval"].test.score(64).mse == pytest.approx(st["initial"].test.score(64).mse)
     report = (out / "report.md").read_text()
-    for heading in ("Test metrics per stage", "Baselines", "FLOPs per experiment", "Time and energy", "Grid `grid`", "Context sweep"):
+    for heading in ("Test metrics per stage", "Baselines", "FLOPs per experiment", "Time and energy", "Grid `grid`",
+                    "Context sweep"):
         assert heading in report
 
     # re-running skips finished stages: no new ledger rows, same results
     again = run_plan(plan, out, progress=False)
     assert len(Ledger(out / "ledger.db").entries()) == len(names)
     assert again.stages["final"].best == st["final"].best
-    # interrupted after their work but before stage.json: finished runs and evaluated contexts are reused, not re-charged
+    # interrupted after their work but before stage.json: finished runs and evaluated contexts are reused,
+    # not re-charged
     used = led.used()
     for f in (out / "stages").glob("*/stage.json"):
         f.unlink()
@@ -144,7 +147,10 @@ def test_sigterm_stops_a_study_with_a_checkpoint_and_exit_143(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = out / "stages" / "long" / "run" / "metrics.jsonl"
     deadline = time.time() + 300
-    while not (metrics.is_file() and metrics.read_text().count("\n") >= 3) and proc.poll() is None and time.time() < deadline:
+    def started() -> bool:
+        return metrics.is_file() and metrics.read_text().count("\n") >= 3
+
+    while not started() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
@@ -153,7 +159,8 @@ def test_sigterm_stops_a_study_with_a_checkpoint_and_exit_143(tmp_path):
         "interrupted (SIGTERM); run the same command again to continue")
     logged = [json.loads(ln)["step"] for ln in metrics.read_text().splitlines() if "loss" in json.loads(ln)]
     state = torch.load(metrics.parent / "checkpoint" / "state.pt", weights_only=False)
-    assert 3 <= state["step"] < 5000 and logged == list(range(1, state["step"] + 1))  # every logged step is in the checkpoint
+    # every logged step is in the checkpoint
+    assert 3 <= state["step"] < 5000 and logged == list(range(1, state["step"] + 1))
     entry = Ledger(out / "ledger.db").find("long/run")
     assert entry.status == "interrupted" and entry.flops_used == state["flops"]  # its FLOPs stay counted for the resume
     assert not (out / "stages" / "long" / "stage.json").exists()

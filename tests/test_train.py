@@ -203,9 +203,9 @@ def test_second_ctrl_c_stops_at_once_with_a_checkpoint(tmp_path, data):
               name="t", model_name="tiny-qwen2", progress=False, on_step=twice)
     assert ei.value.signum == signal.SIGINT and signal.getsignal(signal.SIGINT) is prev
     assert torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)["step"] == 3
+    per_step = json.loads((tmp_path / "run" / "flops.json").read_text())["per_step"]
     assert json.loads((tmp_path / "run" / "status.json").read_text()) | {"wall_s": 0} == {
-        "status": "interrupted", "steps": 3, "flops": 3 * json.loads((tmp_path / "run" / "flops.json").read_text())["per_step"],
-        "best_val_loss": None, "wall_s": 0}
+        "status": "interrupted", "steps": 3, "flops": 3 * per_step, "best_val_loss": None, "wall_s": 0}
 
 
 def test_finished_run_is_returned_not_trained_or_charged_again(tmp_path, data):
@@ -215,7 +215,8 @@ def test_finished_run_is_returned_not_trained_or_charged_again(tmp_path, data):
     first = _train(tmp_path / "run", data, steps=6, ledger=lg)
     mtime = (tmp_path / "run" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
     again = _train(tmp_path / "run", data, steps=6, ledger=lg)
-    assert (again.steps, again.flops, again.best_val_loss, again.status) == (first.steps, first.flops, first.best_val_loss, "done")
+    assert (again.steps, again.flops, again.best_val_loss, again.status) == (
+        first.steps, first.flops, first.best_val_loss, "done")
     assert len(lg.entries()) == 1 and lg.used() == first.flops
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == mtime
     with pytest.raises(FlopcastError, match=r"other train settings \(lr, steps\)"):
@@ -240,9 +241,11 @@ def _launch_two(tmp_path, template: str, out: str) -> list[str]:
     from pathlib import Path
 
     script = tmp_path / "ddp.py"
-    script.write_text(template.format(tests=str(Path(__file__).parent), run=str(tmp_path / "run"), out=str(tmp_path / out)))
+    script.write_text(template.format(tests=str(Path(__file__).parent), run=str(tmp_path / "run"),
+                                      out=str(tmp_path / out)))
     launcher = Path(sys.executable).parent / "accelerate"
-    return [str(launcher) if launcher.exists() else shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes",
+    return [str(launcher) if launcher.exists() else shutil.which("accelerate"), "launch", "--multi_gpu",
+            "--num_processes",
             "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
 
 
@@ -276,10 +279,14 @@ def test_sigterm_under_accelerate_launch_stops_every_process_at_one_step(tmp_pat
     import signal
     import time
 
-    p = subprocess.Popen(_launch_two(tmp_path, DDP_TERM_SCRIPT, "rank"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    p = subprocess.Popen(_launch_two(tmp_path, DDP_TERM_SCRIPT, "rank"), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE,
                          text=True)
     metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 300
-    while not (metrics.is_file() and metrics.read_text().count('"loss"') >= 3) and p.poll() is None and time.time() < deadline:
+    def started() -> bool:
+        return metrics.is_file() and metrics.read_text().count('"loss"') >= 3
+
+    while not started() and p.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     p.send_signal(signal.SIGTERM)  # torchrun passes it on to both workers
     _, err = p.communicate(timeout=300)

@@ -31,7 +31,8 @@ def data_file(tmp_path_factory):
     from flopcast.data import save_h5
     from flopcast.simulate import simulate
 
-    return save_h5(simulate(SimConfig(n_systems=20, n_steps=40, t_end=80.0, seed=3)), tmp_path_factory.mktemp("d") / "d.h5")
+    return save_h5(simulate(SimConfig(n_systems=20, n_steps=40, t_end=80.0, seed=3)),
+                   tmp_path_factory.mktemp("d") / "d.h5")
 
 
 def _train_args(data, out, steps=4, lr="1e-3"):
@@ -335,7 +336,8 @@ def test_plan_reports_every_problem_at_once():
         plan_from_dict(bad)
     msg = str(ei.value)
     assert "\n" not in msg
-    for part in ("'a': stepz not allowed in a train stage", "'b': lr not allowed", "'c': steps not allowed in an eval stage",
+    for part in ("'a': stepz not allowed in a train stage", "'b': lr not allowed",
+                 "'c': steps not allowed in an eval stage",
                  "'d': lr must be a finite number > 0, got -1"):
         assert part in msg, msg
 
@@ -365,7 +367,8 @@ def test_diverged_loss_stops_the_run_and_is_never_done(tmp_path, monkeypatch, ca
     assert not (out / "stages" / "train" / "stage.json").exists()
     rows = len(Ledger(out / "ledger.db").entries())
     monkeypatch.setattr(T, "_loss_fn", real)
-    code, _, err = run(capsys, *_train_args(data_file, out, steps=8))  # the same command: still diverged, not re-charged
+    code, _, err = run(capsys,
+                       *_train_args(data_file, out, steps=8))  # the same command: still diverged, not re-charged
     assert code == 2 and "diverged" in err and len(Ledger(out / "ledger.db").entries()) == rows
 
 
@@ -417,7 +420,8 @@ def test_forecasts_above_999_parse_and_the_cap_is_reported():
     ctx = [np.full((6, 2), 5000.0) + np.arange(12).reshape(6, 2)]
     res = forecast(model, tok, codec, ctx, ForecastConfig(horizon=3))
     assert res.int_digits == 5 and res.parse_ok.all() and res.capped is not None
-    assert res.capped_rate == float(max(len(v.split(".")[0]) for v in res.texts[0][0].replace(";", ",").split(",") if v) >= 5)
+    values = [v for v in res.texts[0][0].replace(";", ",").split(",") if v]
+    assert res.capped_rate == float(max(len(v.split(".")[0]) for v in values) >= 5)
 
 
 def test_seed_protocol_on_large_values_parses(tmp_path):
@@ -442,7 +446,8 @@ def test_seed_protocol_on_large_values_parses(tmp_path):
 
 def test_mistyped_model_names_fail_at_once(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    for name, match in (("no-such-org/no-such-model-xyz", "local directory"), ("smollm-135", "not a built-in name (smollm2-135m")):
+    for name, match in (("no-such-org/no-such-model-xyz", "local directory"),
+                        ("smollm-135", "not a built-in name (smollm2-135m")):
         t = time.time()
         p = subprocess.run([sys.executable, "-m", "flopcast", "eval", "--model", name, "--max-series", "1"],
                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
@@ -459,7 +464,8 @@ def test_decoding_uses_the_current_cache_api(tiny):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        forecast(tiny.model, tiny.tokenizer, LLMTimeCodec(CodecConfig(), 1.0), [np.ones((4, 2))], ForecastConfig(horizon=2))
+        forecast(tiny.model, tiny.tokenizer, LLMTimeCodec(CodecConfig(), 1.0), [np.ones((4, 2))],
+                 ForecastConfig(horizon=2))
     assert not [w for w in caught if "past_key_values" in str(w.message)]
 
 
@@ -473,7 +479,8 @@ def test_pins_cover_the_installed_versions():
 
     from flopcast.config import tomllib
 
-    deps = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
     for dep in deps:
         name, spec = re.match(r"([A-Za-z0-9_.-]+)\s*([^;]*)", dep).groups()
         if name in ("transformers", "peft", "accelerate", "torch"):

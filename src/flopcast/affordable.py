@@ -39,6 +39,7 @@ def affordable(arch: Arch, budget: float, seqs: list[int], batches: list[int], r
             for r in ranks:
                 per = train_step(arch, b, s, LoraShape(r, targets, head_bias)).total
                 new = (horizon + 1) * 10  # ~10 tokens per step, +1 step for a partial first one
-                ev = generation_bound(arch, eval_windows, s, new, lora=LoraShape(r, targets, head_bias)) if eval_windows else 0
+                ev = generation_bound(arch, eval_windows, s, new,
+                                      lora=LoraShape(r, targets, head_bias)) if eval_windows else 0
                 rows.append(PlanRow(s, b, r, per, ev, max(0, int((budget - ev) // per)), 100 * per / budget))
     return rows

@@ -51,7 +51,8 @@ def fit_alpha(train: np.ndarray | list[np.ndarray], config: CodecConfig) -> floa
     """Global scale from training data: the ``percentile``-th percentile maps to ``target``."""
     if config.scale_mode == "none":
         return 1.0
-    flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in (train if isinstance(train, list) else [train])])
+    arrays = train if isinstance(train, list) else [train]
+    flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
     return _alpha_from(flat, config)
 
 

@@ -28,7 +28,8 @@ def ensure_writable(path: str | Path | None, directory: bool = False) -> None:
     existing = target
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+    if not existing.is_dir() or not os.access(existing,
+                                              os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise FlopcastError(f"{p}: cannot write here (no permission, or {existing} is not a directory)")
     if not directory and p.is_dir():
         raise FlopcastError(f"{p}: is a directory, expected a file name")
@@ -127,7 +128,8 @@ def plan_table(model: str, budget: float, seqs, batches, ranks, eval_windows: in
     from .models import resolve_arch
 
     check_budget(budget)
-    return [r.as_dict() for r in affordable(resolve_arch(model), budget, seqs, batches, ranks, eval_windows=eval_windows)]
+    return [r.as_dict() for r in affordable(resolve_arch(model), budget, seqs, batches, ranks,
+                                            eval_windows=eval_windows)]
 
 
 def open_ledger(path: str | Path):

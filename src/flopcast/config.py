@@ -65,11 +65,13 @@ class CodecConfig:
     def __post_init__(self) -> None:
         _check(0 <= self.decimals <= 8, f"decimals must be in [0, 8], got {self.decimals}")
         _check(self.scale_mode in SCALE_MODES, f"scale_mode must be one of {SCALE_MODES}, got {self.scale_mode!r}")
-        _check(finite(self.percentile) and 0 < self.percentile <= 100, f"percentile must be in (0, 100], got {self.percentile}")
+        _check(finite(self.percentile) and 0 < self.percentile <= 100,
+               f"percentile must be in (0, 100], got {self.percentile}")
         _check(finite(self.target) and self.target > 0, f"target must be a finite number > 0, got {self.target}")
         for name in ("var_sep", "step_sep"):
             sep = getattr(self, name)
-            _check(len(sep) == 1 and not sep.isdigit() and sep not in ".-", f"{name} must be one non-digit character other than '.' and '-', got {sep!r}")
+            _check(len(sep) == 1 and not sep.isdigit() and sep not in ".-",
+                   f"{name} must be one non-digit character other than '.' and '-', got {sep!r}")
         _check(self.var_sep != self.step_sep, "var_sep and step_sep must differ")
 
 
@@ -104,7 +106,8 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "model name must not be empty")
-        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
+        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"),
+               f"dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
 
 
 ID_COLUMNS = ("id", "series", "item_id")
@@ -173,8 +176,10 @@ class ForecastConfig:
         _check(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.n_samples >= 1, f"n_samples must be >= 1, got {self.n_samples}")
-        _check(finite(self.temperature) and self.temperature > 0, f"temperature must be a finite number > 0, got {self.temperature}")
-        _check(all(finite(q) and 0 < q < 1 for q in self.quantiles), f"quantiles must be in (0, 1), got {self.quantiles}")
+        _check(finite(self.temperature) and self.temperature > 0,
+               f"temperature must be a finite number > 0, got {self.temperature}")
+        _check(all(finite(q) and 0 < q < 1 for q in self.quantiles),
+               f"quantiles must be in (0, 1), got {self.quantiles}")
         _check(self.max_int_digits is None or self.max_int_digits >= 1, "max_int_digits must be >= 1")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
 
@@ -215,8 +220,10 @@ class EvalConfig:
         object.__setattr__(self, "contexts", tuple(int(c) for c in self.contexts))
         object.__setattr__(self, "baselines", tuple(self.baselines))
         _check(self.protocol in PROTOCOLS, f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
-        _check(len(self.contexts) > 0 and all(c >= 8 for c in self.contexts), f"context lengths must be >= 8 tokens, got {self.contexts}")
-        _check(self.horizon >= 1 and self.stride >= 1 and self.min_context_steps >= 1, "horizon, stride and min_context_steps must be >= 1")
+        _check(len(self.contexts) > 0 and all(c >= 8 for c in self.contexts),
+               f"context lengths must be >= 8 tokens, got {self.contexts}")
+        _check(self.horizon >= 1 and self.stride >= 1 and self.min_context_steps >= 1,
+               "horizon, stride and min_context_steps must be >= 1")
         _check(self.window_stride_tokens >= 1, "window_stride_tokens must be >= 1")
         _check(self.split in ("train", "val", "test"), f"split must be train, val or test, got {self.split!r}")
         _check(self.max_series is None or self.max_series >= 1, f"max_series must be >= 1, got {self.max_series}")
@@ -255,15 +262,18 @@ class TrainConfig:
         _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.seq_len >= 8, f"seq_len must be >= 8, got {self.seq_len}")
-        _check(self.stride is None or 1 <= self.stride <= self.seq_len, f"stride must be in [1, seq_len], got {self.stride}")
+        _check(self.stride is None or 1 <= self.stride <= self.seq_len,
+               f"stride must be in [1, seq_len], got {self.stride}")
         _check(finite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}")
         _check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         _check(self.warmup_steps >= 0 and finite(self.grad_clip) and self.grad_clip >= 0
                and finite(self.weight_decay) and self.weight_decay >= 0,
                f"warmup_steps, grad_clip and weight_decay must be finite and >= 0, got {self.warmup_steps}, "
                f"{self.grad_clip}, {self.weight_decay}")
-        _check(self.eval_every >= 1 and self.checkpoint_every >= 1 and self.val_batches >= 0, "eval_every and checkpoint_every must be >= 1")
-        _check(self.max_flops is None or (finite(self.max_flops) and self.max_flops > 0), f"max_flops must be a finite number > 0, got {self.max_flops}")
+        _check(self.eval_every >= 1 and self.checkpoint_every >= 1 and self.val_batches >= 0,
+               "eval_every and checkpoint_every must be >= 1")
+        _check(self.max_flops is None or (finite(self.max_flops) and self.max_flops > 0),
+               f"max_flops must be a finite number > 0, got {self.max_flops}")
         _check(self.head in HEADS, f"head must be one of {HEADS}, got {self.head!r}")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
 
@@ -335,6 +345,7 @@ def save_toml(data: dict[str, Any], path: str | Path) -> None:
 
 
 __all__ = [
-    "CodecConfig", "DataSpec", "EvalConfig", "ForecastConfig", "LoraSpec", "TrainConfig", "ModelSpec", "SimConfig", "SplitConfig",
+    "CodecConfig", "DataSpec", "EvalConfig", "ForecastConfig", "LoraSpec", "TrainConfig", "ModelSpec", "SimConfig",
+    "SplitConfig",
     "to_dict", "from_dict", "load_toml", "save_toml",
 ]

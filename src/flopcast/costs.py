@@ -41,8 +41,10 @@ def run_cost(arch: Arch, cfg: TrainConfig, lora: LoraShape, val_chunks: int, hea
     (a validation pass runs every ``eval_every`` steps and after the last one; ``max_flops`` caps the plan)."""
     a = head_arch(arch, head_tokens)
     per_step = train_step(a, cfg.batch_size, cfg.seq_len, lora).total
-    per_val = forward(a, cfg.batch_size, cfg.seq_len, lora=lora, loss=True).total * math.ceil(val_chunks / cfg.batch_size)
-    n_val = cfg.steps // cfg.eval_every + (1 if cfg.steps % cfg.eval_every else 0)  # every eval_every steps, and the last
+    per_val = forward(a, cfg.batch_size, cfg.seq_len, lora=lora,
+                      loss=True).total * math.ceil(val_chunks / cfg.batch_size)
+    # a validation every eval_every steps, and one after the last step
+    n_val = cfg.steps // cfg.eval_every + (1 if cfg.steps % cfg.eval_every else 0)
     planned = per_step * cfg.steps + per_val * n_val
     if cfg.max_flops is not None:
         planned = min(planned, int(cfg.max_flops))
@@ -62,7 +64,8 @@ def generation_bound(arch: Arch, n_prompts: int, prompt_len: int, new_tokens: in
     return total + (generate_total(arch, rest, prompt_len, new_tokens, lora) if rest else 0)
 
 
-def eval_bound(arch: Arch, n_windows: int, S: int, horizon: int, batch: int, grammar, lora: LoraShape | None = None) -> int:
+def eval_bound(arch: Arch, n_windows: int, S: int, horizon: int, batch: int, grammar,
+               lora: LoraShape | None = None) -> int:
     """Upper bound on an evaluation's (or forecast's) FLOPs: every one of ``n_windows`` prompts of up to ``S``
     tokens generates the longest output ``grammar`` (an LLMTimeGrammar) allows for ``horizon`` steps."""
     return generation_bound(arch, n_windows, S, grammar.max_tokens(horizon), batch, lora)

@@ -46,7 +46,8 @@ class Dataset:
         if self.time is not None:
             self.time = np.asarray(self.time, dtype=np.float64)
             if self.time.ndim != 1 or len(self.time) < max(len(s) for s in self.series):
-                raise DataError(f"{self._where()}time has shape {self.time.shape}, need ({max(len(s) for s in self.series)},)")
+                longest = max(len(s) for s in self.series)
+                raise DataError(f"{self._where()}time has shape {self.time.shape}, need ({longest},)")
             if not np.all(np.isfinite(self.time)):
                 raise DataError(f"{self._where()}time contains NaN or infinite values")
 
@@ -72,7 +73,8 @@ class Dataset:
     def array(self) -> np.ndarray:
         """(N, T, V) array; raises for ragged datasets."""
         if not self.rectangular:
-            raise DataError(f"{self._where()}series have different lengths ({self.lengths.min()}..{self.lengths.max()})")
+            raise DataError(f"{self._where()}series have different lengths "
+                            f"({self.lengths.min()}..{self.lengths.max()})")
         return np.stack(self.series)
 
     def subset(self, idx: np.ndarray | list[int]) -> "Dataset":
@@ -111,7 +113,8 @@ def validate_series(s: np.ndarray, name: str = "series", n_vars: int | None = No
         raise DataError(f"{name}: {int(bad.sum())} NaN/infinite value(s), first at step {t}, variable {v}")
     if s.min() < 0:
         t, v = np.argwhere(s < 0)[0]
-        raise DataError(f"{name}: {int((s < 0).sum())} negative value(s), first {s[t, v]:.6g} at step {t}, variable {v}")
+        raise DataError(f"{name}: {int((s < 0).sum())} negative value(s), first {s[t, v]:.6g} at step {t}, "
+                        f"variable {v}")
 
 
 # ----------------------------------------------------------------------------- HDF5
@@ -275,12 +278,14 @@ class Split:
         return getattr(self, name)
 
     def to_json(self) -> str:
-        return json.dumps({"seed": self.seed, "train": self.train.tolist(), "val": self.val.tolist(), "test": self.test.tolist()})
+        return json.dumps({"seed": self.seed, "train": self.train.tolist(), "val": self.val.tolist(),
+                           "test": self.test.tolist()})
 
     @classmethod
     def from_json(cls, text: str) -> "Split":
         d = json.loads(text)
-        return cls(np.array(d["train"], dtype=int), np.array(d["val"], dtype=int), np.array(d["test"], dtype=int), d.get("seed", 0))
+        return cls(np.array(d["train"], dtype=int), np.array(d["val"], dtype=int), np.array(d["test"], dtype=int),
+                   d.get("seed", 0))
 
 
 def split(n: int, config: SplitConfig | None = None) -> Split:
@@ -294,4 +299,5 @@ def split(n: int, config: SplitConfig | None = None) -> Split:
     n_train = n - n_val - n_test
     if n_train < 0:
         raise DataError(f"{n} series are too few for split {c}")
-    return Split(np.sort(perm[:n_train]), np.sort(perm[n_train:n_train + n_val]), np.sort(perm[n_train + n_val:]), c.seed)
+    return Split(np.sort(perm[:n_train]), np.sort(perm[n_train:n_train + n_val]), np.sort(perm[n_train + n_val:]),
+                 c.seed)

@@ -39,12 +39,14 @@ def build_windows(series: list[np.ndarray], codec: LLMTimeCodec, tokenizer, S: i
 
 def window_grammar(windows: list[Window], tokenizer, codec: LLMTimeCodec, n_vars: int) -> LLMTimeGrammar:
     """The decoding grammar of these windows (integer digits derived from their prompts)."""
-    return LLMTimeGrammar(codec.config, n_vars, int_digits_for([tokenizer.decode(w.prompt) for w in windows], codec.config))
+    return LLMTimeGrammar(codec.config, n_vars,
+                          int_digits_for([tokenizer.decode(w.prompt) for w in windows], codec.config))
 
 
 def forecast_reservation(ledger, forecaster, name: str, kind: str, n_prompts: int, prompt_len: int, horizon: int,
                          batch_size: int, grammar: LLMTimeGrammar, **fields):
-    """``ledger.reserved`` for a forecast of ``n_prompts`` prompts of up to ``prompt_len`` tokens (a no-op without a ledger)."""
+    """``ledger.reserved`` for a forecast of ``n_prompts`` prompts of up to ``prompt_len`` tokens
+    (a no-op without a ledger)."""
     from contextlib import nullcontext
 
     from .ledger import Charge
@@ -52,7 +54,8 @@ def forecast_reservation(ledger, forecaster, name: str, kind: str, n_prompts: in
     if ledger is None:
         return nullcontext(Charge())
     arch, lora = model_shape(forecaster)
-    return ledger.reserved(name, kind, eval_bound(arch, n_prompts, prompt_len, horizon, batch_size, grammar, lora), **fields)
+    return ledger.reserved(name, kind, eval_bound(arch, n_prompts, prompt_len, horizon, batch_size, grammar, lora),
+                           **fields)
 
 
 def _dt(ds: Dataset) -> float:
@@ -94,7 +97,8 @@ def _forecast_context(model, tokenizer, codec: LLMTimeCodec, wins: list[Window],
     grammar = window_grammar(wins, tokenizer, codec, wins[0].truth.shape[1])
     with forecast_reservation(ledger, model, name, "eval", len(wins), S, cfg.horizon, cfg.batch_size, grammar,
                               model=model_name, seq=S, batch=cfg.batch_size) as charge:
-        fr = forecast_windows(model, tokenizer, codec, wins, cfg.horizon, cfg.batch_size, progress, charge, grammar.max_int)
+        fr = forecast_windows(model, tokenizer, codec, wins, cfg.horizon, cfg.batch_size, progress, charge,
+                              grammar.max_int)
     return {"point": fr.point, "flops": int(charge.used), "wall_s": time.time() - t0, "capped_rate": fr.capped_rate,
             "int_digits": grammar.max_int}
 
@@ -145,7 +149,7 @@ def evaluate(model, tokenizer, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig
 
 
 def _model_forecasts(model, tokenizer, codec, wins, S, cfg, out_dir, ledger, name, model_name, progress) -> dict:
-    """The model's forecasts at one context length: from the saved results when they exist, else generated and charged."""
+    """The model's forecasts at one context length: the saved results when they exist, else generated and charged."""
     key = _context_key(model, name, model_name, cfg, codec, wins) if out_dir is not None else None
     done = _cached_context(Path(out_dir), S, key) if key else None
     if done is None:
@@ -158,10 +162,12 @@ def _model_forecasts(model, tokenizer, codec, wins, S, cfg, out_dir, ledger, nam
     return done
 
 
-def _context_score(S: int, wins: list[Window], preds: dict[str, np.ndarray], cfg: EvalConfig, model_info: dict) -> ContextScore:
+def _context_score(S: int, wins: list[Window], preds: dict[str, np.ndarray], cfg: EvalConfig,
+                   model_info: dict) -> ContextScore:
     truth = np.stack([w.truth for w in wins])
     alphas = np.array([w.alpha for w in wins])
-    scores = {m: Score.from_dict({**score(p, truth, alphas, cfg.n_boot, cfg.seed), **(model_info if m == "model" else {})})
+    scores = {m: Score.from_dict({**score(p, truth, alphas, cfg.n_boot, cfg.seed),
+                                  **(model_info if m == "model" else {})})
               for m, p in preds.items()}
     return ContextScore(S, len(wins), scores, float(np.mean([len(w.context) for w in wins])),
                         float(np.mean([len(w.prompt) for w in wins])))

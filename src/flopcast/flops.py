@@ -90,7 +90,8 @@ class Arch:
                 intermediate=int(c["intermediate_size"]), vocab=int(c["vocab_size"]),
                 qkv_bias=family == "qwen2" or attn_bias, o_bias=attn_bias, name=name or family)
         except KeyError as e:
-            raise FlopcastError(f"model config lacks {e.args[0]!r}: only decoder-only Qwen2/Llama-style configs are supported") from None
+            raise FlopcastError(f"model config lacks {e.args[0]!r}: only decoder-only Qwen2/Llama-style configs "
+                                "are supported") from None
 
 
 # Offline presets (numbers from the models' config.json files).
@@ -214,7 +215,8 @@ def forward(a: Arch, batch: int, q: int, k: int | None = None, lora: LoraShape |
 
 def lora_params(a: Arch, lora: LoraShape) -> int:
     dims = _proj_dims(a, a.kv_heads)
-    return a.layers * sum(lora.rank * (dims[t][0] + dims[t][1]) for t in lora.targets) + (a.vocab if lora.head_bias else 0)
+    per_layer = sum(lora.rank * (dims[t][0] + dims[t][1]) for t in lora.targets)
+    return a.layers * per_layer + (a.vocab if lora.head_bias else 0)
 
 
 def train_step(a: Arch, batch: int, seq: int, lora: LoraShape | None, gqa: str = "full") -> Breakdown:

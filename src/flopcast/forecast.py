@@ -55,7 +55,8 @@ class TokenMasks:
         for ch in sorted(grammar.alphabet):
             ids = tokenizer(ch, add_special_tokens=False).input_ids
             if len(ids) != 1 or tokenizer.decode(ids) != ch:
-                raise FlopcastError(f"tokenizer has no single token for {ch!r}: constrained decoding needs one per character")
+                raise FlopcastError(f"tokenizer has no single token for {ch!r}: constrained decoding needs one "
+                                    "per character")
             self.char_id[ch] = ids[0]
         eos = tokenizer.eos_token_id
         if eos is None:
@@ -155,7 +156,8 @@ def forecast(model, tokenizer, codec: LLMTimeCodec, contexts: list[np.ndarray],
 
 def forecast_prompts(model, tokenizer, codec: LLMTimeCodec, prompts: list[list[int]], alphas: np.ndarray,
                      n_vars: int, cfg: ForecastConfig, prefixes: list[str], progress: bool = False,
-                     skip_first_partial: bool = False, on_batch: Callable[[dict], None] | None = None) -> ForecastResult:
+                     skip_first_partial: bool = False,
+                     on_batch: Callable[[dict], None] | None = None) -> ForecastResult:
     """Forecast from token prompts. ``prefixes`` is each prompt's text after its last complete step;
     with ``skip_first_partial`` a non-empty prefix's completion is generated but not scored.
     ``on_batch`` gets each finished batch's shape (B, prompt_len, new_tokens), e.g. to count FLOPs as they go."""
@@ -174,7 +176,8 @@ def forecast_prompts(model, tokenizer, codec: LLMTimeCodec, prompts: list[list[i
 def _generate_rows(model, tokenizer, grammar: LLMTimeGrammar, prompts, prefixes, extra, cfg: ForecastConfig, progress,
                    on_batch) -> tuple[dict[tuple[int, int], str], list[dict]]:
     """Generated text per (series, sample) row, in batches of rows sorted by prompt length (little padding)."""
-    masks = TokenMasks(tokenizer, grammar, model.get_output_embeddings().weight.shape[0], next(model.parameters()).device)
+    masks = TokenMasks(tokenizer, grammar, model.get_output_embeddings().weight.shape[0],
+                       next(model.parameters()).device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = [(i, k) for i in range(len(prompts)) for k in range(cfg.n_samples)]
     order = np.argsort([-len(prompts[i]) for i, _ in rows], kind="stable")

@@ -124,7 +124,8 @@ def owner_alive(pid: int | None, host: str | None, since: float | None) -> bool:
     except PermissionError:
         pass
     started = _process_start(pid)
-    return started is None or since is None or started <= since + 1.0  # a later process reusing the pid is not the owner
+    # a process that started after the lease was taken reuses the pid: it is not the owner
+    return started is None or since is None or started <= since + 1.0
 
 
 class Ledger:
@@ -196,7 +197,8 @@ class Ledger:
                 if r["kind"] == HOLD:
                     db.execute("DELETE FROM experiments WHERE id=?", (r["id"],))
                 else:
-                    db.execute("UPDATE experiments SET status='abandoned', updated=? WHERE id=?", (time.time(), r["id"]))
+                    db.execute("UPDATE experiments SET status='abandoned', updated=? WHERE id=?",
+                               (time.time(), r["id"]))
         return [r["id"] for r in dead]
 
     # ------------------------------------------------------------------ queries
@@ -324,8 +326,8 @@ class Ledger:
         process's lease again. None if the row is gone or finished for good."""
         now = time.time()
         with self._tx() as db:
-            cur = db.execute(f"UPDATE experiments SET status='running', owner_pid=?, owner_host=?, lease_start=?, updated=?"
-                             f" WHERE id=? AND status IN {RESUMABLE}", (os.getpid(), HOST, now, now, id))
+            cur = db.execute(f"UPDATE experiments SET status='running', owner_pid=?, owner_host=?, lease_start=?,"
+                             f" updated=? WHERE id=? AND status IN {RESUMABLE}", (os.getpid(), HOST, now, now, id))
         return self.get(id) if cur.rowcount else None
 
     def release(self, id: int) -> Entry:
@@ -333,7 +335,8 @@ class Ledger:
         e = self.get(id)
         if e.status not in ACTIVE:
             raise FlopcastError(f"{self.path}: experiment {id} ({e.name}) is {e.status}, not an open reservation")
-        if e.owner_host == HOST and e.owner_pid != os.getpid() and owner_alive(e.owner_pid, e.owner_host, e.lease_start):
+        held_here = e.owner_host == HOST and e.owner_pid != os.getpid()
+        if held_here and owner_alive(e.owner_pid, e.owner_host, e.lease_start):
             raise FlopcastError(f"{self.path}: experiment {id} ({e.name}) is held by running process {e.owner_pid}; "
                                 "stop it first")
         return self.settle(id, e.flops_used, status="released", info={"released_at": time.time()})
@@ -364,8 +367,8 @@ class Ledger:
             if row is None:
                 raise FlopcastError(f"{self.path}: no experiment with id {id}")
             merged = {**json.loads(row["info"] or "{}"), **(info or {})}
-            db.execute("UPDATE experiments SET flops_used=?, status=?, wall_s=COALESCE(?, wall_s), steps=COALESCE(?, steps),"
-                       " info=?, updated=? WHERE id=?",
+            db.execute("UPDATE experiments SET flops_used=?, status=?, wall_s=COALESCE(?, wall_s),"
+                       " steps=COALESCE(?, steps), info=?, updated=? WHERE id=?",
                        (int(flops_used), status, wall_s, steps, json.dumps(merged), time.time(), id))
         return self.get(id)
 

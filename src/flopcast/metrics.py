@@ -33,7 +33,8 @@ def score(pred: np.ndarray, truth: np.ndarray, alphas: np.ndarray | None = None,
     p, t, a = pred[ok], truth[ok], a[ok]
     err = p - t
     rng = np.random.default_rng(seed)
-    out: dict = {"n_windows": int(N), "n_scored": int(ok.sum()), "parse_failure_rate": float(1 - ok.mean()) if N else 0.0}
+    out: dict = {"n_windows": int(N), "n_scored": int(ok.sum()),
+                 "parse_failure_rate": float(1 - ok.mean()) if N else 0.0}
     if not ok.any():
         out.update({k: float("nan") for k in ("mse", "mae", "mse_scaled", "mae_scaled")})
         return out

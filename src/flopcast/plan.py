@@ -63,11 +63,13 @@ class Stage:
             object.__setattr__(self, k, tuple(getattr(self, k)))
         _check(bool(self.name) and "/" not in self.name, f"stage name must be non-empty without '/', got {self.name!r}")
         _check(self.kind in STAGE_KINDS, f"stage {self.name!r}: kind must be one of {STAGE_KINDS}, got {self.kind!r}")
-        _check(self.kind != "grid" or (self.lr and self.rank), f"grid stage {self.name!r} needs lr = [...] and rank = [...]")
+        _check(self.kind != "grid" or (self.lr and self.rank),
+               f"grid stage {self.name!r} needs lr = [...] and rank = [...]")
         _check(self.kind != "context" or self.seq_len, f"context stage {self.name!r} needs seq_len = [...]")
         _check(self.steps is None or (self.steps == "remaining" and self.kind == "train")
                or (isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps > 0),
-               f"stage {self.name!r}: steps must be a positive integer" + (" or 'remaining'" if self.kind == "train" else ""))
+               f"stage {self.name!r}: steps must be a positive integer"
+               + (" or 'remaining'" if self.kind == "train" else ""))
 
     def candidates(self, train: TrainConfig, lora: LoraSpec) -> list[tuple[TrainConfig, LoraSpec]]:
         """The (training, LoRA) settings of each run this stage makes, from ``train``/``lora`` (the plan's
@@ -105,7 +107,8 @@ class Plan:
         _check(len(names) == len(set(names)), f"stage names must be unique: {names}")
         for i, s in enumerate(self.stages):
             for ref in (s.base, s.adapter_from):
-                _check(ref is None or ref in names[:i], f"stage {s.name!r} refers to {ref!r}, which is not an earlier stage")
+                _check(ref is None or ref in names[:i],
+                       f"stage {s.name!r} refers to {ref!r}, which is not an earlier stage")
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
@@ -141,7 +144,8 @@ def _stage(raw: Any, i: int, problems: list[str]) -> Stage | None:
 def _check_stage_settings(stages, train: TrainConfig, lora: LoraSpec, problems: list[str]) -> None:
     """Build every stage's training and LoRA configs now, so a bad value stops the plan before it spends."""
     for st in stages:
-        bad_types = [p for cls, d in ((TrainConfig, st.train), (LoraSpec, st.lora)) for p in _unknown_or_mistyped(cls, d)]
+        bad_types = [p for cls,
+                     d in ((TrainConfig, st.train), (LoraSpec, st.lora)) for p in _unknown_or_mistyped(cls, d)]
         if bad_types:
             problems += [f"stage {st.name!r}: {p}" for p in bad_types]
             continue

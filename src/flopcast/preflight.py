@@ -107,7 +107,8 @@ def _val_chunks(study: "Study", t: TrainConfig) -> int:
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     if not study.val.series:
         return 0
-    return val_chunks_used(len(make_chunks(series_token_ids(study.val.series, study.codec, tok), t.seq_len, pad, t.stride)), t)
+    return val_chunks_used(len(make_chunks(series_token_ids(study.val.series, study.codec, tok), t.seq_len, pad,
+                                           t.stride)), t)
 
 
 def stage_candidates(study: "Study", stage: Stage) -> list[tuple[TrainConfig, LoraSpec]]:
@@ -154,6 +155,6 @@ def check_data(study: "Study", stages: list[Stage]) -> None:
         wins = study.eval_windows()
         if not any(w for w, _ in wins.values()):
             cfg = study.plan.eval
-            raise DataError(f"no evaluation windows at any context length {list(cfg.contexts)}: the {cfg.split} series "
-                            f"are too short for protocol {cfg.protocol!r} (horizon {cfg.horizon}); use shorter contexts "
-                            "or longer series")
+            raise DataError(f"no evaluation windows at any context length {list(cfg.contexts)}: the {cfg.split} "
+                            f"series are too short for protocol {cfg.protocol!r} (horizon {cfg.horizon}); use shorter "
+                            "contexts or longer series")

@@ -162,11 +162,11 @@ def write_report(run_dir: str | Path) -> Path:
     d = Path(run_dir)
     summary = StudyResult.from_dict(json.loads((d / "summary.json").read_text()))
     plan = load_toml(d / "plan.toml") if (d / "plan.toml").is_file() else {}
-    led = summary.ledger
+    led, ev = summary.ledger, plan.get("eval", {})
     lines = [f"# flopcast report: {summary.plan}", "",
              f"Model `{plan.get('model', {}).get('name', '?')}`, budget {led['budget']:.3e} FLOPs, "
              f"used {led['used']:.3e} ({100 * led['used_share']:.2f}%). Protocol "
-             f"`{plan.get('eval', {}).get('protocol', '?')}`, horizon {plan.get('eval', {}).get('horizon', '?')} steps, "
+             f"`{ev.get('protocol', '?')}`, horizon {ev.get('horizon', '?')} steps, "
              "errors in original units.", ""]
     lines += _metrics_section(summary.stages)
     lines += _figures_section(d, summary.stages)

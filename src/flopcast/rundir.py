@@ -76,7 +76,8 @@ def finished_run(run_dir: str | Path, lora: LoraSpec | None = None, cfg: TrainCo
     flops = st["flops"] if "flops" in st else json.loads((run / "flops.json").read_text())["total"]
     best = st.get("best_val_loss")
     if "best_val_loss" not in st and (run / "metrics.jsonl").is_file():  # status.json of an older flopcast
-        vals = [r["val_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+        vals = [r["val_loss"] for r in map(json.loads,
+                                           (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
         best = min(vals) if vals else None
     redone = json.loads((run / "flops.json").read_text()).get("redone", 0) if (run / "flops.json").is_file() else 0
     return TrainResult(run, st["steps"], flops, best, st["status"], st["wall_s"], redone)

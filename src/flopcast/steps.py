@@ -50,10 +50,12 @@ class BatchOrder:
 
 
 def make_batch(chunks: Chunks, idx: np.ndarray, device) -> dict[str, torch.Tensor]:
-    return {k: torch.as_tensor(getattr(chunks, k)[idx], device=device) for k in ("input_ids", "attention_mask", "labels")}
+    keys = ("input_ids", "attention_mask", "labels")
+    return {k: torch.as_tensor(getattr(chunks, k)[idx], device=device) for k in keys}
 
 
-def train_step(model, optimizer, batch: dict, loss_fn: Callable[[dict], torch.Tensor], lr: float, grad_clip: float = 0.0,
+def train_step(model, optimizer, batch: dict, loss_fn: Callable[[dict], torch.Tensor], lr: float,
+               grad_clip: float = 0.0,
                acc=None, params: list | None = None) -> float:
     """One optimizer step on ``batch`` at learning rate ``lr``; returns the loss (mean over processes).
 

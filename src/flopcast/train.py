@@ -168,7 +168,8 @@ def fit(run: Run, stop: StopRequest, bar=None, on_step: Callable[[int, float], N
         if _stop_requested(stop, acc):  # every process stops at the same step
             return "interrupted"
         val_due = (st.step + 1) % cfg.eval_every == 0 or st.step + 1 == cfg.steps
-        if cfg.max_flops is not None and st.charged + run.cost.per_step + (run.cost.per_val if val_due else 0) > cfg.max_flops:
+        next_cost = run.cost.per_step + (run.cost.per_val if val_due else 0)
+        if cfg.max_flops is not None and st.charged + next_cost > cfg.max_flops:
             return "stopped_budget"
         before, lr = run.order.state(), lr_at(st.step, cfg)
         shard = run.order.next()[acc.process_index::acc.num_processes]  # each process takes its share
@@ -214,7 +215,8 @@ def finalize(run: Run, status: str, signum: int | None) -> TrainResult:
             run.ledger.settle(st.ledger_id, st.charged, status=status if status != "stopped_budget" else "done",
                               wall_s=wall, steps=st.step, info={"best_val_loss": st.best_val, "status": status})
     run.acc.wait_for_everyone()  # no process returns before the main one has written the adapter
-    if run.acc.num_processes > 1:  # a gloo group left to interpreter shutdown can abort a process; close it at exit, once
+    # a gloo group left to interpreter shutdown can abort a process: close it at exit, once
+    if run.acc.num_processes > 1:
         atexit.unregister(_destroy_process_group)
         atexit.register(_destroy_process_group)
     if signum is not None:  # stopped (or finished during the step the signal arrived in): the caller stops too
@@ -243,7 +245,8 @@ def _model_and_optimizer(base_model, lora: LoraSpec, cfg: TrainConfig, ckpt: Che
     resuming = ckpt.exists()
     model = load_adapter(base_model, ckpt.dir, trainable=True) if resuming else attach_lora(base_model, lora)
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     state = TrainState()
     if resuming:
         state, opt_state, rng = ckpt.load()
@@ -292,7 +295,8 @@ def _write_config(run: Run, data_sha: str, n_trainable: int) -> None:
 def _progress_bar(run: Run):
     from tqdm.auto import tqdm
 
-    return tqdm(total=run.cfg.steps, initial=run.state.step, desc=run.name, unit="step", disable=None)  # off without a terminal
+    return tqdm(total=run.cfg.steps, initial=run.state.step, desc=run.name, unit="step",
+                disable=None)  # off without a terminal
 
 
 # ----------------------------------------------------------------------------- loop helpers
@@ -341,7 +345,8 @@ def _stop_requested(stop: StopRequest, acc) -> bool:
     """True when a signal arrived in any process (one all-reduce per step when there are several)."""
     if acc.num_processes == 1:
         return stop.signum is not None
-    flag = acc.reduce(torch.tensor([0.0 if stop.signum is None else float(stop.signum)], device=acc.device), reduction="sum")
+    flag = acc.reduce(torch.tensor([0.0 if stop.signum is None else float(stop.signum)], device=acc.device),
+                      reduction="sum")
     if stop.signum is None and float(flag) > 0:
         stop.signum = signal.SIGTERM  # another process got the signal
     return float(flag) > 0

@@ -42,7 +42,8 @@ def aligned_windows(series: list[np.ndarray], codec: LLMTimeCodec, tokenizer, S:
     out = []
     for i, s in enumerate(series):
         T = len(s)
-        a_all = codec.series_alpha(s[: max(min_context_steps, 1)]) if codec.config.scale_mode == "per_series" else codec.series_alpha(s)
+        a_all = codec.series_alpha(s[: max(min_context_steps,
+                                           1)]) if codec.config.scale_mode == "per_series" else codec.series_alpha(s)
         text = codec.encode(s, a_all)
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ends = [j + 1 for j, ch in enumerate(text) if ch == sep]

@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..signals import raise_interrupted
 
-    own_term = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    main_thread = threading.current_thread() is threading.main_thread()
+    own_term = main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     if own_term:  # SIGTERM unwinds like Ctrl-C: ledger rows settle, training checkpoints (see train.StopRequest)
         signal.signal(signal.SIGTERM, raise_interrupted)
     try:

@@ -26,8 +26,8 @@ out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 
 # option defaults are the configs' own defaults
-CODEC, EVAL, FORECAST, LORA, SIM, SPLIT, TRAIN = (CodecConfig(), EvalConfig(), ForecastConfig(), LoraSpec(), SimConfig(),
-                                                 SplitConfig(), TrainConfig())
+CODEC, EVAL, FORECAST, LORA = CodecConfig(), EvalConfig(), ForecastConfig(), LoraSpec()
+SIM, SPLIT, TRAIN = SimConfig(), SplitConfig(), TrainConfig()
 MODEL = ModelSpec().name
 MODEL_HELP = f"built-in name ({MODEL}, tiny-qwen2, tiny-llama), Hugging Face id or local directory"
 ID_HELP = "CSV column naming each row's series (default: a column named id, series or item_id; '' for none)"

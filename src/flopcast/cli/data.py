@@ -58,7 +58,8 @@ def data_inspect(
     from ..commands import inspect_file
 
     info = inspect_file(file, plot, n_plot, id_column, time_column)
-    print_table(f"{file}", [{"field": k, "value": json.dumps(v) if isinstance(v, list) else v} for k, v in info.items()])
+    print_table(f"{file}",
+                [{"field": k, "value": json.dumps(v) if isinstance(v, list) else v} for k, v in info.items()])
 
 
 @data_app.command("split")
@@ -94,7 +95,8 @@ def encode(
     """Show the LLMTime text and token ids for the first steps of a series."""
     from ..commands import encode_preview
 
-    info = encode_preview(data_spec(file, id_column, time_column), series, steps, model, codec_cfg(decimals, scale, no_point))
+    info = encode_preview(data_spec(file, id_column, time_column), series, steps, model,
+                          codec_cfg(decimals, scale, no_point))
     out.print(f"alpha = {info['alpha']:.6g}  ({info['scale_mode']} scale)")
     out.print(f"values = {info['values']}")
     out.print(f"text   = {info['text']}", markup=False)
@@ -119,7 +121,8 @@ def flops_cmd(
     from ..commands import flops_breakdown
 
     br, arch = flops_breakdown(model, seq, batch, rank, tuple(targets.split(",")), mode, new_tokens, gqa)
-    print_table(f"{arch.name or model}: {mode}, B={batch}, S={seq}, r={rank}", br.rows(), ["component", "flops", "share %"])
+    print_table(f"{arch.name or model}: {mode}, B={batch}, S={seq}, r={rank}", br.rows(),
+                ["component", "flops", "share %"])
     out.print(f"total: {br.total:.4e} FLOPs")
 
 
@@ -161,7 +164,8 @@ def budget_set(ledger: Path = typer.Argument(...), budget: float = typer.Option(
 
 
 @budget_app.command("release")
-def budget_release(ledger: Path = typer.Argument(...), id: int = typer.Argument(..., help="experiment id (budget show)")):
+def budget_release(ledger: Path = typer.Argument(...),
+                   id: int = typer.Argument(..., help="experiment id (budget show)")):
     """Settle an open reservation by hand with the FLOPs it reported (e.g. one held by a process on another host)."""
     from ..commands import open_ledger
 

@@ -119,7 +119,8 @@ def forecast_cmd(
     """Forecast the next steps of your own series."""
     from ..commands import run_forecast
 
-    res = run_forecast(model, data_spec(input, id_column, time_column), steps, adapter, samples, context_tokens, out_file,
+    res = run_forecast(model, data_spec(input, id_column, time_column), steps, adapter, samples, context_tokens,
+                       out_file,
                        plot, seed=seed, ledger_path=ledger, budget=budget)
     print_table(f"forecast ({model})", res["rows"])
     if res["parse_failure_rate"]:

@@ -110,7 +110,8 @@ def sweep_cmd(
     from ..plan import one_stage_plan
 
     p = one_stage_plan("sweep", {"name": "grid", "kind": "grid", "lr": floats(lr), "rank": ints(rank), "steps": steps},
-                       model, data, budget, {"seq_len": seq_len, "batch_size": batch_size}, {}, ints(context), max_series,
+                       model, data, budget, {"seq_len": seq_len,
+                                             "batch_size": batch_size}, {}, ints(context), max_series,
                        id_column, time_column)
     _show_study(run_plan(p, out_dir, restart=("grid",) if restart else ()), out_dir)
 
