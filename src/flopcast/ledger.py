@@ -22,7 +22,6 @@ import csv
 import io
 import json
 import os
-import socket
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from .config import check_budget
 from .errors import BudgetExceeded, FlopcastError
+from .lock import HOST, owner_alive
 
 ACTIVE = ("reserved", "running")
 FINISHED = ("done", "failed", "cancelled", "interrupted", "abandoned", "released", "diverged")
@@ -38,7 +38,6 @@ RESUMABLE = ("reserved", "running", "interrupted", "abandoned")  # rows a resume
 HOLD = "hold"
 COLUMNS = ("id", "name", "kind", "model", "seq", "batch", "rank", "steps", "flops_planned", "flops_used",
            "wall_s", "status", "created", "updated", "info", "owner_pid", "owner_host", "lease_start")
-HOST = socket.gethostname()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -96,36 +95,6 @@ class Charge:
 
     id: int | None = None
     used: int = 0
-
-
-def _process_start(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch), from /proc; None where unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        btime = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime"))
-    except (OSError, StopIteration, ValueError):
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] == "Z":  # a zombie has finished: not alive
-        return float("inf")
-    return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-
-
-def owner_alive(pid: int | None, host: str | None, since: float | None) -> bool:
-    """Whether the process that took a lease still runs (True where that cannot be told: another host)."""
-    if pid is None or host != HOST:
-        return True
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    started = _process_start(pid)
-    # a process that started after the lease was taken reuses the pid: it is not the owner
-    return started is None or since is None or started <= since + 1.0
 
 
 class Ledger:
