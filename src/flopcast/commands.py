@@ -17,6 +17,10 @@ from .codec import LLMTimeCodec
 from .config import CodecConfig, DataSpec, EvalConfig, ForecastConfig, SimConfig, SplitConfig, check_budget, check_ints
 from .data import Dataset, load, save_h5, split
 from .errors import DataError, FlopcastError
+from .ledger import Ledger
+from .models import load_tokenizer, resolve_arch
+from .simulate import simulate
+from .windows import Window
 
 
 def ensure_writable(path: str | Path | None, directory: bool = False) -> None:
@@ -38,8 +42,6 @@ def ensure_writable(path: str | Path | None, directory: bool = False) -> None:
 # ----------------------------------------------------------------------------- data
 
 def simulate_to_file(path: str | Path, n: int = 1000, steps: int = 100, t_end: float = 200.0, seed: int = 0) -> Path:
-    from .simulate import simulate
-
     cfg = SimConfig(n_systems=n, n_steps=steps, t_end=t_end, seed=seed)
     ensure_writable(path)
     return save_h5(simulate(cfg), path)
@@ -72,15 +74,12 @@ def split_file(path: str | Path, out: str | Path, train: float, val: float, test
 def dataset_or_simulated(data: DataSpec | str | Path | None, n: int = 100, seed: int = 0) -> Dataset:
     if data is not None:
         return load(data)
-    from .simulate import simulate
 
     return simulate(SimConfig(n_systems=n, seed=seed))
 
 
 def encode_preview(data: DataSpec | None, series: int, steps: int, model: str, codec_cfg: CodecConfig) -> dict:
     """Text, tokens and ids for the first ``steps`` timesteps of one series."""
-    from .models import load_tokenizer
-
     check_ints("steps", [steps])
     ds = dataset_or_simulated(data, n=50)
     if not 0 <= series < ds.n_series:
@@ -103,7 +102,6 @@ def encode_preview(data: DataSpec | None, series: int, steps: int, model: str, c
 def flops_breakdown(model: str, seq: int, batch: int, rank: int, targets: tuple[str, ...], mode: str,
                     new_tokens: int = 50, gqa: str = "full"):
     from . import flops
-    from .models import resolve_arch
 
     check_ints("seq", [seq])
     check_ints("batch", [batch])
@@ -125,7 +123,6 @@ def flops_breakdown(model: str, seq: int, batch: int, rank: int, targets: tuple[
 
 def plan_table(model: str, budget: float, seqs, batches, ranks, eval_windows: int = 0) -> list[dict]:
     from .affordable import affordable
-    from .models import resolve_arch
 
     check_budget(budget)
     return [r.as_dict() for r in affordable(resolve_arch(model), budget, seqs, batches, ranks,
@@ -133,8 +130,6 @@ def plan_table(model: str, budget: float, seqs, batches, ranks, eval_windows: in
 
 
 def open_ledger(path: str | Path):
-    from .ledger import Ledger
-
     if not Path(path).is_file():
         raise DataError(f"{path}: no ledger here (create one with `flopcast budget init {path} --budget 1e17`)")
     return Ledger(path)
@@ -169,7 +164,6 @@ def run_eval(model: str, data: DataSpec | None, cfg: EvalConfig, out_dir: str | 
              name: str = "eval", baselines_only: bool = False) -> dict:
     """Evaluate a model (optionally with an adapter) or only the baselines on a split."""
     from .evaluate import evaluate
-    from .ledger import Ledger
     from .models import load_for_inference, load_tokenizer
 
     ensure_writable(out_dir, directory=True)
@@ -195,7 +189,6 @@ def run_forecast(model: str, data: DataSpec, steps: int, adapter: str | Path | N
     from .evaluate import forecast_reservation
     from .forecast import forecast_prompts
     from .grammar import LLMTimeGrammar, int_digits_for
-    from .ledger import Ledger
     from .models import load_for_inference
 
     fcfg = ForecastConfig(horizon=steps, n_samples=samples, seed=seed)  # bad numbers stop here
@@ -248,7 +241,6 @@ def _write_csv(rows: list[dict], path: str | Path) -> None:
 
 def _plot_forecast(ds: Dataset, contexts, res, steps: int, path: str | Path) -> None:
     from .plots import plot_forecasts
-    from .windows import Window
 
     wins = [Window(i, len(ds.series[i]), c, np.full((steps, ds.n_vars), np.nan), a, [])
             for i, (c, a) in enumerate(zip(contexts, res.alphas))]

@@ -26,6 +26,7 @@ from .data import Dataset
 from .errors import FlopcastError
 from .forecast import ForecastResult, forecast_prompts
 from .grammar import LLMTimeGrammar, int_digits_for
+from .ledger import Charge
 from .metrics import per_window, score
 from .results import ContextScore, EvalResult, Score
 from .windows import Window, aligned_windows, seed_windows
@@ -48,8 +49,6 @@ def forecast_reservation(ledger, forecaster, name: str, kind: str, n_prompts: in
     """``ledger.reserved`` for a forecast of ``n_prompts`` prompts of up to ``prompt_len`` tokens
     (a no-op without a ledger)."""
     from contextlib import nullcontext
-
-    from .ledger import Charge
 
     if ledger is None:
         return nullcontext(Charge())

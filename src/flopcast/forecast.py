@@ -12,6 +12,7 @@ Values may have one more integer digit than the largest value in the prompts (at
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,6 +21,7 @@ import torch
 
 from .codec import LLMTimeCodec
 from .config import ForecastConfig
+from .costs import batch_flops, model_shape
 from .errors import FlopcastError
 from .grammar import EOS, LLMTimeGrammar, int_digits_for, longest_int_part
 
@@ -78,8 +80,6 @@ class TokenMasks:
 
 def _cache_kwarg(model) -> str:
     """The forward argument that takes the KV cache: ``cache`` (transformers >= 5.2x), else ``past_key_values``."""
-    import inspect
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
@@ -230,7 +230,5 @@ def _collect(out_text, batches, codec: LLMTimeCodec, prompts, alphas, n_vars: in
 
 def forecast_flops(model, result: ForecastResult) -> int:
     """Analytic FLOPs of the generation that produced ``result`` (padded batches as computed)."""
-    from .costs import batch_flops, model_shape
-
     arch, lora = model_shape(model)
     return sum(batch_flops(arch, b, lora) for b in result.batches)

@@ -18,6 +18,7 @@ from torch.nn import functional as F_nn
 
 from .chunks import IGNORE
 from .errors import FlopcastError
+from .grammar import LLMTimeGrammar
 
 
 class SubsetHead(torch.nn.Module):
@@ -44,8 +45,6 @@ class SubsetHead(torch.nn.Module):
 def numeric_token_ids(tokenizer, codec_config) -> list[int]:
     """The sorted token ids of the characters LLMTime text is written in (digits, separators, the point):
     the numeric head's columns. Each character must be one token, as constrained decoding needs too."""
-    from .grammar import LLMTimeGrammar
-
     ids = []
     for ch in sorted(LLMTimeGrammar(codec_config, 1).alphabet):
         tok = tokenizer(ch, add_special_tokens=False).input_ids

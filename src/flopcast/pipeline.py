@@ -25,13 +25,19 @@ from pathlib import Path
 
 from . import fingerprint, preflight
 from .codec import LLMTimeCodec
-from .config import LoraSpec, TrainConfig, from_dict, save_toml, to_dict
+from .config import LoraSpec, TrainConfig, from_dict, load_toml, save_toml, to_dict
+from .costs import run_cost
 from .data import Dataset, load, save_h5, split
 from .errors import BudgetExceeded, FlopcastError
+from .flops import lora_shape
 from .ledger import Ledger
 from .lock import DirLock
+from .models import load_model, load_tokenizer, resolve_arch
 from .plan import Plan, Stage
+from .report import write_report
 from .results import EvalResult, RunResult, StageResult, StudyResult
+from .rundir import finished_run
+from .simulate import simulate
 
 
 @dataclasses.dataclass
@@ -53,14 +59,10 @@ class Study:
 
     @cached_property
     def tokenizer(self):
-        from .models import load_tokenizer
-
         return load_tokenizer(self.plan.model.name)
 
     @cached_property
     def arch(self):
-        from .models import resolve_arch
-
         return resolve_arch(self.plan.model.name)
 
     def head_tokens(self, t: TrainConfig) -> int | None:
@@ -113,8 +115,6 @@ def _dataset(plan: Plan, out: Path) -> Dataset:
         return load(plan.data)
     path = out / "data.h5"
     if not path.is_file() or _sim_settings(path) != to_dict(plan.simulate):
-        from .simulate import simulate
-
         save_h5(simulate(plan.simulate), path, attrs={"simulate": json.dumps(to_dict(plan.simulate))})
     return load(path)
 
@@ -174,8 +174,6 @@ def run_plan(plan: Plan, out_dir: str | Path, progress: bool = True, only: list[
             results[stage.name] = res
         summary = StudyResult(plan.name, plan.budget, study.ledger.summary(), results)
         (study.out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
-        from .report import write_report
-
         write_report(study.out)
     return summary
 
@@ -183,8 +181,6 @@ def run_plan(plan: Plan, out_dir: str | Path, progress: bool = True, only: list[
 # ----------------------------------------------------------------------------- helpers
 
 def _load(study: Study):
-    from .models import load_model
-
     return load_model(study.plan.model, seed=study.plan.seed)
 
 
@@ -227,9 +223,6 @@ def _train_run(study: Study, stage: Stage, run_name: str, tcfg: TrainConfig, lor
 def _train_runs(study: Study, stage: Stage, widest: LoraSpec, names: list[str], runs) -> StageResult:
     """Train ``runs()`` (name, training and LoRA settings of each run) while the stage's evaluation FLOPs
     (for its ``widest`` adapter) are held aside, then evaluate the best run."""
-    from .flops import lora_shape
-    from .rundir import finished_run
-
     hold = None
     pending = any(finished_run(study.out / "stages" / stage.name / n) is None for n in names)
     if stage.evaluate and pending:  # a stage never trains what it cannot then evaluate
@@ -267,13 +260,9 @@ def run_eval_stage(study: Study, stage: Stage) -> StageResult:
 def _remaining_steps(study: Study, stage: Stage, tcfg: TrainConfig, lora: LoraSpec, run_dir: Path) -> TrainConfig:
     """Steps and FLOP cap of a ``steps = "remaining"`` run: what the ledger has left (its evaluation is held aside)."""
     from .checkpoint import CheckpointManager
-    from .costs import run_cost
-    from .flops import lora_shape
-    from .rundir import finished_run
 
     done = finished_run(run_dir)
     if done is not None:  # trained before an interruption: keep the steps it was given
-        from .config import load_toml
 
         saved = load_toml(done.run_dir / "config.toml")["train"]
         return replace(tcfg, steps=saved["steps"], max_flops=saved.get("max_flops"))

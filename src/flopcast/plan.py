@@ -31,6 +31,7 @@ from .config import (
     from_dict,
     load_toml,
     to_dict,
+    type_problems,
 )
 from .errors import FlopcastError
 
@@ -156,8 +157,6 @@ def _check_stage_settings(stages, train: TrainConfig, lora: LoraSpec, problems: 
 
 
 def _unknown_or_mistyped(cls: type, d: dict) -> list[str]:
-    from .config import type_problems
-
     names = {f.name for f in cls.__dataclass_fields__.values()}
     unknown = sorted(set(d) - names)
     return ([f"unknown {cls.__name__} key(s) {', '.join(unknown)}"] if unknown else []) + type_problems(cls, d)

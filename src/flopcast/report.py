@@ -10,7 +10,7 @@ import numpy as np
 from .config import BASELINES, load_toml
 from .display import number
 from .ledger import Ledger
-from .plots import save_figure
+from .plots import _plt, save_figure
 from .results import RunResult, StageResult, StudyResult
 
 
@@ -25,8 +25,6 @@ def _runs(stages: dict[str, StageResult]) -> list[RunResult]:
 
 
 def _loss_curves(stages: dict[str, StageResult], path: Path) -> Path | None:
-    from .plots import _plt
-
     runs = _runs(stages)
     if not runs:
         return None
@@ -57,8 +55,6 @@ def _scored_runs(res: StageResult) -> list[RunResult]:
 
 
 def _grid_heatmap(stage: str, res: StageResult, path: Path) -> Path | None:
-    from .plots import _plt
-
     runs = _scored_runs(res)
     if len(runs) < 2:
         return None
@@ -80,8 +76,6 @@ def _grid_heatmap(stage: str, res: StageResult, path: Path) -> Path | None:
 
 
 def _context_curve(stage: str, res: StageResult, path: Path) -> Path | None:
-    from .plots import _plt
-
     runs = _scored_runs(res)
     if len(runs) < 2:
         return None
