@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -34,6 +34,26 @@ ID_HELP = "CSV column naming each row's series (default: a column named id, seri
 TIME_HELP = "CSV column with each row's time (default: a column named time, t, timestamp or date; '' for none)"
 RESTART_HELP = ("comma-separated stages to run again from scratch: their files move to OUT/archive/ (their FLOPs "
                 "stay in the ledger)")
+
+
+# options several commands share (typer reads the default from the parameter, the rest from here)
+ModelOpt = Annotated[str, typer.Option(help=MODEL_HELP)]
+DataOpt = Annotated[Optional[Path], typer.Option(help=".h5/.csv (default: simulated systems)")]
+IdColumn = Annotated[Optional[str], typer.Option(help=ID_HELP)]
+TimeColumn = Annotated[Optional[str], typer.Option(help=TIME_HELP)]
+Decimals = Annotated[int, typer.Option(help="decimals of each value")]
+Scale = Annotated[str, typer.Option(help="global | per_series | none")]
+NoPoint = Annotated[bool, typer.Option("--no-point", help="drop the decimal point (LLMTime style)")]
+SplitOpt = Annotated[str, typer.Option(help="train | val | test")]
+Contexts = Annotated[str, typer.Option(help="context lengths S in tokens, comma-separated")]
+Protocol = Annotated[str, typer.Option(help="aligned | seed (the reference's protocol)")]
+Horizon = Annotated[int, typer.Option(help="timesteps forecast and scored")]
+Stride = Annotated[int, typer.Option(help="aligned: timesteps between cut points")]
+MaxSeries = Annotated[Optional[int], typer.Option(help="evaluate only the first N series of the split (default: all)")]
+Baselines = Annotated[str, typer.Option(help="baselines, comma-separated ('' for none)")]
+SeqLen = Annotated[int, typer.Option(help="training sequence length S in tokens")]
+BatchSize = Annotated[int, typer.Option(help="sequences per optimizer step")]
+BudgetOpt = Annotated[float, typer.Option(help="ledger budget (FLOPs)")]
 
 
 def ints(text: str) -> list[int]:

@@ -11,13 +11,16 @@ import typer
 
 from .common import (
     CODEC,
-    ID_HELP,
     LORA,
     MODEL,
     MODEL_HELP,
     SIM,
     SPLIT,
-    TIME_HELP,
+    Decimals,
+    IdColumn,
+    NoPoint,
+    Scale,
+    TimeColumn,
     app,
     budget_app,
     codec_cfg,
@@ -51,8 +54,8 @@ def data_inspect(
     file: Path = typer.Argument(..., help=".h5 or .csv"),
     plot: Optional[Path] = typer.Option(None, help="save a PNG of a few series"),
     n_plot: int = typer.Option(4, help="series to plot"),
-    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
-    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
+    id_column: IdColumn = None,
+    time_column: TimeColumn = None,
 ):
     """Validate a dataset and print its shape, value ranges and recognised id/time columns."""
     from ..commands import inspect_file
@@ -70,8 +73,8 @@ def data_split(
     val: float = typer.Option(SPLIT.val, help="share of series for validation"),
     test: float = typer.Option(SPLIT.test, help="share of series for testing"),
     seed: int = typer.Option(SPLIT.seed, help="random seed of the split"),
-    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
-    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
+    id_column: IdColumn = None,
+    time_column: TimeColumn = None,
 ):
     """Seeded train/val/test split by system; writes indices as JSON."""
     from ..commands import split_file
@@ -86,11 +89,11 @@ def encode(
     series: int = typer.Option(0, help="series index"),
     steps: int = typer.Option(3, help="timesteps to show"),
     model: str = typer.Option(MODEL, help=f"whose tokenizer: {MODEL_HELP}"),
-    decimals: int = typer.Option(CODEC.decimals, help="decimals of each value"),
-    scale: str = typer.Option(CODEC.scale_mode, help="global | per_series | none"),
-    no_point: bool = typer.Option(False, "--no-point", help="drop the decimal point (LLMTime style)"),
-    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
-    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
+    decimals: Decimals = CODEC.decimals,
+    scale: Scale = CODEC.scale_mode,
+    no_point: NoPoint = False,
+    id_column: IdColumn = None,
+    time_column: TimeColumn = None,
 ):
     """Show the LLMTime text and token ids for the first steps of a series."""
     from ..commands import encode_preview

@@ -11,10 +11,22 @@ from .common import (
     CODEC,
     EVAL,
     FORECAST,
-    ID_HELP,
     MODEL,
     MODEL_HELP,
-    TIME_HELP,
+    Baselines,
+    Contexts,
+    DataOpt,
+    Decimals,
+    Horizon,
+    IdColumn,
+    MaxSeries,
+    ModelOpt,
+    NoPoint,
+    Protocol,
+    Scale,
+    SplitOpt,
+    Stride,
+    TimeColumn,
     app,
     codec_cfg,
     csv_list,
@@ -24,8 +36,6 @@ from .common import (
     out,
     print_table,
 )
-
-DATA_HELP = ".h5/.csv (default: simulated systems)"
 
 
 def _eval_cfg(context: str, protocol: str, horizon: int, split: str, max_series: Optional[int], stride: int,
@@ -44,25 +54,25 @@ def _show_eval(results, out_dir: Path) -> None:
 
 @app.command("eval")
 def eval_cmd(
-    model: str = typer.Option(MODEL, help=MODEL_HELP),
+    model: ModelOpt = MODEL,
     adapter: Optional[Path] = typer.Option(None, help="LoRA adapter directory"),
-    data: Optional[Path] = typer.Option(None, help=DATA_HELP),
-    split: str = typer.Option(EVAL.split, help="train | val | test"),
-    context: str = typer.Option(csv_list(EVAL.contexts), help="context lengths S in tokens, comma-separated"),
-    protocol: str = typer.Option(EVAL.protocol, help="aligned | seed (the reference's protocol)"),
-    horizon: int = typer.Option(EVAL.horizon, help="timesteps forecast and scored"),
-    stride: int = typer.Option(EVAL.stride, help="aligned: timesteps between cut points"),
-    max_series: Optional[int] = typer.Option(None, help="evaluate only the first N series of the split"),
-    baselines: str = typer.Option(csv_list(EVAL.baselines), help="comma-separated, '' for none"),
+    data: DataOpt = None,
+    split: SplitOpt = EVAL.split,
+    context: Contexts = csv_list(EVAL.contexts),
+    protocol: Protocol = EVAL.protocol,
+    horizon: Horizon = EVAL.horizon,
+    stride: Stride = EVAL.stride,
+    max_series: MaxSeries = None,
+    baselines: Baselines = csv_list(EVAL.baselines),
     batch_size: int = typer.Option(EVAL.batch_size, help="windows forecast together"),
-    decimals: int = typer.Option(CODEC.decimals, help="decimals of each value"),
-    scale: str = typer.Option(CODEC.scale_mode, help="global | per_series | none"),
-    no_point: bool = typer.Option(False, "--no-point", help="drop the decimal point (LLMTime style)"),
+    decimals: Decimals = CODEC.decimals,
+    scale: Scale = CODEC.scale_mode,
+    no_point: NoPoint = False,
     out_dir: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="results directory"),
     ledger: Optional[Path] = typer.Option(None, help="charge the FLOPs to this ledger"),
     budget: Optional[float] = typer.Option(None, help="budget (FLOPs) when creating the ledger"),
-    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
-    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
+    id_column: IdColumn = None,
+    time_column: TimeColumn = None,
 ):
     """Evaluate a model (and baselines) on a split: MSE/MAE with CIs, parse failures, FLOPs, plots."""
     from ..commands import run_eval
@@ -75,21 +85,21 @@ def eval_cmd(
 
 @app.command("baselines")
 def baselines_cmd(
-    data: Optional[Path] = typer.Option(None, help=DATA_HELP),
-    split: str = typer.Option(EVAL.split, help="train | val | test"),
-    context: str = typer.Option(csv_list(EVAL.contexts), help="context lengths S in tokens, comma-separated"),
-    protocol: str = typer.Option(EVAL.protocol, help="aligned | seed (the reference's protocol)"),
-    horizon: int = typer.Option(EVAL.horizon, help="timesteps forecast and scored"),
-    stride: int = typer.Option(EVAL.stride, help="aligned: timesteps between cut points"),
-    max_series: Optional[int] = typer.Option(None, help="evaluate only the first N series of the split"),
-    baselines: str = typer.Option(csv_list(EVAL.baselines), help="comma-separated"),
+    data: DataOpt = None,
+    split: SplitOpt = EVAL.split,
+    context: Contexts = csv_list(EVAL.contexts),
+    protocol: Protocol = EVAL.protocol,
+    horizon: Horizon = EVAL.horizon,
+    stride: Stride = EVAL.stride,
+    max_series: MaxSeries = None,
+    baselines: Baselines = csv_list(EVAL.baselines),
     tokenizer: str = typer.Option(MODEL, help=f"whose tokenizer defines the windows: {MODEL_HELP}"),
-    decimals: int = typer.Option(CODEC.decimals, help="decimals of each value"),
-    scale: str = typer.Option(CODEC.scale_mode, help="global | per_series | none"),
-    no_point: bool = typer.Option(False, "--no-point", help="drop the decimal point (LLMTime style)"),
+    decimals: Decimals = CODEC.decimals,
+    scale: Scale = CODEC.scale_mode,
+    no_point: NoPoint = False,
     out_dir: Path = typer.Option(Path("runs/baselines"), "--out", "-o", help="results directory"),
-    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
-    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
+    id_column: IdColumn = None,
+    time_column: TimeColumn = None,
 ):
     """Score the persistence / linear-drift / Lotka-Volterra-ODE baselines on the same windows as eval."""
     from ..commands import run_eval
@@ -103,7 +113,7 @@ def baselines_cmd(
 @app.command("forecast")
 def forecast_cmd(
     input: Path = typer.Option(..., "--input", "-i", help="series as CSV (one column per variable) or .h5"),
-    model: str = typer.Option(MODEL, help=MODEL_HELP),
+    model: ModelOpt = MODEL,
     adapter: Optional[Path] = typer.Option(None, help="LoRA adapter directory"),
     steps: int = typer.Option(FORECAST.horizon, help="timesteps to forecast"),
     samples: int = typer.Option(FORECAST.n_samples, help=">1: sample n forecasts -> median and 10/50/90% quantiles"),
@@ -113,8 +123,8 @@ def forecast_cmd(
     seed: int = typer.Option(FORECAST.seed, help="random seed of the sampling"),
     ledger: Optional[Path] = typer.Option(None, help="charge the FLOPs to this ledger"),
     budget: Optional[float] = typer.Option(None, help="budget (FLOPs) when creating the ledger"),
-    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
-    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
+    id_column: IdColumn = None,
+    time_column: TimeColumn = None,
 ):
     """Forecast the next steps of your own series."""
     from ..commands import run_forecast

@@ -10,13 +10,18 @@ import typer
 
 from ..errors import FlopcastError
 from .common import (
-    ID_HELP,
     LORA,
     MODEL,
-    MODEL_HELP,
     RESTART_HELP,
-    TIME_HELP,
     TRAIN,
+    BatchSize,
+    BudgetOpt,
+    DataOpt,
+    IdColumn,
+    MaxSeries,
+    ModelOpt,
+    SeqLen,
+    TimeColumn,
     app,
     floats,
     ints,
@@ -61,22 +66,22 @@ def _show_study(summary, d: Path) -> None:
 
 @app.command("train")
 def train_cmd(
-    model: str = typer.Option(MODEL, help=MODEL_HELP),
-    data: Optional[Path] = typer.Option(None, help=".h5/.csv (default: simulated systems)"),
+    model: ModelOpt = MODEL,
+    data: DataOpt = None,
     steps: int = typer.Option(TRAIN.steps, help="optimizer steps"),
     lr: float = typer.Option(TRAIN.lr, help="peak learning rate"),
     rank: int = typer.Option(LORA.rank, help="LoRA rank"),
-    seq_len: int = typer.Option(TRAIN.seq_len, help="training sequence length S in tokens"),
-    batch_size: int = typer.Option(TRAIN.batch_size, help="sequences per optimizer step"),
+    seq_len: SeqLen = TRAIN.seq_len,
+    batch_size: BatchSize = TRAIN.batch_size,
     schedule: str = typer.Option(TRAIN.schedule, help="constant | cosine | linear"),
-    budget: float = typer.Option(1e17, help="ledger budget (FLOPs)"),
+    budget: BudgetOpt = 1e17,
     head: str = typer.Option(TRAIN.head, help="LM head in training: full | numeric (softmax over the series' tokens)"),
     context: str = typer.Option(QUICK_CONTEXTS, help="test evaluation context lengths S in tokens, comma-separated"),
-    max_series: Optional[int] = typer.Option(None, help="test series evaluated (default: all)"),
+    max_series: MaxSeries = None,
     out_dir: Path = typer.Option(Path("runs/train"), "--out", "-o", help="study directory"),
     restart: bool = typer.Option(False, "--restart", help="archive this directory's earlier run and train again"),
-    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
-    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
+    id_column: IdColumn = None,
+    time_column: TimeColumn = None,
 ):
     """Train one LoRA adapter (resumable), then evaluate it on the test split."""
     from ..pipeline import run_plan
@@ -90,20 +95,20 @@ def train_cmd(
 
 @app.command("sweep")
 def sweep_cmd(
-    model: str = typer.Option(MODEL, help=MODEL_HELP),
-    data: Optional[Path] = typer.Option(None, help=".h5/.csv (default: simulated systems)"),
+    model: ModelOpt = MODEL,
+    data: DataOpt = None,
     lr: str = typer.Option("1e-5,5e-5,1e-4", help="learning rates, comma-separated"),
     rank: str = typer.Option("2,4,8", help="LoRA ranks, comma-separated"),
     steps: int = typer.Option(SWEEP_STEPS, help="optimizer steps per run"),
-    seq_len: int = typer.Option(TRAIN.seq_len, help="training sequence length S in tokens"),
-    batch_size: int = typer.Option(TRAIN.batch_size, help="sequences per optimizer step"),
-    budget: float = typer.Option(1e17, help="ledger budget (FLOPs)"),
+    seq_len: SeqLen = TRAIN.seq_len,
+    batch_size: BatchSize = TRAIN.batch_size,
+    budget: BudgetOpt = 1e17,
     context: str = typer.Option(QUICK_CONTEXTS, help="test evaluation context lengths S in tokens, comma-separated"),
-    max_series: Optional[int] = typer.Option(None, help="test series evaluated (default: all)"),
+    max_series: MaxSeries = None,
     out_dir: Path = typer.Option(Path("runs/sweep"), "--out", "-o", help="study directory"),
     restart: bool = typer.Option(False, "--restart", help="archive this directory's earlier grid and run it again"),
-    id_column: Optional[str] = typer.Option(None, help=ID_HELP),
-    time_column: Optional[str] = typer.Option(None, help=TIME_HELP),
+    id_column: IdColumn = None,
+    time_column: TimeColumn = None,
 ):
     """LR x rank grid (lowest validation loss wins), then test evaluation of the best run."""
     from ..pipeline import run_plan
