@@ -95,3 +95,13 @@ def test_arch_from_config_dir(tmp_path):
     assert (a.hidden, a.layers, a.kv_heads, a.qkv_bias) == (64, 2, 2, False)
     with pytest.raises(FlopcastError, match="unknown model"):
         flops.arch_for("no-such-model")
+
+
+def test_stage_cost_rules():
+    from flopcast.costs import RunCost, stage_cost
+
+    runs = [RunCost(10, 2, 100), RunCost(20, 4, 300)]
+    assert stage_cost([], 7) == 7  # an evaluation stage
+    assert stage_cost(runs, 7) == 407  # a grid: every run as planned
+    assert stage_cost(runs, 7, one_of=True) == 107  # built on an earlier stage's best: one of them
+    assert stage_cost(runs, 7, remaining=True) == 17  # 'remaining': one step at least

@@ -5,9 +5,10 @@ those counts into what the rest of flopcast charges to the ledger:
 
 * a training run: FLOPs per optimizer step, per validation pass, and its planned total
   (:func:`run_cost`);
-* an evaluation or forecast: the bound reserved before it starts (:func:`generation_bound`, every
+* an evaluation or forecast: the bound reserved before it starts (:func:`eval_bound`, every
   row generating the grammar's longest output) and the charge of each finished batch
-  (:func:`batch_flops`, :func:`charge_batches`).
+  (:func:`batch_flops`, :func:`charge_batches`);
+* a study stage: the least it costs (:func:`stage_cost`), which a study checks before it starts.
 
 Padded tokens are computed, so they count.
 """
@@ -49,6 +50,17 @@ def run_cost(arch: Arch, cfg: TrainConfig, lora: LoraShape, val_chunks: int, hea
     if cfg.max_flops is not None:
         planned = min(planned, int(cfg.max_flops))
     return RunCost(per_step, per_val, planned)
+
+
+def stage_cost(runs: list[RunCost], evaluation: int, remaining: bool = False, one_of: bool = False) -> int:
+    """The least a study stage costs: its ``runs`` as planned and its ``evaluation``'s bound. A ``remaining``
+    stage needs one step at least; a stage that starts from an earlier one's best (``one_of``) makes one of
+    the candidate runs, so the cheapest bounds it from below."""
+    if not runs:
+        return evaluation
+    if remaining:
+        return evaluation + min(c.per_step for c in runs)
+    return evaluation + (min(c.planned for c in runs) if one_of else sum(c.planned for c in runs))
 
 
 def val_chunks_used(n_chunks: int, cfg: TrainConfig) -> int:

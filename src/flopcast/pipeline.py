@@ -72,7 +72,8 @@ class Study:
         return len(numeric_token_ids(self.tokenizer, self.plan.codec)) if t.head == "numeric" else None
 
     @cached_property
-    def _windows(self) -> dict:
+    def eval_windows(self) -> dict:
+        """Evaluation windows and decoding grammar per context length (built once per study)."""
         from .evaluate import build_windows, window_grammar
 
         cfg, ds = self.plan.eval, self.eval_data
@@ -82,10 +83,6 @@ class Study:
             wins = build_windows(series, self.codec, self.tokenizer, S, cfg)
             out[S] = (wins, window_grammar(wins, self.tokenizer, self.codec, ds.n_vars) if wins else None)
         return out
-
-    def eval_windows(self) -> dict:
-        """Evaluation windows and decoding grammar per context length (built once per study)."""
-        return self._windows
 
 
 def _stage_file(study: Study, stage: str) -> Path:

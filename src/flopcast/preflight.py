@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from . import fingerprint
 from .chunks import make_chunks, series_token_ids
 from .config import LoraSpec, TrainConfig, to_dict
-from .costs import eval_bound, run_cost, val_chunks_used
+from .costs import eval_bound, run_cost, stage_cost, val_chunks_used
 from .errors import BudgetExceeded, DataError, FlopcastError, SettingsChanged
 from .flops import lora_shape
 from .plan import Plan, Stage
@@ -99,7 +99,7 @@ def eval_cost(study: "Study", lora=None) -> int:
     """Bound of one stage's evaluation over every context length (what it reserves before it starts)."""
     cfg = study.plan.eval
     return sum(eval_bound(study.arch, len(wins), S, cfg.horizon, cfg.batch_size, grammar, lora)
-               for S, (wins, grammar) in study.eval_windows().items() if wins)
+               for S, (wins, grammar) in study.eval_windows.items() if wins)
 
 
 def _val_chunks(study: "Study", t: TrainConfig) -> int:
@@ -124,15 +124,9 @@ def stage_candidates(study: "Study", stage: Stage) -> list[tuple[TrainConfig, Lo
 def stage_min_cost(study: "Study", stage: Stage) -> int:
     """The least a stage can cost: its runs as planned (one step for ``remaining``) and its evaluation's bound."""
     ev = eval_cost(study) if stage.kind == "eval" or stage.evaluate else 0
-    cands = stage_candidates(study, stage)
-    if not cands:
-        return ev
-    costs = [run_cost(study.arch, t, lora_shape(lo), _val_chunks(study, t), study.head_tokens(t)) for t, lo in cands]
-    if stage.steps == "remaining":
-        return ev + min(c.per_step for c in costs)
-    if stage.base:  # one base setting will be used: the cheapest bounds it from below
-        return ev + min(c.planned for c in costs)
-    return ev + sum(c.planned for c in costs)
+    runs = [run_cost(study.arch, t, lora_shape(lo), _val_chunks(study, t), study.head_tokens(t))
+            for t, lo in stage_candidates(study, stage)]
+    return stage_cost(runs, ev, remaining=stage.steps == "remaining", one_of=stage.base is not None)
 
 
 def check_affordable(study: "Study", stages: list[Stage], budget: float) -> None:
@@ -152,7 +146,7 @@ def check_data(study: "Study", stages: list[Stage]) -> None:
     if any(st.kind != "eval" for st in stages) and not study.train.series:
         raise DataError(f"the train split is empty ({study.plan.split}); there is nothing to train on")
     if any(st.kind == "eval" or st.evaluate for st in stages):
-        wins = study.eval_windows()
+        wins = study.eval_windows
         if not any(w for w, _ in wins.values()):
             cfg = study.plan.eval
             raise DataError(f"no evaluation windows at any context length {list(cfg.contexts)}: the {cfg.split} "
