@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .codec import LLMTimeCodec
-from .config import CodecConfig, DataSpec, EvalConfig, ForecastConfig, SimConfig, SplitConfig, check_budget, check_ints
+from .config import CodecConfig, DataSpec, EvalConfig, ForecastConfig, SimConfig, SplitConfig, check_ints
 from .data import Dataset, load, save_h5, split
 from .errors import DataError, FlopcastError
 from .ledger import Ledger
@@ -32,8 +32,8 @@ def ensure_writable(path: str | Path | None, directory: bool = False) -> None:
     existing = target
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing,
-                                              os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+    can_create = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+    if not can_create or (p.exists() and not os.access(p, os.W_OK)):
         raise FlopcastError(f"{p}: cannot write here (no permission, or {existing} is not a directory)")
     if not directory and p.is_dir():
         raise FlopcastError(f"{p}: is a directory, expected a file name")
@@ -124,7 +124,6 @@ def flops_breakdown(model: str, seq: int, batch: int, rank: int, targets: tuple[
 def plan_table(model: str, budget: float, seqs, batches, ranks, eval_windows: int = 0) -> list[dict]:
     from .affordable import affordable
 
-    check_budget(budget)
     return [r.as_dict() for r in affordable(resolve_arch(model), budget, seqs, batches, ranks,
                                             eval_windows=eval_windows)]
 

@@ -136,8 +136,9 @@ def evaluate(model, tokenizer, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig
         for b in cfg.baselines:
             if b != "lv_ode" or wins[0].truth.shape[1] == 2:
                 preds[b] = run_baseline(b, [w.context for w in wins], cfg.horizon, _dt(ds))
-        result.contexts[S] = _context_score(S, wins, preds, cfg, info)
-        rows += _window_rows(S, wins, preds)
+        truth = np.stack([w.truth for w in wins])
+        result.contexts[S] = _context_score(S, wins, truth, preds, cfg, info)
+        rows += _window_rows(S, wins, truth, preds)
         examples[S] = (wins, preds)
     if not examples:
         raise FlopcastError(f"no evaluation windows at any context length {list(cfg.contexts)}: "
@@ -161,9 +162,8 @@ def _model_forecasts(model, tokenizer, codec, wins, S, cfg, out_dir, ledger, nam
     return done
 
 
-def _context_score(S: int, wins: list[Window], preds: dict[str, np.ndarray], cfg: EvalConfig,
+def _context_score(S: int, wins: list[Window], truth: np.ndarray, preds: dict[str, np.ndarray], cfg: EvalConfig,
                    model_info: dict) -> ContextScore:
-    truth = np.stack([w.truth for w in wins])
     alphas = np.array([w.alpha for w in wins])
     scores = {m: Score.from_dict({**score(p, truth, alphas, cfg.n_boot, cfg.seed),
                                   **(model_info if m == "model" else {})})
@@ -172,8 +172,7 @@ def _context_score(S: int, wins: list[Window], preds: dict[str, np.ndarray], cfg
                         float(np.mean([len(w.prompt) for w in wins])))
 
 
-def _window_rows(S: int, wins: list[Window], preds: dict[str, np.ndarray]) -> list[dict]:
-    truth = np.stack([w.truth for w in wins])
+def _window_rows(S: int, wins: list[Window], truth: np.ndarray, preds: dict[str, np.ndarray]) -> list[dict]:
     rows = []
     for method, p in preds.items():
         mse, mae = per_window(p, truth)

@@ -62,6 +62,13 @@ class Study:
         return load_tokenizer(self.plan.model.name)
 
     @cached_property
+    def val_token_ids(self) -> list[list[int]]:
+        """The validation series as token ids (once per study; each run length chunks them its own way)."""
+        from .chunks import series_token_ids
+
+        return series_token_ids(self.val.series, self.codec, self.tokenizer)
+
+    @cached_property
     def arch(self):
         return resolve_arch(self.plan.model.name)
 

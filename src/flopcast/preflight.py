@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import fingerprint
-from .chunks import make_chunks, series_token_ids
+from .chunks import make_chunks
 from .config import LoraSpec, TrainConfig, to_dict
 from .costs import eval_bound, run_cost, stage_cost, val_chunks_used
 from .errors import BudgetExceeded, DataError, FlopcastError, SettingsChanged
@@ -103,12 +103,11 @@ def eval_cost(study: "Study", lora=None) -> int:
 
 
 def _val_chunks(study: "Study", t: TrainConfig) -> int:
+    if not study.val_token_ids:
+        return 0
     tok = study.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    if not study.val.series:
-        return 0
-    return val_chunks_used(len(make_chunks(series_token_ids(study.val.series, study.codec, tok), t.seq_len, pad,
-                                           t.stride)), t)
+    return val_chunks_used(len(make_chunks(study.val_token_ids, t.seq_len, pad, t.stride)), t)
 
 
 def stage_candidates(study: "Study", stage: Stage) -> list[tuple[TrainConfig, LoraSpec]]:
