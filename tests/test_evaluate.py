@@ -7,7 +7,7 @@ from flopcast.baselines import linear, lv_ode, persistence, run_baseline
 from flopcast.codec import LLMTimeCodec
 from flopcast.config import CodecConfig, EvalConfig
 from flopcast.errors import FlopcastError
-from flopcast.evaluate import evaluate
+from flopcast.evaluation import evaluate
 from flopcast.ledger import Ledger
 from flopcast.metrics import score
 from flopcast.models import tiny_tokenizer
@@ -86,6 +86,32 @@ def test_lv_ode_recovers_simulated_dynamics():
     assert np.abs(ode - truth).mean() < 0.5 * np.abs(pers - truth).mean()
 
 
+def test_lv_ode_batched_and_in_processes_match_one_window_at_a_time(tmp_path):
+    from flopcast.baselines import lv_ode_many, stored_baseline
+    from flopcast.config import SimConfig
+    from flopcast.simulate import simulate
+
+    ds = simulate(SimConfig(n_systems=4, seed=3))
+    dt = float(ds.time[1] - ds.time[0])
+    ctxs = [s[:n] for s in ds.series for n in (3, 12, 30)]  # mixed lengths, some too short to fit
+    one = np.stack([lv_ode(c, 4, dt) for c in ctxs])
+    np.testing.assert_allclose(lv_ode_many(ctxs, 4, dt), one, rtol=1e-12)
+    np.testing.assert_array_equal(one[0], persistence(ctxs[0], 4))
+    import flopcast.baselines
+
+    flopcast.baselines.MIN_WINDOWS_PER_PROCESS, old = 2, flopcast.baselines.MIN_WINDOWS_PER_PROCESS
+    try:
+        np.testing.assert_allclose(run_baseline("lv_ode", ctxs, 4, dt, workers=2), one, rtol=1e-12)
+    finally:
+        flopcast.baselines.MIN_WINDOWS_PER_PROCESS = old
+    stored = stored_baseline("linear", ctxs, 4, dt, tmp_path)
+    (path,) = tmp_path.glob("linear-*.npy")
+    np.save(path, stored + 1)  # a stored result is read back, not recomputed
+    np.testing.assert_array_equal(stored_baseline("linear", ctxs, 4, dt, tmp_path), stored + 1)
+    stored_baseline("linear", ctxs[1:], 4, dt, tmp_path)  # other windows: another entry
+    assert len(list(tmp_path.glob("linear-*.npy"))) == 2
+
+
 def test_evaluate_writes_results_and_charges_ledger(tmp_path, tiny, sim_ds):
     codec = LLMTimeCodec.fit(CodecConfig(), sim_ds.series)
     lg = Ledger(tmp_path / "ledger.db", budget=1e13)
@@ -134,7 +160,7 @@ def test_interrupted_evaluation_charges_finished_batches_and_resumes(tmp_path, t
             raise KeyboardInterrupt
         out = real(model, prompts, *a, **k)
         if len(prompts[0]) > 64:
-            seen.append({"B": len(prompts), "prompt_len": max(map(len, prompts)), "new_tokens": max(map(len, out))})
+            seen.append({"B": len(prompts), "prompt_len": max(map(len, prompts)), "new_tokens": out.steps})
         return out
 
     monkeypatch.setattr(fc, "generate_constrained", flaky)

@@ -95,3 +95,75 @@ def test_embedded_model_forecast_parses():
     res = forecast(lm.model, lm.tokenizer, codec, ctx, ForecastConfig(horizon=5, batch_size=3))
     assert res.parse_ok.all()
     assert np.abs(res.point - np.stack([c[-1] for c in ctx])[:, None]).max() < 3  # plausible continuation
+
+
+def _python_grammar_decode(model, tok, prompts, grammar, targets, prefixes):
+    """The reference: one Python grammar state per row, a full-vocabulary mask per step, host-side argmax."""
+    import torch
+
+    from flopcast.grammar import EOS
+
+    ids = {c: tok(c, add_special_tokens=False).input_ids[0] for c in grammar.alphabet} | {EOS: tok.eos_token_id}
+    chars = {i: c for c, i in ids.items()}
+    vocab = model.get_output_embeddings().weight.shape[0]
+    out = []
+    for prompt, target, prefix in zip(prompts, targets, prefixes):
+        st, seq, text = grammar.start(target, prefix), list(prompt), ""
+        for _ in range(grammar.max_tokens(target)):
+            if st.done:
+                break
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([seq])).logits[0, -1].float()
+            mask = torch.zeros(vocab, dtype=torch.bool)
+            mask[[ids[c] for c in grammar.allowed(st)]] = True
+            ch = chars[int(logits.masked_fill(~mask, float("-inf")).argmax())]
+            grammar.advance(st, ch)
+            text, seq = text + ch, seq + [ids[ch]]
+        out.append(text)
+    return out
+
+
+def _qwen2_tokenizer():
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    d = Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen2.5-0.5b-arch"
+    if not (d / "tokenizer.json").is_file():
+        pytest.skip("../shared/models/qwen2.5-0.5b-arch not present")
+    return AutoTokenizer.from_pretrained(d)
+
+
+@pytest.mark.parametrize("style", ["char-level", "qwen2-bpe"])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_device_grammar_greedy_equals_python_grammar(style, seed):
+    """Random prompts (random codecs, partial last steps, mixed targets and digit caps): the tensor automaton's
+    greedy tokens equal the Python grammar's, row by row."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from flopcast.automaton import TokenAutomaton
+    from flopcast.forecast import generate_constrained
+    from flopcast.grammar import LLMTimeGrammar
+    from flopcast.models import tiny_config, tiny_tokenizer
+
+    rng = np.random.default_rng(seed)
+    tok = tiny_tokenizer() if style == "char-level" else _qwen2_tokenizer()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config("tiny-qwen2", vocab_size=len(tok), initializer_range=0.3))
+    codec_cfg = [CodecConfig(), CodecConfig(drop_decimal_point=True), CodecConfig(decimals=1)][seed % 3]
+    codec = LLMTimeCodec(codec_cfg, alpha=float(rng.uniform(0.05, 1.0)))
+    contexts = _contexts(rng, 6, scale=50.0)
+    texts = [codec.encode(c) for c in contexts]
+    steps = [codec.encode(c[-1:]) for c in contexts]  # a partial step (or an over-long one) after some prompts
+    prefixes = [s[:int(rng.integers(1, len(s)))] if k % 2 else "" for k, s in enumerate(steps)]
+    texts = [t + p for t, p in zip(texts, prefixes)]
+    prompts = [tok(t, add_special_tokens=False).input_ids for t in texts]
+    targets = [int(rng.integers(0, 4)) for _ in texts]
+    grammar = LLMTimeGrammar(codec_cfg, 2, int(rng.integers(2, 5)))
+    model.eval()
+    ref = _python_grammar_decode(model, tok, prompts, grammar, targets, prefixes)
+    got = generate_constrained(model, prompts, TokenAutomaton(grammar, tok), targets, prefixes, tok.eos_token_id)
+    assert got.texts == ref
+    assert got.steps == max(map(len, ref)) or (got.steps == 1 and not any(ref))
+    assert sum(map(len, ref)) > 10  # the rows did generate

@@ -26,10 +26,18 @@ PLAN = {
 }
 
 
-def test_run_plan_end_to_end_artifacts(tmp_path):
+def test_run_plan_end_to_end_artifacts(tmp_path, monkeypatch):
+    import flopcast.baselines
+
+    computed = []
+    real = flopcast.baselines.run_baseline
+    monkeypatch.setattr(flopcast.baselines, "run_baseline",
+                        lambda name, *a, **k: computed.append(name) or real(name, *a, **k))
     plan = plan_from_dict(PLAN)
     out = tmp_path / "study"
     summary = run_plan(plan, out, progress=False)
+    # four stages evaluate on the same windows; the baseline is computed once and stored in the study
+    assert computed == ["persistence"] and len(list((out / "baselines").glob("persistence-*.npy"))) == 1
     for f in ("plan.toml", "split.json", "ledger.db", "summary.json", "report.md", "data.h5",
               "figures/loss_curves.png"):
         assert (out / f).is_file(), f
@@ -80,6 +88,9 @@ def test_shipped_plans_parse():
     assert q.model.name == "smollm2-135m" and q.stages[-1].steps == "remaining"
     assert r.budget == 1e17 and r.eval.protocol == "seed" and r.stage("grid").lr == (1e-5, 5e-5, 1e-4)
     assert r.stage("grid").rank == (2, 4, 8) and r.stage("context").seq_len == (128, 512, 768)
+    # the reference's code: q_proj and v_proj, alpha = rank (scaling 1 at every rank of the grid), an LM-head bias
+    assert r.lora.targets == ("q_proj", "v_proj") and r.lora.train_lm_head_bias
+    assert [lo.lora_alpha for _, lo in r.stage("grid").candidates(r.train, r.lora)][:3] == [2.0, 4.0, 8.0]
 
 
 @pytest.mark.parametrize("change, match", [

@@ -430,7 +430,7 @@ def test_seed_protocol_on_large_values_parses(tmp_path):
     from flopcast.codec import LLMTimeCodec
     from flopcast.config import CodecConfig, EvalConfig
     from flopcast.data import Dataset
-    from flopcast.evaluate import evaluate
+    from flopcast.evaluation import evaluate
 
     rng = np.random.default_rng(0)
     ds = Dataset([2000 + 500 * rng.random((40, 2)) for _ in range(3)])

@@ -8,11 +8,18 @@
 
 from __future__ import annotations
 
-import warnings
+import hashlib
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 
+from . import lvfit
 from .config import BASELINES
+
+VERSION = 2  # of the baselines' arithmetic: 2 = lv_ode fitted in batches (flopcast.lvfit)
+MIN_WINDOWS_PER_PROCESS = 64
 
 
 def persistence(context: np.ndarray, horizon: int, dt: float = 1.0) -> np.ndarray:
@@ -51,57 +58,110 @@ def lv_ode(context: np.ndarray, horizon: int, dt: float = 1.0, max_fit_steps: in
     Residuals are taken in log space (the series span orders of magnitude near their troughs);
     starts are a gradient-matching estimate plus ``n_random`` draws from the simulator's ranges.
     A fit that does not explain the context, or that jumps away from its last value, falls back
-    to persistence.
+    to persistence. One window of :func:`lv_ode_many`.
     """
-    from scipy.integrate import odeint
-    from scipy.optimize import least_squares
+    return lv_ode_many([context], horizon, dt, max_fit_steps, n_random, seed)[0]
 
-    from .simulate import RANGES, lv_rhs
 
-    if context.shape[1] != 2:
+def lv_ode_many(contexts: list[np.ndarray], horizon: int, dt: float = 1.0, max_fit_steps: int = 20,
+                n_random: int = 4, seed: int = 0) -> np.ndarray:
+    """:func:`lv_ode` for many contexts, fitted together (see :mod:`flopcast.lvfit`) -> (N, H, 2)."""
+    if any(np.asarray(c).shape[1] != 2 for c in contexts):
         raise ValueError("lv_ode needs exactly two variables (prey, predator)")
-    floor = 1e-4
-    ctx = np.maximum(context[-max_fit_steps:], floor)
-    n = len(ctx)
-    if n < 5:
-        return persistence(context, horizon)
-    t_all = np.arange(n + horizon) * dt
-    log_ctx = np.log(ctx)
-
-    def simulate(theta):
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            a, b, d, g, K, x0, y0 = np.exp(theta)
-            return odeint(lambda z, _t, *args: lv_rhs(z, *args), [x0, y0], t_all, args=(a, b, d, g, K), mxstep=2000)
-
-    def resid(theta):
-        with np.errstate(all="ignore"):
-            r = (np.log(np.maximum(simulate(theta)[:n], floor)) - log_ctx).ravel()
-        return np.where(np.isfinite(r), r, 1e2)
-
-    rng = np.random.default_rng(seed)
-    starts = [np.log([*_gradient_matching(ctx, dt), *ctx[0]])]
-    starts += [np.log([*(rng.uniform(*RANGES[k]) for k in "abdgK"), *ctx[0]]) for _ in range(n_random)]
-    best, best_cost = None, np.inf
-    for s0 in starts:
-        try:
-            r = least_squares(resid, s0, method="trf", max_nfev=60)
-        except (ValueError, FloatingPointError):
+    out = np.empty((len(contexts), horizon, 2))
+    fit = [np.maximum(np.asarray(c, float)[-max_fit_steps:], lvfit.FLOOR) for c in contexts]
+    by_len: dict[int, list[int]] = {}
+    for i, f in enumerate(fit):
+        by_len.setdefault(len(f), []).append(i)
+    for n, idx in by_len.items():
+        if n < 5:
+            out[idx] = [persistence(contexts[i], horizon) for i in idx]
             continue
-        if r.cost < best_cost:
-            best, best_cost = r.x, r.cost
-    if best is None or np.sqrt(2 * best_cost / ctx.size) > 0.3:  # RMSE in log space
+        fc = _fit_group(np.stack([fit[i] for i in idx]), horizon, dt, n_random, seed)
+        for j, i in enumerate(idx):
+            out[i] = _accept(fc[j], np.asarray(contexts[i], float), fit[i], horizon)
+    return out
+
+
+def _fit_group(ctx: np.ndarray, horizon: int, dt: float, n_random: int, seed: int) -> list[np.ndarray | None]:
+    """Fit windows of equal length (G, n, 2) from 1 + ``n_random`` starts each; forecast from the best
+    fit, or None where no fit explains the context (log-space RMSE over 0.3)."""
+    from .simulate import RANGES
+
+    G, n, _ = ctx.shape
+    rng = np.random.default_rng(seed)
+    draws = np.log([[rng.uniform(*RANGES[k]) for k in "abdgK"] for _ in range(n_random)]).reshape(n_random, 5)
+    starts = [np.log([[*_gradient_matching(c, dt), *c[0]] for c in ctx])]
+    starts += [np.concatenate([np.broadcast_to(dr, (G, 5)), np.log(ctx[:, 0])], 1) for dr in draws]
+    theta0 = np.concatenate(starts)  # (starts * G, 7), start-major
+    theta, cost = lvfit.levenberg_marquardt(theta0, np.tile(np.log(ctx), (len(starts), 1, 1)), dt)
+    cost = cost.reshape(len(starts), G)
+    best = theta.reshape(len(starts), G, 7)[cost.argmin(0), np.arange(G)]
+    with np.errstate(all="ignore"):
+        fc = np.exp(lvfit.simulate_log(best, n + horizon, dt)[:, n:])
+    ok = np.sqrt(2 * cost.min(0) / ctx[0].size) <= 0.3  # RMSE in log space
+    return [f if good else None for f, good in zip(fc, ok)]
+
+
+def _accept(fc: np.ndarray | None, context: np.ndarray, fit: np.ndarray, horizon: int) -> np.ndarray:
+    """The fitted forecast, or persistence when there is none or it jumps away from the last value."""
+    if fc is None or not np.all(np.isfinite(fc)):
         return persistence(context, horizon)
-    fc = simulate(best)[n:]
-    max_jump = 3 * np.abs(np.diff(ctx, axis=0)).max(0) + 1e-3
-    if not np.all(np.isfinite(fc)) or np.any(np.abs(fc[0] - context[-1]) > max_jump):
+    max_jump = 3 * np.abs(np.diff(fit, axis=0)).max(0) + 1e-3
+    if np.any(np.abs(fc[0] - context[-1]) > max_jump):
         return persistence(context, horizon)
     return np.clip(fc, 0, None)
 
 
-def run_baseline(name: str, contexts: list[np.ndarray], horizon: int, dt: float = 1.0) -> np.ndarray:
-    """(N, H, V) forecasts of one baseline for all contexts."""
-    fn = {"persistence": persistence, "linear": linear, "lv_ode": lv_ode}.get(name)
-    if fn is None:
+def run_baseline(name: str, contexts: list[np.ndarray], horizon: int, dt: float = 1.0,
+                 workers: int | None = None) -> np.ndarray:
+    """(N, H, V) forecasts of one baseline for all contexts. ``lv_ode`` fits in ``workers`` processes
+    (default: the CPUs this process may use) when there are enough windows to pay for starting them."""
+    if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r} (choose from {', '.join(BASELINES)})")
-    return np.stack([fn(np.asarray(c, float), horizon, dt) for c in contexts])
+    contexts = [np.asarray(c, float) for c in contexts]
+    if name == "lv_ode":
+        return _in_processes(contexts, horizon, dt, workers)
+    fn = {"persistence": persistence, "linear": linear}[name]
+    return np.stack([fn(c, horizon, dt) for c in contexts])
+
+
+def _in_processes(contexts: list[np.ndarray], horizon: int, dt: float, workers: int | None) -> np.ndarray:
+    workers = min(workers or len(os.sched_getaffinity(0)), len(contexts) // MIN_WINDOWS_PER_PROCESS)
+    if workers <= 1:
+        return lv_ode_many(contexts, horizon, dt)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunks = np.array_split(np.arange(len(contexts)), workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = pool.map(lv_ode_many, [[contexts[i] for i in c] for c in chunks], [horizon] * workers, [dt] * workers)
+        return np.concatenate(list(parts))
+
+
+def baseline_key(name: str, contexts: list[np.ndarray], horizon: int, dt: float) -> str:
+    """What a baseline's forecasts depend on: its name and version, the horizon, the time step and the contexts."""
+    h = hashlib.sha256(json.dumps([name, VERSION, horizon, dt]).encode())
+    for c in contexts:
+        a = np.ascontiguousarray(c, dtype=np.float64)
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def stored_baseline(name: str, contexts: list[np.ndarray], horizon: int, dt: float, store: Path | None,
+                    workers: int | None = None) -> np.ndarray:
+    """:func:`run_baseline`, kept in ``store`` (a directory) by :func:`baseline_key`: baselines depend on the data
+    and the windows only, so every stage of a study computes each once."""
+    if store is None:
+        return run_baseline(name, contexts, horizon, dt, workers)
+    path = Path(store) / f"{name}-{baseline_key(name, contexts, horizon, dt)[:24]}.npy"
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    out = run_baseline(name, contexts, horizon, dt, workers)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_suffix(".npy.part")
+    with open(part, "wb") as fh:
+        np.save(fh, out, allow_pickle=False)
+    part.replace(path)
+    return out

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from .data import Dataset, load, save_h5, split
 from .errors import DataError, FlopcastError
 from .ledger import Ledger
 from .models import load_tokenizer, resolve_arch
+from .results import EvalResult
 from .simulate import simulate
 from .windows import Window
 
@@ -158,11 +158,12 @@ def split_subset(ds: Dataset, name: str, split_cfg: SplitConfig | None = None) -
     return ds.subset(idx)
 
 
-def run_eval(model: str, data: DataSpec | None, cfg: EvalConfig, out_dir: str | Path, adapter: str | Path | None = None,
-             codec_cfg: CodecConfig | None = None, ledger_path: str | Path | None = None, budget: float | None = None,
-             name: str = "eval", baselines_only: bool = False) -> dict:
+def run_eval(model: str, data: DataSpec | None, cfg: EvalConfig, out_dir: str | Path | None,
+             adapter: str | Path | None = None, codec_cfg: CodecConfig | None = None,
+             ledger_path: str | Path | None = None, budget: float | None = None, name: str = "eval",
+             baselines_only: bool = False) -> EvalResult:
     """Evaluate a model (optionally with an adapter) or only the baselines on a split."""
-    from .evaluate import evaluate
+    from .evaluation import evaluate
     from .models import load_for_inference, load_tokenizer
 
     ensure_writable(out_dir, directory=True)
@@ -180,40 +181,27 @@ def run_forecast(model: str, data: DataSpec, steps: int, adapter: str | Path | N
                  context_tokens: int | None = None, out: str | Path | None = None, plot: str | Path | None = None,
                  codec_cfg: CodecConfig | None = None, seed: int = 0, ledger_path: str | Path | None = None,
                  budget: float | None = None) -> dict:
-    """Forecast ``steps`` steps after every series in a CSV/HDF5 file (whole series as context).
+    """Forecast ``steps`` steps after every series in a CSV/HDF5 file (whole series as context), through
+    :class:`flopcast.Forecaster`. With ``ledger_path`` the generation's FLOPs are charged to that ledger."""
+    from .api import Forecaster
 
-    With ``ledger_path`` the generation's FLOPs are charged to that ledger (reserved before, settled after).
-    """
-    from .costs import charge_batches
-    from .evaluate import forecast_reservation
-    from .forecast import forecast_prompts
-    from .grammar import LLMTimeGrammar, int_digits_for
-    from .models import load_for_inference
-
-    fcfg = ForecastConfig(horizon=steps, n_samples=samples, seed=seed)  # bad numbers stop here
+    ForecastConfig(horizon=steps, n_samples=samples, seed=seed)  # bad numbers stop here
     if context_tokens is not None:
         check_ints("context_tokens", [context_tokens])
     for p in (out, plot):
         ensure_writable(p)
     ledger = Ledger(ledger_path, budget) if ledger_path else None
     ds = load(data)
-    codec = codec_for(None, codec_cfg or CodecConfig(scale_mode="per_series"), adapter)
-    lm = load_for_inference(model, adapter)
-    contexts = [_fit_context(s, codec, lm.tokenizer, context_tokens) for s in ds.series]
-    alphas = np.array([codec.series_alpha(c) for c in contexts])
-    texts = [codec.encode(c, a) for c, a in zip(contexts, alphas)]
-    prompts = [lm.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
-    grammar = LLMTimeGrammar(codec.config, ds.n_vars, int_digits_for(texts, codec.config))
-    fcfg = replace(fcfg, max_int_digits=grammar.max_int)
-    with forecast_reservation(ledger, lm.model, f"forecast/{Path(data.path).name}", "forecast", len(prompts) * samples,
-                              max(map(len, prompts)), steps, fcfg.batch_size, grammar, model=model) as charge:
-        res = forecast_prompts(lm.model, lm.tokenizer, codec, prompts, alphas, ds.n_vars, fcfg, [""] * len(prompts),
-                               progress=len(prompts) > 16, on_batch=charge_batches(charge, lm.model))
+    fc = Forecaster.from_pretrained(model, adapter, ledger=ledger)
+    if codec_cfg is not None and adapter is None:
+        fc.codec = codec_for(None, codec_cfg)
+    res = fc.forecast(ds.series, steps, samples, context_tokens=context_tokens, seed=seed,
+                      name=f"forecast/{Path(data.path).name}", progress=len(ds.series) > 16)
     rows = _forecast_rows(ds, res, steps)
     if out:
         _write_csv(rows, out)
     if plot:
-        _plot_forecast(ds, contexts, res, steps, plot)
+        _plot_forecast(ds, res.contexts, res, steps, plot)
     return {"rows": rows, "parse_failure_rate": res.parse_failure_rate, "capped_rate": res.capped_rate,
             "int_digits": res.int_digits, "texts": res.texts}
 
@@ -244,17 +232,3 @@ def _plot_forecast(ds: Dataset, contexts, res, steps: int, path: str | Path) -> 
     wins = [Window(i, len(ds.series[i]), c, np.full((steps, ds.n_vars), np.nan), a, [])
             for i, (c, a) in enumerate(zip(contexts, res.alphas))]
     plot_forecasts(wins, {"model": res.point}, path, variables=ds.variables, quantiles=res.quantiles or None)
-
-
-def _fit_context(s: np.ndarray, codec: LLMTimeCodec, tokenizer, max_tokens: int | None) -> np.ndarray:
-    """The longest suffix of whole steps whose encoding fits in ``max_tokens`` tokens."""
-    if max_tokens is None:
-        return s
-    lo, hi = 1, len(s)
-    while lo < hi:  # binary search on the number of steps
-        mid = (lo + hi + 1) // 2
-        if len(tokenizer(codec.encode(s[-mid:]), add_special_tokens=False).input_ids) <= max_tokens:
-            lo = mid
-        else:
-            hi = mid - 1
-    return s[-lo:]

@@ -81,7 +81,7 @@ class LoraSpec:
     as in the reference study."""
 
     rank: int = 8
-    alpha: float = 16.0
+    alpha: float | str = 16.0          # or "rank": alpha = rank, LoRA scaling 1 (as the reference's code)
     dropout: float = 0.0
     targets: tuple[str, ...] = ("q_proj", "v_proj")
     train_lm_head_bias: bool = False
@@ -89,9 +89,15 @@ class LoraSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
         _check(self.rank >= 1, f"LoRA rank must be >= 1, got {self.rank}")
-        _check(finite(self.alpha) and self.alpha > 0, f"LoRA alpha must be a finite number > 0, got {self.alpha}")
+        _check(self.alpha == "rank" or (not isinstance(self.alpha, str) and finite(self.alpha) and self.alpha > 0),
+               f"LoRA alpha must be a finite number > 0 or \"rank\" (alpha = rank), got {self.alpha!r}")
         _check(finite(self.dropout) and 0 <= self.dropout < 1, f"LoRA dropout must be in [0, 1), got {self.dropout}")
         _check(len(self.targets) > 0, "LoRA needs at least one target module")
+
+    @property
+    def lora_alpha(self) -> float:
+        """The alpha PEFT gets."""
+        return float(self.rank if self.alpha == "rank" else self.alpha)
 
 
 @dataclass(frozen=True)
@@ -235,6 +241,8 @@ class EvalConfig:
 
 SCHEDULES = ("constant", "cosine", "linear")
 HEADS = ("full", "numeric")
+COMPILE = ("auto", "on", "off")
+NOT_FINGERPRINTED = ("wandb", "checkpoint_every", "compile")  # training settings that change no result
 
 
 @dataclass(frozen=True)
@@ -257,6 +265,7 @@ class TrainConfig:
     seed: int = 0
     head: str = "full"                 # "numeric": train the LM head's softmax over the series' tokens only
     wandb: bool = True                 # log to wandb when installed (offline unless logged in)
+    compile: str | None = None         # torch.compile the model body: "on", "off", "auto" (= None: on for CUDA)
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
@@ -275,6 +284,8 @@ class TrainConfig:
         _check(self.max_flops is None or (finite(self.max_flops) and self.max_flops > 0),
                f"max_flops must be a finite number > 0, got {self.max_flops}")
         _check(self.head in HEADS, f"head must be one of {HEADS}, got {self.head!r}")
+        _check(self.compile is None or self.compile in COMPILE,
+               f"compile must be one of {COMPILE}, got {self.compile!r}")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
 
 

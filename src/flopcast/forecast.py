@@ -1,9 +1,10 @@
 """Batched, KV-cached, grammar-constrained forecasting with a causal LM.
 
 Contexts are encoded with the codec, left-padded into batches (sorted by length so padding is
-small), prefilled once (logits only for the last position), then decoded token by token. A
-:class:`LLMTimeGrammar` masks the logits so only well-formed LLMTime can be produced, and each
-row stops as soon as its ``horizon`` steps are complete. Greedy by default; with
+small), prefilled once (logits only for the last position), then decoded token by token. The
+:class:`LLMTimeGrammar`, compiled to tensors (:class:`flopcast.automaton.TokenAutomaton`), masks the
+logits on the device so only well-formed LLMTime can be produced, and each row stops as soon as its
+``horizon`` steps are complete. Greedy by default; with
 ``n_samples > 1`` each context is sampled ``n`` times -> median point forecast and quantiles.
 
 Values may have one more integer digit than the largest value in the prompts (at least 3, see
@@ -19,11 +20,15 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .automaton import TokenAutomaton
 from .codec import LLMTimeCodec
 from .config import ForecastConfig
 from .costs import batch_flops, model_shape
 from .errors import FlopcastError
-from .grammar import EOS, LLMTimeGrammar, int_digits_for, longest_int_part
+from .grammar import LLMTimeGrammar, int_digits_for, longest_int_part
+from .heads import numeric_head
+
+CUDA_CHECK_EVERY = 8  # decode steps between looks at "is every row done" on an accelerator (each look syncs)
 
 
 @dataclass
@@ -39,6 +44,7 @@ class ForecastResult:
     batches: list[dict] = field(default_factory=list)  # per batch: B, prompt_len (padded), new_tokens
     capped: np.ndarray | None = None  # (N,) a value reached the decoder's integer-digit cap
     int_digits: int = 3               # that cap
+    contexts: list[np.ndarray] | None = None  # the context of each series (as cut to a token limit), when known
 
     @property
     def parse_failure_rate(self) -> float:
@@ -47,35 +53,6 @@ class ForecastResult:
     @property
     def capped_rate(self) -> float:
         return float(self.capped.mean()) if self.capped is not None and len(self.capped) else 0.0
-
-
-class TokenMasks:
-    """Per-character token ids of a tokenizer and cached vocab masks for grammar states."""
-
-    def __init__(self, tokenizer, grammar: LLMTimeGrammar, vocab_size: int, device):
-        self.char_id: dict[str, int] = {}
-        for ch in sorted(grammar.alphabet):
-            ids = tokenizer(ch, add_special_tokens=False).input_ids
-            if len(ids) != 1 or tokenizer.decode(ids) != ch:
-                raise FlopcastError(f"tokenizer has no single token for {ch!r}: constrained decoding needs one "
-                                    "per character")
-            self.char_id[ch] = ids[0]
-        eos = tokenizer.eos_token_id
-        if eos is None:
-            raise FlopcastError("tokenizer has no EOS token")
-        self.char_id[EOS] = eos
-        self.id_char = {i: ch for ch, i in self.char_id.items()}
-        self.vocab_size = vocab_size
-        self.device = device
-        self._cache: dict[frozenset, torch.Tensor] = {}
-
-    def mask(self, allowed: frozenset[str]) -> torch.Tensor:
-        m = self._cache.get(allowed)
-        if m is None:
-            m = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
-            m[[self.char_id[ch] for ch in allowed]] = True
-            self._cache[allowed] = m
-        return m
 
 
 def _cache_kwarg(model) -> str:
@@ -89,50 +66,62 @@ def _batches(order: np.ndarray, size: int):
         yield order[i:i + size]
 
 
-@torch.no_grad()
-def generate_constrained(model, prompts: list[list[int]], grammar: LLMTimeGrammar, masks: TokenMasks,
-                         targets: list[int], prefixes: list[str], pad_id: int, greedy: bool = True,
-                         temperature: float = 1.0, generator: torch.Generator | None = None,
-                         max_new_tokens: int | None = None) -> list[str]:
-    """Generate for one batch of token-id prompts; returns the generated characters per row."""
-    device = next(model.parameters()).device
+@dataclass
+class Generation:
+    texts: list[str]  # generated characters per row
+    steps: int        # decode steps run (the batch's generated length, as computed)
+
+
+def _left_padded(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, L = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((B, L), pad_id, dtype=torch.long)
     attn = torch.zeros((B, L), dtype=torch.long)
-    for i, p in enumerate(prompts):  # left padding
+    for i, p in enumerate(prompts):
         ids[i, L - len(p):] = torch.tensor(p)
         attn[i, L - len(p):] = 1
-    ids, attn = ids.to(device), attn.to(device)
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    states = [grammar.start(t, pre) for t, pre in zip(targets, prefixes)]
-    from transformers import DynamicCache
+    ids, attn = ids.to(device, non_blocking=True), attn.to(device, non_blocking=True)
+    return ids, attn, (attn.cumsum(-1) - 1).clamp(min=0)
 
-    cache = {_cache_kwarg(model): DynamicCache(config=model.config)}  # filled in place by every forward
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
-                   **cache).logits[:, -1, :]
-    texts = [[] for _ in range(B)]
-    limit = max_new_tokens or grammar.max_tokens(max(targets))
-    for _ in range(limit):
-        active = [not s.done for s in states]
-        mask = torch.stack([masks.mask(grammar.allowed(s)) for s in states])
-        logits = logits.float().masked_fill(~mask, float("-inf"))
-        if greedy:
-            nxt = logits.argmax(-1)
-        else:
-            probs = torch.softmax(logits / temperature, -1)
-            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(device)
-        for i, tok in enumerate(nxt.tolist()):
-            if active[i]:
-                ch = masks.id_char[tok]
-                grammar.advance(states[i], ch)
-                texts[i].append(ch)
-        if all(s.done for s in states):
-            break
-        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
-        pos = pos[:, -1:] + 1
-        logits = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos, use_cache=True,
+
+@torch.no_grad()
+def generate_constrained(model, prompts: list[list[int]], automaton: TokenAutomaton, targets: list[int],
+                         prefixes: list[str], pad_id: int, greedy: bool = True, temperature: float = 1.0,
+                         generator: torch.Generator | None = None, max_new_tokens: int | None = None,
+                         check_every: int = 1) -> Generation:
+    """Generate for one batch of token-id prompts. Grammar state lives on the device (see
+    :mod:`flopcast.automaton`); the host looks only at whether every row is done, every ``check_every`` steps.
+    The KV cache is allocated once for the whole generation (no copy per step), and the head computes only the
+    grammar's columns (the characters it can ever allow): the same logits for those tokens, a fraction of the work."""
+    device = next(model.parameters()).device
+    ids, attn, pos = _left_padded(prompts, pad_id, device)
+    state, steps, target = automaton.start(targets, prefixes, device)
+    limit = max_new_tokens or automaton.grammar.max_tokens(max(targets))
+    L = ids.shape[1]
+    cache = _kv_cache(model, L + limit)
+    written = torch.full((len(prompts), limit), -1, dtype=torch.long, device=device)
+    one = torch.ones((len(prompts), 1), dtype=attn.dtype, device=device)
+    with numeric_head(model, automaton.token_ids.tolist()):
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
                        **cache).logits[:, -1, :]
-    return ["".join(t) for t in texts]
+        for t in range(limit):
+            done = steps >= target
+            char = automaton.choose(logits, state, done, greedy, temperature, generator)
+            written[:, t] = torch.where(done, -1, char)
+            state, steps = automaton.advance(state, steps, char, ~done)
+            if (t + 1) % check_every == 0 and bool((steps >= target).all()):
+                break
+            attn, pos = torch.cat([attn, one], dim=1), pos[:, -1:] + 1
+            logits = model(input_ids=automaton.token_ids[char][:, None], attention_mask=attn, position_ids=pos,
+                           cache_position=torch.tensor([L + t], device=device), use_cache=True,
+                           **cache).logits[:, -1, :]
+    return Generation(automaton.text(written), t + 1)
+
+
+def _kv_cache(model, length: int) -> dict:
+    """The forward's cache argument: a cache of ``length`` positions allocated up front (``StaticCache``)."""
+    from transformers import StaticCache
+
+    return {_cache_kwarg(model): StaticCache(config=model.config, max_cache_len=length)}
 
 
 def encode_contexts(codec: LLMTimeCodec, contexts: list[np.ndarray]) -> tuple[list[str], np.ndarray]:
@@ -176,8 +165,8 @@ def forecast_prompts(model, tokenizer, codec: LLMTimeCodec, prompts: list[list[i
 def _generate_rows(model, tokenizer, grammar: LLMTimeGrammar, prompts, prefixes, extra, cfg: ForecastConfig, progress,
                    on_batch) -> tuple[dict[tuple[int, int], str], list[dict]]:
     """Generated text per (series, sample) row, in batches of rows sorted by prompt length (little padding)."""
-    masks = TokenMasks(tokenizer, grammar, model.get_output_embeddings().weight.shape[0],
-                       next(model.parameters()).device)
+    device = next(model.parameters()).device
+    automaton = TokenAutomaton(grammar, tokenizer, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = [(i, k) for i in range(len(prompts)) for k in range(cfg.n_samples)]
     order = np.argsort([-len(prompts[i]) for i, _ in rows], kind="stable")
@@ -192,11 +181,11 @@ def _generate_rows(model, tokenizer, grammar: LLMTimeGrammar, prompts, prefixes,
     for b in it:
         sel = [rows[k] for k in b]
         res = generate_constrained(
-            model, [prompts[i] for i, _ in sel], grammar, masks, [cfg.horizon + extra[i] for i, _ in sel],
-            [prefixes[i] for i, _ in sel], pad_id, greedy=cfg.greedy, temperature=cfg.temperature, generator=gen)
-        out_text.update(zip(sel, res))
-        batches.append({"B": len(sel), "prompt_len": max(len(prompts[i]) for i, _ in sel),
-                        "new_tokens": max(len(t) for t in res)})
+            model, [prompts[i] for i, _ in sel], automaton, [cfg.horizon + extra[i] for i, _ in sel],
+            [prefixes[i] for i, _ in sel], pad_id, greedy=cfg.greedy, temperature=cfg.temperature, generator=gen,
+            check_every=1 if device.type == "cpu" else CUDA_CHECK_EVERY)
+        out_text.update(zip(sel, res.texts))
+        batches.append({"B": len(sel), "prompt_len": max(len(prompts[i]) for i, _ in sel), "new_tokens": res.steps})
         if on_batch:
             on_batch(batches[-1])
     return out_text, batches

@@ -20,6 +20,9 @@ from .chunks import IGNORE
 from .errors import FlopcastError
 from .grammar import LLMTimeGrammar
 
+MAX_LOGITS_BYTES = 2 << 30  # a batch's fp32 logits above this are computed in chunks (see lm_loss) ...
+CHUNK_LOGITS_BYTES = 512 << 20  # ... of about this size
+
 
 class SubsetHead(torch.nn.Module):
     """The original LM head, computing only the columns ``ids`` (weights shared, not copied)."""
@@ -74,11 +77,46 @@ def remap_table(ids: list[int], vocab: int, device) -> torch.Tensor:
 
 def restricted_loss(model, batch: dict[str, torch.Tensor], table: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over the restricted columns (same targets as ``model(**batch).loss``)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return lm_loss(model, batch, table)
+
+
+def lm_loss(model, batch: dict[str, torch.Tensor], table: torch.Tensor | None = None,
+            max_logits_bytes: int = MAX_LOGITS_BYTES, chunk_bytes: int = CHUNK_LOGITS_BYTES) -> torch.Tensor:
+    """Mean next-token cross-entropy of a causal LM over labelled tokens (``table``: labels -> restricted columns
+    of a :class:`SubsetHead`). When a batch's fp32 logits would exceed ``max_logits_bytes``, the head and the
+    loss run over sequence chunks of ``chunk_bytes`` of logits, each recomputed in the backward pass (activation
+    checkpointing), so one chunk's logits are alive at a time: B=64 x S=512 x 152k columns would otherwise take
+    20 GiB. Below the threshold (the reference plan's B=4, S<=768 on Qwen2.5) nothing changes."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = causal.get_output_embeddings()
+    B, S = batch["input_ids"].shape
+    cols = len(head.ids) if isinstance(head, SubsetHead) else head.weight.shape[0]
+    if B * S * cols * 4 <= max_logits_bytes:
+        if table is None:
+            return model(**batch).loss
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return F_nn.cross_entropy(logits[:, :-1].float().reshape(-1, cols), _targets(batch, table).reshape(-1),
+                                  ignore_index=IGNORE)
+    from torch.utils.checkpoint import checkpoint
+
+    body = getattr(causal, causal.base_model_prefix)
+    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
+    labels = _targets(batch, table)
+    step = max(1, chunk_bytes // (B * cols * 4))
+    total = sum(checkpoint(_ce_sum, head, hidden[:, i:i + step], labels[:, i:i + step], use_reentrant=False)
+                for i in range(0, S - 1, step))
+    return total / (labels != IGNORE).sum().clamp(min=1)
+
+
+def _targets(batch: dict[str, torch.Tensor], table: torch.Tensor | None) -> torch.Tensor:
     labels = batch["labels"][:, 1:]
-    labels = table[torch.where(labels == IGNORE, table.numel() - 1, labels)]
-    return F_nn.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                              ignore_index=IGNORE)
+    return labels if table is None else table[torch.where(labels == IGNORE, table.numel() - 1, labels)]
+
+
+def _ce_sum(head, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden).float()
+    return F_nn.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
+                              reduction="sum")
 
 
 @contextmanager

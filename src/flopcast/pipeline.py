@@ -24,6 +24,7 @@ from functools import cached_property
 from pathlib import Path
 
 from . import fingerprint, preflight
+from .card import write_card
 from .codec import LLMTimeCodec
 from .config import LoraSpec, TrainConfig, from_dict, load_toml, save_toml, to_dict
 from .costs import run_cost
@@ -81,7 +82,7 @@ class Study:
     @cached_property
     def eval_windows(self) -> dict:
         """Evaluation windows and decoding grammar per context length (built once per study)."""
-        from .evaluate import build_windows, window_grammar
+        from .evaluation import build_windows, window_grammar
 
         cfg, ds = self.plan.eval, self.eval_data
         series = ds.series[: cfg.max_series] if cfg.max_series else ds.series
@@ -189,7 +190,7 @@ def _load(study: Study):
 
 
 def _evaluate(study: Study, stage: Stage, adapter: Path | None) -> EvalResult:
-    from .evaluate import evaluate
+    from .evaluation import evaluate
     from .models import load_adapter
 
     lm = _load(study)
@@ -197,7 +198,8 @@ def _evaluate(study: Study, stage: Stage, adapter: Path | None) -> EvalResult:
     return evaluate(model, lm.tokenizer, study.codec, study.eval_data, study.plan.eval,
                     out_dir=study.out / "stages" / stage.name / "eval", ledger=study.ledger,
                     name=f"{stage.name}/{study.plan.eval.split}", model_name=study.plan.model.name,
-                    progress=study.progress, fingerprint=fingerprint.digest(study.settings[stage.name]))
+                    progress=study.progress, fingerprint=fingerprint.digest(study.settings[stage.name]),
+                    baseline_store=study.out / "baselines")
 
 
 def _settings(study: Study, stage: Stage) -> tuple[TrainConfig, LoraSpec]:
@@ -238,6 +240,8 @@ def _train_runs(study: Study, stage: Stage, widest: LoraSpec, names: list[str], 
         study.ledger.drop_hold(hold)
     best = _best(stage, done)
     test = _evaluate(study, stage, Path(best.dir) / "adapter_best") if stage.evaluate else None
+    if test is not None:
+        write_card(Path(best.dir) / "adapter_best", best.dir, test)
     return StageResult(stage.kind, done, best, test)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from . import fingerprint
 from .chunks import make_chunks
-from .config import LoraSpec, TrainConfig, to_dict
+from .config import NOT_FINGERPRINTED, LoraSpec, TrainConfig, to_dict
 from .costs import eval_bound, run_cost, stage_cost, val_chunks_used
 from .errors import BudgetExceeded, DataError, FlopcastError, SettingsChanged
 from .flops import lora_shape
@@ -26,8 +26,6 @@ from .plan import Plan, Stage
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import Study
-
-NOT_FINGERPRINTED = ("wandb", "checkpoint_every")  # training settings that change no result
 
 
 def data_settings(plan: Plan) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import LoraSpec, TrainConfig, load_toml, to_dict
+from .config import NOT_FINGERPRINTED, LoraSpec, TrainConfig, load_toml, to_dict
 from .errors import SettingsChanged
 
 FINAL = ("done", "stopped_budget", "diverged")  # a run with one of these statuses is not trained again
@@ -68,9 +68,10 @@ def finished_run(run_dir: str | Path, lora: LoraSpec | None = None, cfg: TrainCo
     for key, want in (("train", cfg), ("lora", lora)):
         mine, theirs = (to_dict(want) if want is not None else None), saved.get(key, {})
         if mine is not None and theirs != mine:
-            diff = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))
-            raise SettingsChanged(f"{run}: holds a finished run with other {key} settings ({', '.join(diff)}); "
-                                  "choose another output directory or delete this one")
+            diff = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k) and k not in NOT_FINGERPRINTED)
+            if diff:
+                raise SettingsChanged(f"{run}: holds a finished run with other {key} settings ({', '.join(diff)}); "
+                                      "choose another output directory or delete this one")
     if data_sha is not None and saved.get("data_sha256", data_sha) != data_sha:
         raise SettingsChanged(f"{run}: holds a finished run trained on other data; choose another output directory")
     flops = st["flops"] if "flops" in st else json.loads((run / "flops.json").read_text())["total"]

@@ -41,14 +41,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .card import write_card
 from .checkpoint import CheckpointManager, TrainState, set_rng_state
 from .chunks import Chunks, make_chunks, series_token_ids
 from .codec import LLMTimeCodec
 from .config import LoraSpec, TrainConfig, save_toml, to_dict
 from .costs import RunCost, run_cost, val_chunks_used
-from .errors import Interrupted
+from .errors import FlopcastError, Interrupted
 from .flops import Arch, lora_shape
-from .heads import head_ids_for, numeric_head, remap_table, restricted_loss
+from .heads import head_ids_for, lm_loss, numeric_head, remap_table
 from .lock import DirLock
 from .models import attach_lora, load_adapter, save_adapter, trainable_parameters
 from .rundir import TrainResult, finished_run, run_fingerprint, series_sha256, truncate_log
@@ -143,6 +144,8 @@ def setup(acc, base_model, tokenizer, codec: LLMTimeCodec, train_series, val_ser
     model, opt, state = _model_and_optimizer(base_model, lora, cfg, ckpt)
     params = [p for p in model.parameters() if p.requires_grad]
     model, opt = acc.prepare(model, opt)
+    if use_compile(cfg, acc.device):
+        compile_body(acc.unwrap_model(model))
     head_ids = None
     if cfg.head == "numeric":
         head_ids = head_ids_for(tokenizer, codec.config, chunks.labels, *([] if val is None else [val.labels]))
@@ -173,12 +176,14 @@ def fit(run: Run, stop: StopRequest, bar=None, on_step: Callable[[int, float], N
             return "stopped_budget"
         before, lr = run.order.state(), lr_at(st.step, cfg)
         shard = run.order.next()[acc.process_index::acc.num_processes]  # each process takes its share
+        batch = make_batch(run.chunks, shard, acc.device)
         try:
-            loss = train_step(run.model, run.opt, make_batch(run.chunks, shard, acc.device), run.loss_fn, lr,
-                              cfg.grad_clip, acc, run.params)
+            loss = train_step(run.model, run.opt, batch, run.loss_fn, lr, cfg.grad_clip, acc, run.params)
         except KeyboardInterrupt:  # cut short before its update: the resumed run takes the same batch again
             run.order.epoch, run.order.pos = before["epoch"], before["pos"]
             raise
+        except torch.OutOfMemoryError:
+            raise _out_of_memory(run, batch) from None
         st.step, st.flops = st.step + 1, st.flops + run.cost.per_step
         _log(run, step=st.step, loss=loss, lr=lr, flops=st.charged, time=run.wall())
         if not math.isfinite(loss):
@@ -197,6 +202,39 @@ def fit(run: Run, stop: StopRequest, bar=None, on_step: Callable[[int, float], N
     return "done"
 
 
+def _out_of_memory(run: Run, batch: dict) -> FlopcastError:
+    """One line naming the largest batch that fits, found by halving the batch (forward + backward, no update).
+    The failed step and every probe are charged at their full size: the ledger never undercounts."""
+    B, S = batch["input_ids"].shape
+    st, fits, b = run.state, 0, B // 2
+    st.flops_redone += run.cost.per_step
+    while b >= 1 and not fits:
+        run.opt.zero_grad(set_to_none=True)
+        _free_device_memory()
+        st.flops_redone += run.cost.per_step * b // B
+        try:
+            run.loss_fn({k: v[:b] for k, v in batch.items()}).backward()
+            fits = b * run.acc.num_processes
+        except torch.OutOfMemoryError:
+            b //= 2
+    run.opt.zero_grad(set_to_none=True)
+    _free_device_memory()
+    if run.main and run.ledger is not None:
+        run.ledger.settle(st.ledger_id, st.charged, status="failed", wall_s=run.wall(), steps=st.step)
+    hint = (f"batch_size {fits} fits (probed); set train.batch_size = {fits}" if fits else
+            "not even batch_size 1 fits; lower train.seq_len")
+    return FlopcastError(f"out of memory in a training step at batch_size {run.cfg.batch_size}, seq_len {S} on "
+                         f"{run.acc.device}: {hint}")
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def finalize(run: Run, status: str, signum: int | None) -> TrainResult:
     """Last checkpoint, adapters, flops.json and status.json, ledger settlement; raises Interrupted after a signal."""
     st = run.state
@@ -211,6 +249,9 @@ def finalize(run: Run, status: str, signum: int | None) -> TrainResult:
             "redone": st.flops_redone, "planned": run.cost.planned, "ledger_id": st.ledger_id}, indent=2))
         (run.dir / "status.json").write_text(json.dumps({"status": status, "steps": st.step, "flops": st.charged,
                                                          "best_val_loss": st.best_val, "wall_s": wall}))
+        for adapter in ("adapter", "adapter_best"):
+            if (run.dir / adapter).is_dir():
+                write_card(run.dir / adapter, run.dir)
         if run.ledger is not None:
             run.ledger.settle(st.ledger_id, st.charged, status=status if status != "stopped_budget" else "done",
                               wall_s=wall, steps=st.step, info={"best_val_loss": st.best_val, "status": status})
@@ -245,8 +286,8 @@ def _model_and_optimizer(base_model, lora: LoraSpec, cfg: TrainConfig, ckpt: Che
     resuming = ckpt.exists()
     model = load_adapter(base_model, ckpt.dir, trainable=True) if resuming else attach_lora(base_model, lora)
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                            weight_decay=cfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=params[0].is_cuda or None)
     state = TrainState()
     if resuming:
         state, opt_state, rng = ckpt.load()
@@ -255,12 +296,23 @@ def _model_and_optimizer(base_model, lora: LoraSpec, cfg: TrainConfig, ckpt: Che
     return model, opt, state
 
 
+def use_compile(cfg: TrainConfig, device) -> bool:
+    """``train.compile``: "on", "off", or "auto"/None = on for CUDA (on CPU, compiling a step is not worth
+    its compile time at the batch sizes used here; see benchmarks/study_speed.py)."""
+    return cfg.compile == "on" or (cfg.compile in (None, "auto") and torch.device(device).type == "cuda")
+
+
+def compile_body(model) -> None:
+    """``torch.compile`` the transformer body in place (the head and the loss stay eager, so the numeric head
+    and chunked cross-entropy work unchanged); parameter names and the saved adapter are unaffected."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    getattr(causal, causal.base_model_prefix).compile(dynamic=False)
+
+
 def _loss_fn(model, head_ids: list[int] | None, vocab: int, device) -> Callable[[dict], torch.Tensor]:
     """The model's own loss, or the numeric head's restricted loss (logits over the series' tokens only)."""
-    if not head_ids:
-        return lambda b: model(**b).loss
-    table = remap_table(head_ids, vocab, device)
-    return lambda b: restricted_loss(model, b, table)
+    table = remap_table(head_ids, vocab, device) if head_ids else None
+    return lambda b: lm_loss(model, b, table)
 
 
 def _ledger_row(run: Run, ledger) -> None:

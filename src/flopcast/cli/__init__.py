@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     import threading
 
     from ..signals import raise_interrupted
+    from ..verbosity import ENV
 
+    saved_env = {k: os.environ.get(k) for k in ENV}  # -q/-v set these for this run only
     main_thread = threading.current_thread() is threading.main_thread()
     own_term = main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     if own_term:  # SIGTERM unwinds like Ctrl-C: ledger rows settle, training checkpoints (see train.StopRequest)
@@ -44,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if own_term:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _interrupt_behind(e: BaseException) -> KeyboardInterrupt | None:

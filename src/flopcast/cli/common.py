@@ -36,6 +36,16 @@ RESTART_HELP = ("comma-separated stages to run again from scratch: their files m
                 "stay in the ledger)")
 
 
+@app.callback()
+def _verbosity(quiet: bool = typer.Option(False, "--quiet", "-q", help="results and errors only: no progress bars, "
+                                          "no warnings"),
+               verbose: bool = typer.Option(False, "--verbose", "-v", help="library warnings and info logs too")):
+    """Global options: how much flopcast and the libraries it uses print."""
+    from ..verbosity import NORMAL, QUIET, VERBOSE, set_verbosity
+
+    set_verbosity(QUIET if quiet else VERBOSE if verbose else NORMAL)
+
+
 # options several commands share (typer reads the default from the parameter, the rest from here)
 ModelOpt = Annotated[str, typer.Option(help=MODEL_HELP)]
 DataOpt = Annotated[Optional[Path], typer.Option(help=".h5/.csv (default: simulated systems)")]

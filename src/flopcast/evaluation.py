@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .baselines import run_baseline
+from .baselines import stored_baseline
 from .codec import LLMTimeCodec
 from .config import EvalConfig, ForecastConfig, to_dict
 from .costs import charge_batches, eval_bound, model_shape
@@ -115,9 +115,12 @@ def _cache_context(out_dir: Path, S: int, key: str, done: dict) -> None:
 
 def evaluate(model, tokenizer, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig, out_dir: str | Path | None = None,
              ledger=None, name: str = "eval", model_name: str = "", progress: bool = True,
-             fingerprint: str | None = None) -> EvalResult:
+             fingerprint: str | None = None, baseline_store: str | Path | None = None) -> EvalResult:
     """Score ``model`` (None: baselines only) on every context length of ``cfg``.
-    ``fingerprint`` (of the settings behind it, see flopcast.preflight) is stored with the results."""
+    ``fingerprint`` (of the settings behind it, see flopcast.preflight) is stored with the results.
+    Baseline forecasts are kept in ``baseline_store`` (default ``out_dir/baselines``) and reused from there."""
+    if baseline_store is None and out_dir is not None:
+        baseline_store = Path(out_dir) / "baselines"
     series = ds.series[: cfg.max_series] if cfg.max_series else ds.series
     result = EvalResult(name, model_name, cfg.protocol, to_dict(cfg), codec.state(), len(series), {}, fingerprint)
     rows: list[dict] = []
@@ -135,7 +138,7 @@ def evaluate(model, tokenizer, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig
             preds["model"] = info.pop("point")
         for b in cfg.baselines:
             if b != "lv_ode" or wins[0].truth.shape[1] == 2:
-                preds[b] = run_baseline(b, [w.context for w in wins], cfg.horizon, _dt(ds))
+                preds[b] = stored_baseline(b, [w.context for w in wins], cfg.horizon, _dt(ds), baseline_store)
         truth = np.stack([w.truth for w in wins])
         result.contexts[S] = _context_score(S, wins, truth, preds, cfg, info)
         rows += _window_rows(S, wins, truth, preds)

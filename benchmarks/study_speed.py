@@ -1,0 +1,201 @@
+"""Where the wall time of a whole study goes, on whatever device is present, measured in one run.
+
+    python benchmarks/study_speed.py [--model random:../shared/models/qwen2.5-0.5b-arch] [--plan plans/reference.toml]
+                                     [--steps 2] [--eval-series 2] [--baseline-series 100]
+
+Prints:
+
+1. the matmul peak this device reaches (bf16 4096^3 on CUDA, fp32 2048^3 on CPU), measured here;
+2. LoRA training ms/step at B=4 for S=512 and S=768 (and S=128, which the context sweep uses), with the
+   reference-count FLOP rate and its fraction of that peak (flopcast's own step, ``flopcast.steps.train_step``);
+3. evaluation windows/s: the seed protocol's windows of ``--eval-series`` test series at every context length
+   of the plan, through flopcast's batched constrained decoder (``evaluate.forecast_windows``);
+4. baseline seconds: every baseline of the plan on the seed protocol's windows of ``--baseline-series`` test
+   series (the reference protocol's 700 windows at 100 series);
+5. the extrapolated wall time of the whole plan: each run's planned FLOPs (the planner's steps and validations,
+   ``remaining`` filled with what the budget leaves) at the rate measured for its S, each evaluation's windows at
+   the measured rate, baselines once.
+
+Default model: a random-initialised Qwen2.5-0.5B (``random:`` + the architecture directory in ../shared) when
+present, else the embedded SmolLM2-135M. The same script runs on CPU and GPU; compare figures from one device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from flopcast import flops
+from flopcast.baselines import run_baseline
+from flopcast.codec import LLMTimeCodec
+from flopcast.config import EvalConfig, LoraSpec
+from flopcast.costs import eval_bound, run_cost
+from flopcast.data import load, split
+from flopcast.evaluation import build_windows, forecast_windows, window_grammar
+from flopcast.models import attach_lora, load_model
+from flopcast.plan import load_plan
+from flopcast.steps import train_step
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+ARCH_DIR = SHARED / "models" / "qwen2.5-0.5b-arch"
+DATA = SHARED / "data" / "lotka_volterra_data.h5"
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: str) -> float:
+    n, dtype = (4096, torch.bfloat16) if device == "cuda" else (2048, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync()
+    reps, t = 20 if device == "cuda" else 5, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    return reps * 2 * n ** 3 / (time.perf_counter() - t)
+
+
+def train_ms(lm, lora: LoraSpec, codec, series, B: int, S: int, steps: int) -> float:
+    """Milliseconds per LoRA step of flopcast's training step at B x S (one warm-up step first)."""
+    ids = [t for s in series for t in lm.tokenizer(codec.encode(s), add_special_tokens=False).input_ids]
+    x = torch.tensor(ids[:B * S]).view(B, S).to(lm.device)
+    batch = {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
+    model = attach_lora(lm.model, lora)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    loss_fn = lambda b: model(**b).loss  # noqa: E731  (the full head below 2 GiB of logits, as flopcast trains)
+    train_step(model, opt, batch, loss_fn, 1e-4, 1.0)
+    sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, opt, batch, loss_fn, 1e-4, 1.0)
+    sync()
+    ms = 1000 * (time.perf_counter() - t) / steps
+    lm.model = model.unload()  # the base model back, without the adapter
+    return ms
+
+
+def eval_rate(lm, codec, series, cfg: EvalConfig) -> tuple[float, int]:
+    """(windows/s, windows) of the seed protocol over ``series`` at every context length of ``cfg``."""
+    n, t = 0, 0.0
+    for S in cfg.contexts:
+        wins = build_windows(series, codec, lm.tokenizer, S, cfg)
+        if not wins:
+            continue
+        grammar = window_grammar(wins, lm.tokenizer, codec, wins[0].truth.shape[1])
+        forecast_windows(lm.model, lm.tokenizer, codec, wins[:2], cfg.horizon, cfg.batch_size,
+                         int_digits=grammar.max_int)  # warm-up
+        sync()
+        t0 = time.perf_counter()
+        forecast_windows(lm.model, lm.tokenizer, codec, wins, cfg.horizon, cfg.batch_size, int_digits=grammar.max_int)
+        sync()
+        t += time.perf_counter() - t0
+        n += len(wins)
+    return n / t, n
+
+
+def baseline_seconds(codec, tokenizer, series, cfg: EvalConfig, dt: float) -> tuple[float, int]:
+    n, t0 = 0, time.perf_counter()
+    for S in cfg.contexts:
+        wins = build_windows(series, codec, tokenizer, S, cfg)
+        n += len(wins)
+        for b in cfg.baselines:
+            run_baseline(b, [w.context for w in wins], cfg.horizon, dt)
+    return time.perf_counter() - t0, n
+
+
+def plan_seconds(plan, arch, rate_at: dict[int, float], windows: dict[int, int], win_rate: float, base_s: float,
+                 val_chunks: int, grammar) -> tuple[float, list[str]]:
+    """Extrapolated wall time of ``plan``: every run's planned FLOPs at the measured rate for its S (the nearest
+    measured S), every evaluation's windows at the measured rate, baselines once; the lines that add up to it."""
+    cfg, spent, total, lines = plan.eval, 0, base_s, [f"  baselines once            {base_s:8.1f} s"]
+    n_eval = sum(windows.values())
+    ev_flops = sum(eval_bound(arch, n, S, cfg.horizon, cfg.batch_size, grammar) for S, n in windows.items())
+    train, lora = plan.train, plan.lora
+    for st in plan.stages:
+        runs, secs = st.candidates(train, lora), 0.0  # a stage on a base takes its lr/rank: the plan's stand in
+        for t, lo in runs:
+            if st.steps == "remaining":
+                per = run_cost(arch, t, flops.LoraShape(lo.rank), val_chunks).per_step
+                left = plan.budget - spent - ev_flops
+                t = replace(t, steps=max(1, int(left // per)))
+            c = run_cost(arch, t, flops.LoraShape(lo.rank), val_chunks)
+            spent += c.planned
+            secs += c.planned / rate_at[min(rate_at, key=lambda s: abs(s - t.seq_len))]
+        evals = st.kind == "eval" or st.evaluate
+        secs += n_eval / win_rate if evals else 0.0
+        spent += ev_flops if evals else 0
+        total += secs
+        lines.append(f"  {st.name:12s} {len(runs):2d} run(s) {'+ eval' if evals else '      '} {secs:8.1f} s")
+    return total, lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=f"random:{ARCH_DIR}" if (ARCH_DIR / "config.json").is_file() else "smollm2-135m")
+    ap.add_argument("--plan", default=str(ROOT / "plans" / "reference.toml"))
+    ap.add_argument("--data", default=str(DATA) if DATA.is_file() else None)
+    ap.add_argument("--steps", type=int, default=2, help="timed training steps per S (after one warm-up step)")
+    ap.add_argument("--eval-series", type=int, default=2, help="test series whose seed-protocol windows are timed")
+    ap.add_argument("--baseline-series", type=int, default=100)
+    a = ap.parse_args()
+    run(a)
+
+
+def run(a) -> None:
+    plan = load_plan(a.plan)
+    lm = load_model(a.model, seed=0)
+    dev = lm.device if isinstance(lm.device, str) else lm.device.type
+    dev = "cuda" if str(dev).startswith("cuda") else "cpu"
+    if a.data:
+        ds = load(a.data)
+    else:
+        from flopcast.simulate import simulate
+
+        ds = simulate(plan.simulate)
+    print(f"data: {a.data or 'simulated'} ({len(ds.series)} series)")
+    sp = split(len(ds.series), plan.split)
+    train_series, test = [ds.series[i] for i in sp.train], [ds.series[i] for i in sp.test]
+    codec = LLMTimeCodec.fit(plan.codec, train_series)
+    arch = flops.Arch.from_config(lm.model.config)
+    print(f"device {torch.cuda.get_device_name() if dev == 'cuda' else 'cpu'} ({torch.get_num_threads()} threads), "
+          f"model {a.model} ({lm.dtype}), torch {torch.__version__}")
+    peak = matmul_peak(dev)
+    print(f"matmul peak ({'bf16 4096^3' if dev == 'cuda' else 'fp32 2048^3'}): {peak / 1e12:.2f} TFLOP/s")
+    rate_at = {}
+    for S in (128, 512, 768):
+        ms = train_ms(lm, replace(plan.lora, train_lm_head_bias=False), codec, train_series, 4, S, a.steps)
+        ref = flops.train_step(arch, 4, S, flops.LoraShape(plan.lora.rank)).total
+        rate_at[S] = ref / (ms / 1000)
+        print(f"train B=4 S={S:4d}: {ms:9.1f} ms/step, {rate_at[S] / 1e12:7.3f} TFLOP/s by the reference count, "
+              f"{rate_at[S] / peak:5.1%} of the measured peak")
+    cfg = plan.eval
+    rate, n = eval_rate(lm, codec, test[: a.eval_series], cfg)
+    print(f"eval (seed protocol, {a.eval_series} series, S={list(cfg.contexts)}, batch {cfg.batch_size}): "
+          f"{rate:.2f} windows/s over {n} windows")
+    dt = float(ds.time[1] - ds.time[0]) if ds.time is not None and len(ds.time) > 1 else 1.0
+    base_s, nb = baseline_seconds(codec, lm.tokenizer, test[: a.baseline_series], cfg, dt)
+    print(f"baselines {', '.join(cfg.baselines)} on {nb} windows ({a.baseline_series} series): {base_s:.1f} s")
+    windows = {S: len(build_windows(test, codec, lm.tokenizer, S, cfg)) for S in cfg.contexts}
+    grammar = window_grammar(build_windows(test[:5], codec, lm.tokenizer, max(cfg.contexts), cfg), lm.tokenizer,
+                             codec, 2)
+    val_chunks = plan.train.val_batches * plan.train.batch_size
+    total, lines = plan_seconds(plan, arch, rate_at, windows, rate, base_s * len(test) / max(1, a.baseline_series),
+                                val_chunks, grammar)
+    print(f"whole plan {plan.name!r} ({plan.budget:.0e} FLOPs, {sum(windows.values())} test windows per evaluation), "
+          f"extrapolated: {total / 60:.1f} min")
+    print("\n".join(lines))
+    print(f"(the hardware limit by the reference count at the measured peak: {plan.budget / peak / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()

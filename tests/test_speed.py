@@ -1,0 +1,133 @@
+"""Speed features that must not change results: torch.compile, chunked cross-entropy, the out-of-memory
+message, random:DIR models (the batched LV-ODE fit, the device grammar and stored baselines are tested beside
+the code they replace, in test_evaluate.py, test_forecast.py and test_pipeline.py)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flopcast.chunks import IGNORE
+from flopcast.codec import LLMTimeCodec
+from flopcast.config import CodecConfig, LoraSpec, SimConfig, TrainConfig
+from flopcast.errors import FlopcastError, ModelNotAvailable
+from flopcast.ledger import Ledger
+from flopcast.models import attach_lora, load_model, resolve_arch, save_model
+from flopcast.train import train
+
+QWEN_ARCH = Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen2.5-0.5b-arch"
+CFG = dict(batch_size=2, seq_len=64, lr=3e-3, eval_every=4, checkpoint_every=5, val_batches=2, wandb=False)
+
+
+@pytest.fixture(scope="module")
+def data():
+    from flopcast.simulate import simulate
+
+    ds = simulate(SimConfig(n_systems=12, n_steps=30, seed=1))
+    return ds.series[:10], ds.series[10:], LLMTimeCodec.fit(CodecConfig(), ds.series[:10])
+
+
+def _train(run_dir, data, steps=3, ledger=None, **kw):
+    tr, va, codec = data
+    lm = load_model("tiny-qwen2", seed=0)
+    return train(lm.model, lm.tokenizer, codec, tr, va, LoraSpec(rank=4), TrainConfig(steps=steps, **{**CFG, **kw}),
+                 run_dir, ledger=ledger, name="t", model_name="tiny-qwen2", progress=False)
+
+
+def _losses(run_dir) -> list[float]:
+    rows = [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r] + [r["val_loss"] for r in rows if "val_loss" in r]
+
+
+@pytest.mark.slow
+def test_compiled_steps_give_the_eager_losses(tmp_path, data):
+    _train(tmp_path / "eager", data, steps=4, compile="off")
+    _train(tmp_path / "compiled", data, steps=4, compile="on")
+    eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
+    assert len(eager) == 5 and np.allclose(eager, compiled, rtol=1e-4, atol=1e-5)
+    assert (tmp_path / "compiled" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("head", ["full", "numeric"])
+def test_chunked_cross_entropy_equals_the_whole_batch(data, head):
+    """Loss and LoRA gradients are the same whether the head and loss run at once or over sequence chunks."""
+    from flopcast.heads import lm_loss, numeric_head, numeric_token_ids, remap_table
+
+    tr, _, codec = data
+    lm = load_model("tiny-qwen2", seed=0)
+    model = attach_lora(lm.model, LoraSpec(rank=2))
+    torch.manual_seed(1)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:  # B starts at zero: give the adapter something to differentiate
+            p.data.normal_(0, 0.1)
+    ids = [lm.tokenizer(codec.encode(s), add_special_tokens=False).input_ids[:33] for s in tr[:3]]
+    x = torch.tensor(ids)
+    batch = {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
+    batch["labels"][:, :4] = IGNORE
+    head_ids = numeric_token_ids(lm.tokenizer, codec.config) if head == "numeric" else None
+    table = remap_table(head_ids, lm.model.config.vocab_size, "cpu") if head_ids else None
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(max_bytes):
+        model.zero_grad()
+        loss = lm_loss(model, batch, table, max_logits_bytes=max_bytes, chunk_bytes=max_bytes)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    cols = len(head_ids) if head_ids else lm.model.config.vocab_size
+    with numeric_head(lm.model, head_ids) if head_ids else torch.enable_grad():
+        whole, gw = loss_and_grads(1 << 40)
+        chunked, gc = loss_and_grads(3 * cols * 4 * 5)  # chunks of 5 positions
+    assert torch.allclose(whole, chunked, atol=1e-6) and whole > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(gw, gc)) and any(g.abs().sum() > 0 for g in gw)
+
+
+def test_out_of_memory_is_one_line_naming_the_batch_that_fits(tmp_path, data, monkeypatch):
+    import flopcast.train as T
+
+    real = T._loss_fn
+
+    def limited(*a):  # a device on which only one sequence fits
+        fn = real(*a)
+
+        def loss(b):
+            if b["input_ids"].shape[0] > 1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 18.50 GiB")
+            return fn(b)
+        return loss
+
+    monkeypatch.setattr(T, "_loss_fn", limited)
+    lg = Ledger(tmp_path / "l.db", 1e13)
+    with pytest.raises(FlopcastError, match=r"^out of memory .* batch_size 4, seq_len 64 .*: batch_size 1 fits") as e:
+        _train(tmp_path / "run", data, ledger=lg, batch_size=4)
+    assert "\n" not in str(e.value)
+    (row,) = lg.entries()
+    from flopcast import flops as F
+
+    per_step = F.train_step(F.Arch.from_config(load_model("tiny-qwen2").model.config), 4, 64, F.LoraShape(4)).total
+    # the failed step and both probes (batch 2 fails, batch 1 fits) are charged: the ledger never undercounts
+    assert row.status == "failed" and row.flops_used == per_step + per_step * 2 // 4 + per_step // 4
+
+
+def test_random_dir_builds_the_architecture_without_weights(tmp_path):
+    saved = save_model(load_model("tiny-llama", seed=0), tmp_path / "arch")
+    (saved / "model.safetensors").unlink()  # only the config and the tokenizer are needed
+    lm = load_model(f"random:{saved}", seed=1)
+    assert type(lm.model).__name__ == "LlamaForCausalLM" and lm.model.config.hidden_size == 64
+    assert lm.tokenizer("1.5,2;", add_special_tokens=False).input_ids
+    assert resolve_arch(f"random:{saved}").vocab == lm.model.config.vocab_size
+    with pytest.raises(ModelNotAvailable, match="no config.json"):
+        load_model(f"random:{tmp_path / 'missing'}")
+
+
+def test_random_dir_of_the_real_qwen_architecture():
+    if not (QWEN_ARCH / "config.json").is_file():
+        pytest.skip("../shared/models/qwen2.5-0.5b-arch not present")
+    from dataclasses import replace
+
+    from flopcast.flops import arch_for
+
+    arch = resolve_arch(f"random:{QWEN_ARCH}")
+    assert replace(arch, name="") == replace(arch_for("qwen2.5-0.5b"), name="") and arch.vocab == 151936
