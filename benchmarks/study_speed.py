@@ -119,7 +119,7 @@ def plan_seconds(plan, arch, rate_at: dict[int, float], windows: dict[int, int],
     measured S), every evaluation's windows at the measured rate, baselines once; the lines that add up to it."""
     cfg, spent, total, lines = plan.eval, 0, base_s, [f"  baselines once            {base_s:8.1f} s"]
     n_eval = sum(windows.values())
-    ev_flops = sum(eval_bound(arch, n, S, cfg.horizon, cfg.batch_size, grammar) for S, n in windows.items())
+    ev_flops = sum(eval_bound(arch, n, S, cfg.horizon, grammar) for S, n in windows.items())
     train, lora = plan.train, plan.lora
     for st in plan.stages:
         runs, secs = st.candidates(train, lora), 0.0  # a stage on a base takes its lr/rank: the plan's stand in

@@ -149,3 +149,25 @@ def test_sigterm_during_eval_settles_the_ledger_and_exits_143(tmp_path, capsys, 
     # the finished batch stays counted, nothing stays reserved
     assert e.status == "failed" and 0 < e.flops_used < e.flops_planned
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main() put the default back
+
+
+def test_quiet_normal_verbose_output(tmp_path, sim_ds):
+    """A normal run prints flopcast's own output and no library warnings; -q only results; -v the libraries too."""
+    from flopcast.data import save_h5
+
+    data = save_h5(sim_ds, tmp_path / "d.h5")
+
+    def train(*flags, out):
+        args = [*flags, "train", "--model", "tiny-qwen2", "--data", str(data), "--steps", "2", "--seq-len", "64",
+                "--batch-size", "2", "--context", "64", "--max-series", "2", "--budget", "1e12", "-o", str(out)]
+        env = {**__import__("os").environ, "PYTHONWARNINGS": "default"}  # every warning shown unless filtered
+        r = subprocess.run([sys.executable, "-m", "flopcast", *args], capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout, r.stderr
+
+    out, err = train(out=tmp_path / "normal")
+    assert "MSE" in out and "FutureWarning" not in err and "DeprecationWarning" not in err
+    qout, qerr = train("-q", out=tmp_path / "quiet")
+    assert "MSE" in qout and "Warning" not in qerr and "%|" not in qerr  # no warnings, no progress bars
+    _, verr = train("-v", out=tmp_path / "verbose")
+    assert "Warning" in verr  # the libraries' own warnings (filtered above) are shown

@@ -167,3 +167,56 @@ def test_device_grammar_greedy_equals_python_grammar(style, seed):
     assert got.texts == ref
     assert got.steps == max(map(len, ref)) or (got.steps == 1 and not any(ref))
     assert sum(map(len, ref)) > 10  # the rows did generate
+
+
+def test_auto_batch_size_from_free_memory():
+    """"auto" is 16 rows on the CPU; on a GPU the rows whose KV cache and prefill activations fit in free memory."""
+    from types import SimpleNamespace
+
+    from flopcast.decode import CPU_BATCH, MAX_AUTO_BATCH, batch_for_memory, rows_per_batch
+
+    model, _ = _lively_tiny()
+    assert rows_per_batch("auto", model, 768, 60) == CPU_BATCH and rows_per_batch(7, model, 768, 60) == 7
+    qwen = SimpleNamespace(num_attention_heads=14, num_key_value_heads=2, hidden_size=896, intermediate_size=4864,
+                           num_hidden_layers=24, head_dim=64)
+    gib = 1 << 30
+    small, big = (batch_for_memory(f * gib, qwen, 768, 60, 2) for f in (4, 100))
+    assert 1 <= small < big <= MAX_AUTO_BATCH
+    kv_row = 2 * 24 * 2 * 64 * 828 * 2  # bytes of one row's KV cache in bf16
+    assert small * kv_row < 0.6 * 4 * gib  # what it plans fits in the share of free memory it may use
+    assert batch_for_memory(1 << 20, qwen, 768, 60, 2) == 1  # never less than one row
+    assert batch_for_memory(1 << 50, qwen, 768, 60, 2) == MAX_AUTO_BATCH
+
+
+def test_a_failing_compiled_decode_step_warns_and_decodes_eagerly(monkeypatch):
+    import torch
+
+    from flopcast import decode
+
+    model, tok = _lively_tiny()
+    codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
+    ctx = _contexts(np.random.default_rng(3), 4)
+    eager = forecast(model, tok, codec, ctx, ForecastConfig(horizon=3, compile="off"))
+
+    def broken(fn, **kw):
+        def run(*a):
+            raise RuntimeError("backend compiler failed\nlong trace")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(UserWarning, match=r"compiled decoding failed \(RuntimeError: backend compiler failed\)"):
+        res = forecast(model, tok, codec, ctx, ForecastConfig(horizon=3, compile="on"))
+    assert res.texts == eager.texts
+    assert not decode.use_compiled_decoding("off", "cuda") and decode.use_compiled_decoding(None, "cuda")
+    assert not decode.use_compiled_decoding("auto", "cpu")
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_gives_the_eager_tokens():
+    """torch.compile of the decode step (static shapes: the mask covers the whole cache) changes no token."""
+    model, tok = _lively_tiny()
+    codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
+    ctx = _contexts(np.random.default_rng(4), 6)
+    eager = forecast(model, tok, codec, ctx, ForecastConfig(horizon=4, batch_size=3, compile="off"))
+    compiled = forecast(model, tok, codec, ctx, ForecastConfig(horizon=4, batch_size=3, compile="on"))
+    assert compiled.texts == eager.texts and len({t[0] for t in eager.texts}) > 1

@@ -131,3 +131,41 @@ def test_random_dir_of_the_real_qwen_architecture():
 
     arch = resolve_arch(f"random:{QWEN_ARCH}")
     assert replace(arch, name="") == replace(arch_for("qwen2.5-0.5b"), name="") and arch.vocab == 151936
+
+
+def _adapter_tensors(run_dir) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(Path(run_dir) / "adapter" / "adapter_model.safetensors")
+
+
+def test_loss_read_every_few_steps_changes_nothing(tmp_path, data):
+    """Losses left on the device and read every 3 steps (as on a GPU): the same log, the same adapter."""
+    _train(tmp_path / "each", data, steps=7, sync_every=1)
+    _train(tmp_path / "few", data, steps=7, sync_every=3)
+    rows = [[{k: v for k, v in json.loads(ln).items() if k != "time"}
+             for ln in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("each", "few")]
+    assert rows[0] == rows[1] and len([r for r in rows[0] if "loss" in r]) == 7
+    a, b = _adapter_tensors(tmp_path / "each"), _adapter_tensors(tmp_path / "few")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_divergence_read_late_keeps_the_weights_before_it(tmp_path, data, monkeypatch):
+    """A NaN loss at step 3, read only at step 4: step 3 and every step after it are skipped on the device, so
+    the adapter is the one after step 2, and the run is diverged with all four steps charged."""
+    import flopcast.train as T
+
+    _train(tmp_path / "two", data, steps=2)
+    real, calls = T._loss_fn, []
+
+    def poisoned(*a):
+        fn = real(*a)
+        return lambda b: calls.append(1) or fn(b) * (float("nan") if len(calls) == 3 else 1.0)
+
+    monkeypatch.setattr(T, "_loss_fn", poisoned)
+    res = _train(tmp_path / "late", data, steps=8, sync_every=4, eval_every=100, checkpoint_every=100)
+    assert res.status == "diverged" and res.steps == 4 and len(calls) == 4
+    losses = _losses(tmp_path / "late")
+    assert len(losses) == 4 and np.isnan(losses[2]) and np.isfinite(losses[3])  # step 4 ran on step 2's weights
+    a, b = _adapter_tensors(tmp_path / "two"), _adapter_tensors(tmp_path / "late")
+    assert all(torch.equal(a[k], b[k]) for k in a)

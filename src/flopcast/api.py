@@ -82,7 +82,7 @@ class Forecaster:
         fcfg = replace(fcfg, max_int_digits=grammar.max_int)
         longest = max(map(len, prompts))
         with forecast_reservation(self.ledger, self.model, name, "forecast", len(prompts) * samples, longest, horizon,
-                                  batch_size, grammar, model=self.model_name) as charge:
+                                  grammar, model=self.model_name) as charge:
             res = forecast_prompts(self.model, self.tokenizer, self.codec, prompts, alphas, n_vars, fcfg,
                                    [""] * len(prompts), progress=progress, on_batch=charge_batches(charge, self.model))
         res.contexts = contexts

@@ -165,22 +165,36 @@ class SplitConfig:
         _check(self.seed >= 0, f"split seed must be >= 0, got {self.seed}")
 
 
+COMPILE = ("auto", "on", "off")
+
+
+def _check_batch(batch_size, what: str = "batch_size") -> None:
+    ok = batch_size == "auto" or (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1)
+    _check(ok, f"{what} must be >= 1 or \"auto\" (from free GPU memory), got {batch_size!r}")
+
+
+def _check_compile(setting) -> None:
+    _check(setting is None or setting in COMPILE, f"compile must be one of {COMPILE}, got {setting!r}")
+
+
 @dataclass(frozen=True)
 class ForecastConfig:
     """Forecasting: ``horizon`` steps, greedy unless ``n_samples > 1`` (then median + quantiles)."""
 
     horizon: int = 5
-    batch_size: int = 16
+    batch_size: int | str = 16         # or "auto": as many rows as fit in a GPU's free memory (16 on CPU)
     n_samples: int = 1
     temperature: float = 1.0
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     max_int_digits: int | None = None  # None: derived from the prompts (see grammar.int_digits_for)
     seed: int = 0
+    compile: str | None = None         # compiled decode step: "on", "off", "auto" (= None: on for CUDA)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantiles", tuple(self.quantiles))
         _check(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
-        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check_batch(self.batch_size)
+        _check_compile(self.compile)
         _check(self.n_samples >= 1, f"n_samples must be >= 1, got {self.n_samples}")
         _check(finite(self.temperature) and self.temperature > 0,
                f"temperature must be a finite number > 0, got {self.temperature}")
@@ -218,9 +232,10 @@ class EvalConfig:
     split: str = "test"
     max_series: int | None = None
     baselines: tuple[str, ...] = BASELINES
-    batch_size: int = 16
+    batch_size: int | str = 16         # windows decoded together; "auto": from a GPU's free memory (16 on CPU)
     n_boot: int = 1000
     seed: int = 0
+    compile: str | None = None         # compiled decode step: "on", "off", "auto" (= None: on for CUDA)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "contexts", tuple(int(c) for c in self.contexts))
@@ -233,7 +248,8 @@ class EvalConfig:
         _check(self.window_stride_tokens >= 1, "window_stride_tokens must be >= 1")
         _check(self.split in ("train", "val", "test"), f"split must be train, val or test, got {self.split!r}")
         _check(self.max_series is None or self.max_series >= 1, f"max_series must be >= 1, got {self.max_series}")
-        _check(self.batch_size >= 1, f"eval batch_size must be >= 1, got {self.batch_size}")
+        _check_batch(self.batch_size, "eval batch_size")
+        _check_compile(self.compile)
         _check(self.n_boot >= 0 and self.seed >= 0, f"n_boot and seed must be >= 0, got {self.n_boot}, {self.seed}")
         unknown = set(self.baselines) - set(BASELINES)
         _check(not unknown, f"unknown baseline(s) {sorted(unknown)} ({', '.join(BASELINES)})")
@@ -241,8 +257,7 @@ class EvalConfig:
 
 SCHEDULES = ("constant", "cosine", "linear")
 HEADS = ("full", "numeric")
-COMPILE = ("auto", "on", "off")
-NOT_FINGERPRINTED = ("wandb", "checkpoint_every", "compile")  # training settings that change no result
+NOT_FINGERPRINTED = ("wandb", "checkpoint_every", "compile", "sync_every")  # training settings that change no result
 
 
 @dataclass(frozen=True)
@@ -266,6 +281,7 @@ class TrainConfig:
     head: str = "full"                 # "numeric": train the LM head's softmax over the series' tokens only
     wandb: bool = True                 # log to wandb when installed (offline unless logged in)
     compile: str | None = None         # torch.compile the model body: "on", "off", "auto" (= None: on for CUDA)
+    sync_every: int | None = None      # steps between reads of the loss from the device (None: 1 on CPU, 16 on GPU)
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
@@ -284,8 +300,8 @@ class TrainConfig:
         _check(self.max_flops is None or (finite(self.max_flops) and self.max_flops > 0),
                f"max_flops must be a finite number > 0, got {self.max_flops}")
         _check(self.head in HEADS, f"head must be one of {HEADS}, got {self.head!r}")
-        _check(self.compile is None or self.compile in COMPILE,
-               f"compile must be one of {COMPILE}, got {self.compile!r}")
+        _check_compile(self.compile)
+        _check(self.sync_every is None or self.sync_every >= 1, f"sync_every must be >= 1, got {self.sync_every}")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
 
 

@@ -68,19 +68,17 @@ def val_chunks_used(n_chunks: int, cfg: TrainConfig) -> int:
     return min(n_chunks, cfg.val_batches * cfg.batch_size)
 
 
-def generation_bound(arch: Arch, n_prompts: int, prompt_len: int, new_tokens: int, batch: int = 16,
+def generation_bound(arch: Arch, n_prompts: int, prompt_len: int, new_tokens: int,
                      lora: LoraShape | None = None) -> int:
-    """FLOPs to generate ``new_tokens`` after each of ``n_prompts`` prompts of ``prompt_len`` tokens, in batches."""
-    full, rest = divmod(n_prompts, batch)
-    total = full * generate_total(arch, batch, prompt_len, new_tokens, lora)
-    return total + (generate_total(arch, rest, prompt_len, new_tokens, lora) if rest else 0)
+    """FLOPs to generate ``new_tokens`` after each of ``n_prompts`` prompts of ``prompt_len`` tokens (the count is
+    linear in the batch, so how the prompts are batched does not change it)."""
+    return generate_total(arch, n_prompts, prompt_len, new_tokens, lora)
 
 
-def eval_bound(arch: Arch, n_windows: int, S: int, horizon: int, batch: int, grammar,
-               lora: LoraShape | None = None) -> int:
+def eval_bound(arch: Arch, n_windows: int, S: int, horizon: int, grammar, lora: LoraShape | None = None) -> int:
     """Upper bound on an evaluation's (or forecast's) FLOPs: every one of ``n_windows`` prompts of up to ``S``
     tokens generates the longest output ``grammar`` (an LLMTimeGrammar) allows for ``horizon`` steps."""
-    return generation_bound(arch, n_windows, S, grammar.max_tokens(horizon), batch, lora)
+    return generation_bound(arch, n_windows, S, grammar.max_tokens(horizon), lora)
 
 
 def batch_flops(arch: Arch, batch: dict, lora: LoraShape | None = None) -> int:

@@ -45,7 +45,7 @@ def window_grammar(windows: list[Window], tokenizer, codec: LLMTimeCodec, n_vars
 
 
 def forecast_reservation(ledger, forecaster, name: str, kind: str, n_prompts: int, prompt_len: int, horizon: int,
-                         batch_size: int, grammar: LLMTimeGrammar, **fields):
+                         grammar: LLMTimeGrammar, **fields):
     """``ledger.reserved`` for a forecast of ``n_prompts`` prompts of up to ``prompt_len`` tokens
     (a no-op without a ledger)."""
     from contextlib import nullcontext
@@ -53,7 +53,7 @@ def forecast_reservation(ledger, forecaster, name: str, kind: str, n_prompts: in
     if ledger is None:
         return nullcontext(Charge())
     arch, lora = model_shape(forecaster)
-    return ledger.reserved(name, kind, eval_bound(arch, n_prompts, prompt_len, horizon, batch_size, grammar, lora),
+    return ledger.reserved(name, kind, eval_bound(arch, n_prompts, prompt_len, horizon, grammar, lora),
                            **fields)
 
 
@@ -61,12 +61,13 @@ def _dt(ds: Dataset) -> float:
     return float(ds.time[1] - ds.time[0]) if ds.time is not None and len(ds.time) > 1 else 1.0
 
 
-def forecast_windows(model, tokenizer, codec: LLMTimeCodec, windows: list[Window], horizon: int, batch_size: int,
-                     progress: bool = False, charge=None, int_digits: int | None = None) -> ForecastResult:
+def forecast_windows(model, tokenizer, codec: LLMTimeCodec, windows: list[Window], horizon: int,
+                     batch_size: int | str, progress: bool = False, charge=None, int_digits: int | None = None,
+                     compile: str | None = None) -> ForecastResult:
     """Forecast every window; with ``charge`` (a ledger :class:`Charge`), FLOPs are added batch by batch,
     so an interrupted forecast still counts the batches it finished."""
     n_vars = windows[0].truth.shape[1]
-    fcfg = ForecastConfig(horizon=horizon, batch_size=batch_size, max_int_digits=int_digits)
+    fcfg = ForecastConfig(horizon=horizon, batch_size=batch_size, max_int_digits=int_digits, compile=compile)
     on_batch = charge_batches(charge, model) if charge is not None else None
     return forecast_prompts(model, tokenizer, codec, [w.prompt for w in windows], np.array([w.alpha for w in windows]),
                             n_vars, fcfg, [w.prefix for w in windows], progress=progress, skip_first_partial=True,
@@ -94,10 +95,11 @@ def _forecast_context(model, tokenizer, codec: LLMTimeCodec, wins: list[Window],
     """Forecast one context length's windows, charging the ledger batch by batch."""
     t0 = time.time()
     grammar = window_grammar(wins, tokenizer, codec, wins[0].truth.shape[1])
-    with forecast_reservation(ledger, model, name, "eval", len(wins), S, cfg.horizon, cfg.batch_size, grammar,
-                              model=model_name, seq=S, batch=cfg.batch_size) as charge:
+    batch = cfg.batch_size if isinstance(cfg.batch_size, int) else None  # "auto": chosen per batch of rows
+    with forecast_reservation(ledger, model, name, "eval", len(wins), S, cfg.horizon, grammar, model=model_name, seq=S,
+                              batch=batch) as charge:
         fr = forecast_windows(model, tokenizer, codec, wins, cfg.horizon, cfg.batch_size, progress, charge,
-                              grammar.max_int)
+                              grammar.max_int, cfg.compile)
     return {"point": fr.point, "flops": int(charge.used), "wall_s": time.time() - t0, "capped_rate": fr.capped_rate,
             "int_digits": grammar.max_int}
 

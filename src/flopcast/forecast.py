@@ -13,7 +13,6 @@ Values may have one more integer digit than the largest value in the prompts (at
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,6 +23,7 @@ from .automaton import TokenAutomaton
 from .codec import LLMTimeCodec
 from .config import ForecastConfig
 from .costs import batch_flops, model_shape
+from .decode import DecodeStep, generate_constrained, rows_per_batch, use_compiled_decoding
 from .errors import FlopcastError
 from .grammar import LLMTimeGrammar, int_digits_for, longest_int_part
 from .heads import numeric_head
@@ -55,73 +55,9 @@ class ForecastResult:
         return float(self.capped.mean()) if self.capped is not None and len(self.capped) else 0.0
 
 
-def _cache_kwarg(model) -> str:
-    """The forward argument that takes the KV cache: ``cache`` (transformers >= 5.2x), else ``past_key_values``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
 def _batches(order: np.ndarray, size: int):
     for i in range(0, len(order), size):
         yield order[i:i + size]
-
-
-@dataclass
-class Generation:
-    texts: list[str]  # generated characters per row
-    steps: int        # decode steps run (the batch's generated length, as computed)
-
-
-def _left_padded(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    B, L = len(prompts), max(len(p) for p in prompts)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, L), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, L - len(p):] = torch.tensor(p)
-        attn[i, L - len(p):] = 1
-    ids, attn = ids.to(device, non_blocking=True), attn.to(device, non_blocking=True)
-    return ids, attn, (attn.cumsum(-1) - 1).clamp(min=0)
-
-
-@torch.no_grad()
-def generate_constrained(model, prompts: list[list[int]], automaton: TokenAutomaton, targets: list[int],
-                         prefixes: list[str], pad_id: int, greedy: bool = True, temperature: float = 1.0,
-                         generator: torch.Generator | None = None, max_new_tokens: int | None = None,
-                         check_every: int = 1) -> Generation:
-    """Generate for one batch of token-id prompts. Grammar state lives on the device (see
-    :mod:`flopcast.automaton`); the host looks only at whether every row is done, every ``check_every`` steps.
-    The KV cache is allocated once for the whole generation (no copy per step), and the head computes only the
-    grammar's columns (the characters it can ever allow): the same logits for those tokens, a fraction of the work."""
-    device = next(model.parameters()).device
-    ids, attn, pos = _left_padded(prompts, pad_id, device)
-    state, steps, target = automaton.start(targets, prefixes, device)
-    limit = max_new_tokens or automaton.grammar.max_tokens(max(targets))
-    L = ids.shape[1]
-    cache = _kv_cache(model, L + limit)
-    written = torch.full((len(prompts), limit), -1, dtype=torch.long, device=device)
-    one = torch.ones((len(prompts), 1), dtype=attn.dtype, device=device)
-    with numeric_head(model, automaton.token_ids.tolist()):
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
-                       **cache).logits[:, -1, :]
-        for t in range(limit):
-            done = steps >= target
-            char = automaton.choose(logits, state, done, greedy, temperature, generator)
-            written[:, t] = torch.where(done, -1, char)
-            state, steps = automaton.advance(state, steps, char, ~done)
-            if (t + 1) % check_every == 0 and bool((steps >= target).all()):
-                break
-            attn, pos = torch.cat([attn, one], dim=1), pos[:, -1:] + 1
-            logits = model(input_ids=automaton.token_ids[char][:, None], attention_mask=attn, position_ids=pos,
-                           cache_position=torch.tensor([L + t], device=device), use_cache=True,
-                           **cache).logits[:, -1, :]
-    return Generation(automaton.text(written), t + 1)
-
-
-def _kv_cache(model, length: int) -> dict:
-    """The forward's cache argument: a cache of ``length`` positions allocated up front (``StaticCache``)."""
-    from transformers import StaticCache
-
-    return {_cache_kwarg(model): StaticCache(config=model.config, max_cache_len=length)}
 
 
 def encode_contexts(codec: LLMTimeCodec, contexts: list[np.ndarray]) -> tuple[list[str], np.ndarray]:
@@ -164,30 +100,36 @@ def forecast_prompts(model, tokenizer, codec: LLMTimeCodec, prompts: list[list[i
 
 def _generate_rows(model, tokenizer, grammar: LLMTimeGrammar, prompts, prefixes, extra, cfg: ForecastConfig, progress,
                    on_batch) -> tuple[dict[tuple[int, int], str], list[dict]]:
-    """Generated text per (series, sample) row, in batches of rows sorted by prompt length (little padding)."""
+    """Generated text per (series, sample) row, in batches of rows sorted by prompt length (little padding).
+    The head computes only the grammar's columns (the characters it can ever allow): the same logits for those
+    tokens, a fraction of the work."""
     device = next(model.parameters()).device
     automaton = TokenAutomaton(grammar, tokenizer, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = [(i, k) for i in range(len(prompts)) for k in range(cfg.n_samples)]
     order = np.argsort([-len(prompts[i]) for i, _ in rows], kind="stable")
+    size = rows_per_batch(cfg.batch_size, model, len(prompts[rows[order[0]][0]]),
+                          grammar.max_tokens(cfg.horizon + max(extra)))
     gen = torch.Generator().manual_seed(cfg.seed)
     out_text: dict[tuple[int, int], str] = {}
     batches: list[dict] = []
-    it = list(_batches(order, cfg.batch_size))
+    it = list(_batches(order, size))
     if progress:
         from tqdm.auto import tqdm
 
         it = tqdm(it, desc="forecast", unit="batch", disable=None)
-    for b in it:
-        sel = [rows[k] for k in b]
-        res = generate_constrained(
-            model, [prompts[i] for i, _ in sel], automaton, [cfg.horizon + extra[i] for i, _ in sel],
-            [prefixes[i] for i, _ in sel], pad_id, greedy=cfg.greedy, temperature=cfg.temperature, generator=gen,
-            check_every=1 if device.type == "cpu" else CUDA_CHECK_EVERY)
-        out_text.update(zip(sel, res.texts))
-        batches.append({"B": len(sel), "prompt_len": max(len(prompts[i]) for i, _ in sel), "new_tokens": res.steps})
-        if on_batch:
-            on_batch(batches[-1])
+    with numeric_head(model, automaton.token_ids.tolist()):
+        step = DecodeStep(model, use_compiled_decoding(cfg.compile, device))
+        for b in it:
+            sel = [rows[k] for k in b]
+            res = generate_constrained(
+                model, [prompts[i] for i, _ in sel], automaton, [cfg.horizon + extra[i] for i, _ in sel],
+                [prefixes[i] for i, _ in sel], pad_id, greedy=cfg.greedy, temperature=cfg.temperature, generator=gen,
+                check_every=1 if device.type == "cpu" else CUDA_CHECK_EVERY, step=step)
+            out_text.update(zip(sel, res.texts))
+            batches.append({"B": len(sel), "prompt_len": res.prompt_len, "new_tokens": res.steps})
+            if on_batch:
+                on_batch(batches[-1])
     return out_text, batches
 
 

@@ -86,12 +86,14 @@ def lm_loss(model, batch: dict[str, torch.Tensor], table: torch.Tensor | None = 
     of a :class:`SubsetHead`). When a batch's fp32 logits would exceed ``max_logits_bytes``, the head and the
     loss run over sequence chunks of ``chunk_bytes`` of logits, each recomputed in the backward pass (activation
     checkpointing), so one chunk's logits are alive at a time: B=64 x S=512 x 152k columns would otherwise take
-    20 GiB. Below the threshold (the reference plan's B=4, S<=768 on Qwen2.5) nothing changes."""
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    20 GiB. Below the threshold (the reference plan's B=4, S<=768 on Qwen2.5) nothing changes, and so it is for a
+    model wrapped in DistributedDataParallel (several processes), whose gradients are synchronised by its forward."""
+    inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    causal = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     head = causal.get_output_embeddings()
     B, S = batch["input_ids"].shape
     cols = len(head.ids) if isinstance(head, SubsetHead) else head.weight.shape[0]
-    if B * S * cols * 4 <= max_logits_bytes:
+    if B * S * cols * 4 <= max_logits_bytes or inner is not model:  # under DDP, through its forward (grad sync)
         if table is None:
             return model(**batch).loss
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

@@ -22,6 +22,8 @@ import os
 import re
 import shutil
 import socket
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -289,6 +291,15 @@ def add_lm_head_bias(model) -> None:
         head.bias = torch.nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
 
 
+@contextmanager
+def _peft_quietly():
+    """PEFT (0.21) reads transformers' deprecated ``is_gradient_checkpointing`` when it wraps a model, and
+    transformers warns about it each time: PEFT's deprecation, not one a flopcast user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def attach_lora(model, lora: LoraSpec):
     """Wrap ``model`` in a PEFT LoRA model; only adapter weights (and the optional head bias) train."""
     from peft import LoraConfig, get_peft_model
@@ -301,7 +312,8 @@ def attach_lora(model, lora: LoraSpec):
         add_lm_head_bias(model)
     cfg = LoraConfig(r=lora.rank, lora_alpha=lora.lora_alpha, lora_dropout=lora.dropout,
                      target_modules=list(lora.targets), bias="none", task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, cfg)
+    with _peft_quietly():
+        peft_model = get_peft_model(model, cfg)
     if lora.train_lm_head_bias:
         peft_model.get_output_embeddings().bias.requires_grad_(True)
     return peft_model
@@ -351,7 +363,8 @@ def load_adapter(model, directory: str | Path, trainable: bool = False):
         head = model.get_output_embeddings()
         with __import__("torch").no_grad():
             head.bias.copy_(bias.to(head.bias.dtype))
-    pm = PeftModel.from_pretrained(model, d, is_trainable=trainable)
+    with _peft_quietly():
+        pm = PeftModel.from_pretrained(model, d, is_trainable=trainable)
     return pm
 
 

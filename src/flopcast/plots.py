@@ -1,4 +1,8 @@
-"""Matplotlib figures (Agg backend, written to PNG). No torch."""
+"""Matplotlib figures, written to PNG. No torch.
+
+Figures are made without pyplot (``matplotlib.figure.Figure`` renders PNG by itself), so flopcast neither
+switches the process's backend nor keeps figures open: a notebook that runs a study still shows its own plots.
+"""
 
 from __future__ import annotations
 
@@ -9,31 +13,28 @@ import numpy as np
 from .data import Dataset
 
 
-def _plt():
-    import matplotlib
+def subplots(nrows: int = 1, ncols: int = 1, **kw):
+    """``plt.subplots`` without pyplot: a (figure, axes) pair that no backend knows of."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    figsize = kw.pop("figsize", None)
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
 
 
 def save_figure(fig, path: str | Path, dpi: int = 90) -> Path:
-    """Lay out, write as PNG (creating the folder) and close a figure."""
-    plt = _plt()
+    """Lay out and write a figure as PNG (creating the folder)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(p, dpi=dpi)
-    plt.close(fig)
     return p
 
 
 def plot_series(ds: Dataset, path: str | Path, n: int = 4) -> Path:
     """A grid of the first ``n`` series, one line per variable."""
-    plt = _plt()
     n = max(1, min(n, ds.n_series))
-    fig, axes = plt.subplots(n, 1, figsize=(8, 2.0 * n), sharex=True, squeeze=False)
+    fig, axes = subplots(n, 1, figsize=(8, 2.0 * n), sharex=True, squeeze=False)
     for i, ax in enumerate(axes[:, 0]):
         s = ds.series[i]
         t = ds.time[: len(s)] if ds.time is not None else np.arange(len(s))
@@ -49,14 +50,13 @@ def plot_series(ds: Dataset, path: str | Path, n: int = 4) -> Path:
 def plot_forecasts(windows, preds: dict, path: str | Path, n: int = 4, variables=("prey", "predator"),
                    quantiles: dict | None = None) -> Path:
     """Context + truth + forecasts (model and baselines) for ``n`` windows of different series."""
-    plt = _plt()
     first: dict[int, int] = {}
     for k, w in enumerate(windows):  # the last window of each series (the longest history)
         first[w.series] = k
     picks = (list(first.values()) + [k for k in range(len(windows)) if k not in first.values()])[:max(1, n)]
     n = len(picks)
     V = windows[0].truth.shape[1]
-    fig, axes = plt.subplots(n, V, figsize=(5 * V, 2.2 * n), squeeze=False)
+    fig, axes = subplots(n, V, figsize=(5 * V, 2.2 * n), squeeze=False)
     for row, r in enumerate(picks):
         w = windows[r]
         c, H = len(w.context), len(w.truth)
@@ -78,9 +78,8 @@ def plot_forecasts(windows, preds: dict, path: str | Path, n: int = 4, variables
 
 def plot_error_vs_horizon(result, path: str | Path) -> Path:
     """MAE per horizon step for every method, one panel per context length (``result``: an EvalResult)."""
-    plt = _plt()
     ctxs = list(result.contexts)
-    fig, axes = plt.subplots(1, len(ctxs), figsize=(4.5 * len(ctxs), 3.2), squeeze=False)
+    fig, axes = subplots(1, len(ctxs), figsize=(4.5 * len(ctxs), 3.2), squeeze=False)
     for ax, S in zip(axes[0], ctxs):
         for method, m in result.contexts[S].scores.items():
             if m.mae_per_step:

@@ -96,7 +96,7 @@ def archive_stages(out: Path, names: tuple[str, ...]) -> list[Path]:
 def eval_cost(study: "Study", lora=None) -> int:
     """Bound of one stage's evaluation over every context length (what it reserves before it starts)."""
     cfg = study.plan.eval
-    return sum(eval_bound(study.arch, len(wins), S, cfg.horizon, cfg.batch_size, grammar, lora)
+    return sum(eval_bound(study.arch, len(wins), S, cfg.horizon, grammar, lora)
                for S, (wins, grammar) in study.eval_windows.items() if wins)
 
 

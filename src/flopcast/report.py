@@ -10,7 +10,7 @@ import numpy as np
 from .config import BASELINES, load_toml
 from .display import number
 from .ledger import Ledger
-from .plots import _plt, save_figure
+from .plots import save_figure, subplots
 from .results import RunResult, StageResult, StudyResult
 
 
@@ -28,8 +28,7 @@ def _loss_curves(stages: dict[str, StageResult], path: Path) -> Path | None:
     runs = _runs(stages)
     if not runs:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, ax = subplots(1, 2, figsize=(11, 3.6))
     for r in runs:
         f = Path(r.dir) / "metrics.jsonl"
         if not f.is_file():
@@ -62,8 +61,7 @@ def _grid_heatmap(stage: str, res: StageResult, path: Path) -> Path | None:
     grid = np.full((len(lrs), len(ranks)), np.nan)
     for r in runs:
         grid[lrs.index(r.lr), ranks.index(r.rank)] = r.val_loss
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.6 * len(ranks) + 2, 1.2 * len(lrs) + 1.2))
+    fig, ax = subplots(figsize=(1.6 * len(ranks) + 2, 1.2 * len(lrs) + 1.2))
     im = ax.imshow(grid, cmap="viridis_r")
     ax.set_xticks(range(len(ranks)), [f"r={r}" for r in ranks])
     ax.set_yticks(range(len(lrs)), [f"lr={lr:g}" for lr in lrs])
@@ -79,8 +77,7 @@ def _context_curve(stage: str, res: StageResult, path: Path) -> Path | None:
     runs = _scored_runs(res)
     if len(runs) < 2:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.3))
+    fig, ax = subplots(figsize=(5, 3.3))
     ax.plot([r.seq_len for r in runs], [r.val_loss for r in runs], marker="o")
     ax.set_xlabel("training context S (tokens)")
     ax.set_ylabel("validation loss")

@@ -42,7 +42,8 @@ def series_sha256(*groups: list[np.ndarray]) -> str:
 
 
 def run_fingerprint(model_name: str, lora: LoraSpec, cfg: TrainConfig, codec_state: dict, data_sha: str) -> str:
-    key = {"model": model_name, "lora": to_dict(lora), "train": to_dict(cfg), "codec": codec_state, "data": data_sha}
+    train = {k: v for k, v in to_dict(cfg).items() if k not in NOT_FINGERPRINTED}
+    key = {"model": model_name, "lora": to_dict(lora), "train": train, "codec": codec_state, "data": data_sha}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -50,27 +50,52 @@ class BatchOrder:
 
 
 def make_batch(chunks: Chunks, idx: np.ndarray, device) -> dict[str, torch.Tensor]:
+    """Rows ``idx`` of ``chunks`` on ``device``; chunks already there (see :func:`on_device`) are indexed in place,
+    with no copy from the host."""
     keys = ("input_ids", "attention_mask", "labels")
+    if isinstance(chunks.input_ids, torch.Tensor):
+        i = torch.as_tensor(idx, dtype=torch.long).to(chunks.input_ids.device, non_blocking=True)
+        return {k: getattr(chunks, k).index_select(0, i) for k in keys}
     return {k: torch.as_tensor(getattr(chunks, k)[idx], device=device) for k in keys}
 
 
-def train_step(model, optimizer, batch: dict, loss_fn: Callable[[dict], torch.Tensor], lr: float,
-               grad_clip: float = 0.0,
-               acc=None, params: list | None = None) -> float:
-    """One optimizer step on ``batch`` at learning rate ``lr``; returns the loss (mean over processes).
+def on_device(chunks: Chunks | None, device) -> Chunks | None:
+    """``chunks`` as tensors on an accelerator (a few MB), so a training step copies nothing from the host;
+    on the CPU they stay as they are."""
+    if chunks is None or torch.device(device).type == "cpu":
+        return chunks
+    return Chunks(*(torch.as_tensor(a).to(device) for a in (chunks.input_ids, chunks.attention_mask, chunks.labels)))
 
-    A non-finite loss leaves the weights as they were: the caller stops, the run diverged.
+
+def make_optimizer(params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW, fused (one kernel for every parameter): it can skip a step on the device (see :func:`train_step`)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
+def train_step(model, optimizer, batch: dict, loss_fn: Callable[[dict], torch.Tensor], lr: float,
+               grad_clip: float = 0.0, acc=None, params: list | None = None,
+               skip: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimizer step on ``batch`` at learning rate ``lr``; returns the loss (mean over processes) as a
+    0-d tensor on the device: nothing here waits for the device, reading the loss does.
+
+    A non-finite loss leaves the weights as they were: the fused optimizer skips its update on the device
+    (``found_inf``). With ``skip`` (a 0-d bool tensor, updated in place), every step after a non-finite loss is
+    skipped too, until the caller reads the losses and stops: the run diverged at that step.
     """
     for g in optimizer.param_groups:
         g["lr"] = lr
     loss = loss_fn(batch)
     (acc.backward if acc is not None else torch.Tensor.backward)(loss)
-    value = float(acc.reduce(loss.detach(), reduction="mean") if acc is not None else loss.detach())
-    if math.isfinite(value):
-        if grad_clip:
-            params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-            (acc.clip_grad_norm_ if acc is not None else torch.nn.utils.clip_grad_norm_)(params, grad_clip)
-        optimizer.step()
+    value = (acc.reduce(loss.detach(), reduction="mean") if acc is not None else loss.detach()).float()
+    bad = ~torch.isfinite(value)
+    if skip is not None:
+        bad = skip.logical_or_(bad)
+    if grad_clip:
+        params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+        (acc.clip_grad_norm_ if acc is not None else torch.nn.utils.clip_grad_norm_)(params, grad_clip)
+    inner = getattr(optimizer, "optimizer", optimizer)  # under Accelerate, the optimizer it wraps
+    inner.found_inf = bad.float()
+    optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return value
 
@@ -89,8 +114,8 @@ def validation_loss(model, chunks: Chunks | None, batch: int, acc, loss_fn=None)
         if len(idx) == 0:
             continue
         b = make_batch(chunks, idx, acc.device)
-        k = int((b["labels"][:, 1:] != IGNORE).sum())
-        tot += torch.tensor([float(loss_fn(b)) * k, k], dtype=torch.float64, device=acc.device)
+        k = (b["labels"][:, 1:] != IGNORE).sum().double()
+        tot += torch.stack([loss_fn(b).double() * k, k])  # summed on the device: one read at the end
     tot = acc.reduce(tot, reduction="sum")
     model.train(was)
     return float(tot[0] / max(float(tot[1]), 1.0))

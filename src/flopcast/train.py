@@ -34,7 +34,7 @@ import signal
 import sys
 import time
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,7 +54,9 @@ from .lock import DirLock
 from .models import attach_lora, load_adapter, save_adapter, trainable_parameters
 from .rundir import TrainResult, finished_run, run_fingerprint, series_sha256, truncate_log
 from .signals import StopRequest
-from .steps import BatchOrder, lr_at, make_batch, train_step, validation_loss
+from .steps import BatchOrder, lr_at, make_batch, make_optimizer, on_device, train_step, validation_loss
+
+SYNC_EVERY_ACCELERATOR = 16
 
 
 @dataclass
@@ -84,6 +86,9 @@ class Run:
     tracker: Any = None
     wall0: float = 0.0
     t0: float = 0.0
+    sync_every: int = 1          # steps between reads of the loss from the device
+    skip: torch.Tensor | None = None  # set on the device by a non-finite loss: later updates are skipped
+    pending: list = field(default_factory=list)  # (step, lr, flops, time, loss on the device) not read yet
 
     @property
     def main(self) -> bool:
@@ -151,10 +156,11 @@ def setup(acc, base_model, tokenizer, codec: LLMTimeCodec, train_series, val_ser
         head_ids = head_ids_for(tokenizer, codec.config, chunks.labels, *([] if val is None else [val.labels]))
     cost = run_cost(Arch.from_config(base_model.config), cfg, lora_shape(lora), len(val or []),
                     len(head_ids) if head_ids else None)
-    run = Run(Path(run_dir), name, model_name, cfg, lora, acc, model, opt, params, chunks, val,
-              _loss_fn(model, head_ids, base_model.config.vocab_size, acc.device), head_ids, cost, state,
-              BatchOrder(len(chunks), cfg.batch_size, cfg.seed, **state.order), ckpt, codec.state(), ledger,
-              wall0=state.wall, t0=time.time())
+    run = Run(Path(run_dir), name, model_name, cfg, lora, acc, model, opt, params, on_device(chunks, acc.device),
+              on_device(val, acc.device), _loss_fn(model, head_ids, base_model.config.vocab_size, acc.device),
+              head_ids, cost, state, BatchOrder(len(chunks), cfg.batch_size, cfg.seed, **state.order), ckpt,
+              codec.state(), ledger, wall0=state.wall, t0=time.time(), sync_every=sync_every(cfg, acc.device),
+              skip=torch.zeros((), dtype=torch.bool, device=acc.device))
     if run.main:
         _ledger_row(run, ledger)
         _write_config(run, data_sha, trainable_parameters(model))
@@ -165,41 +171,56 @@ def setup(acc, base_model, tokenizer, codec: LLMTimeCodec, train_series, val_ser
 
 
 def fit(run: Run, stop: StopRequest, bar=None, on_step: Callable[[int, float], None] | None = None) -> str:
-    """The training loop; returns the status it ended with."""
+    """The training loop; returns the status it ended with. Losses stay on the device and are read every
+    ``run.sync_every`` steps (and before a validation or checkpoint): each read waits for the device."""
     cfg, st, acc = run.cfg, run.state, run.acc
     while st.step < cfg.steps:
-        if _stop_requested(stop, acc):  # every process stops at the same step
-            return "interrupted"
+        if _stop_requested(stop, acc, st.step % run.sync_every == 0):  # every process stops at the same step
+            return "diverged" if _read_losses(run, bar, on_step) else "interrupted"
         val_due = (st.step + 1) % cfg.eval_every == 0 or st.step + 1 == cfg.steps
         next_cost = run.cost.per_step + (run.cost.per_val if val_due else 0)
         if cfg.max_flops is not None and st.charged + next_cost > cfg.max_flops:
-            return "stopped_budget"
+            return "diverged" if _read_losses(run, bar, on_step) else "stopped_budget"
         before, lr = run.order.state(), lr_at(st.step, cfg)
         shard = run.order.next()[acc.process_index::acc.num_processes]  # each process takes its share
         batch = make_batch(run.chunks, shard, acc.device)
         try:
-            loss = train_step(run.model, run.opt, batch, run.loss_fn, lr, cfg.grad_clip, acc, run.params)
+            loss = train_step(run.model, run.opt, batch, run.loss_fn, lr, cfg.grad_clip, acc, run.params, run.skip)
         except KeyboardInterrupt:  # cut short before its update: the resumed run takes the same batch again
             run.order.epoch, run.order.pos = before["epoch"], before["pos"]
             raise
         except torch.OutOfMemoryError:
             raise _out_of_memory(run, batch) from None
         st.step, st.flops = st.step + 1, st.flops + run.cost.per_step
-        _log(run, step=st.step, loss=loss, lr=lr, flops=st.charged, time=run.wall())
-        if not math.isfinite(loss):
+        run.pending.append((st.step, lr, st.charged, run.wall(), loss))
+        if run.main and run.ledger is not None:  # one UPDATE a step: a killed run has charged all its work
+            run.ledger.progress(st.ledger_id, st.charged, wall_s=run.wall(), steps=st.step)
+        if bar is not None:
+            bar.update(1)
+        checkpoint_due = st.step % cfg.checkpoint_every == 0
+        if (len(run.pending) >= run.sync_every or val_due or checkpoint_due) and _read_losses(run, bar, on_step):
             return "diverged"
         if val_due:
             _validate(run)
-        if run.main and run.ledger is not None:  # one UPDATE a step: a killed run has charged all its work
-            run.ledger.progress(st.ledger_id, st.charged, wall_s=run.wall(), steps=st.step)
-        if st.step % cfg.checkpoint_every == 0:
+        if checkpoint_due:
             _checkpoint(run)
-        if bar is not None:
-            bar.set_postfix(loss=f"{loss:.4f}", flops=f"{st.charged:.2e}")
-            bar.update(1)
+    return "diverged" if _read_losses(run, bar, on_step) else "done"
+
+
+def _read_losses(run: Run, bar, on_step) -> bool:
+    """Read the losses of the steps since the last read (one wait for the device), log them, call ``on_step``;
+    True when one is not finite (the run diverged there: its later steps were skipped on the device)."""
+    if not run.pending:
+        return False
+    rows, run.pending = run.pending, []
+    losses = torch.stack([r[-1] for r in rows]).tolist()
+    for (step, lr, flops, t, _), loss in zip(rows, losses):
+        _log(run, step=step, loss=loss, lr=lr, flops=flops, time=t)
         if on_step:
-            on_step(st.step, loss)
-    return "done"
+            on_step(step, loss)
+    if bar is not None:
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", flops=f"{rows[-1][2]:.2e}")
+    return not all(math.isfinite(v) for v in losses)
 
 
 def _out_of_memory(run: Run, batch: dict) -> FlopcastError:
@@ -238,6 +259,7 @@ def _free_device_memory() -> None:
 def finalize(run: Run, status: str, signum: int | None) -> TrainResult:
     """Last checkpoint, adapters, flops.json and status.json, ledger settlement; raises Interrupted after a signal."""
     st = run.state
+    _read_losses(run, None, None)  # steps a second signal cut short of their read are logged too
     _checkpoint(run)
     wall = run.wall()
     if run.main:
@@ -287,7 +309,7 @@ def _model_and_optimizer(base_model, lora: LoraSpec, cfg: TrainConfig, ckpt: Che
     model = load_adapter(base_model, ckpt.dir, trainable=True) if resuming else attach_lora(base_model, lora)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=params[0].is_cuda or None)
+    opt = make_optimizer(params, cfg.lr, cfg.weight_decay)
     state = TrainState()
     if resuming:
         state, opt_state, rng = ckpt.load()
@@ -300,6 +322,12 @@ def use_compile(cfg: TrainConfig, device) -> bool:
     """``train.compile``: "on", "off", or "auto"/None = on for CUDA (on CPU, compiling a step is not worth
     its compile time at the batch sizes used here; see benchmarks/study_speed.py)."""
     return cfg.compile == "on" or (cfg.compile in (None, "auto") and torch.device(device).type == "cuda")
+
+
+def sync_every(cfg: TrainConfig, device) -> int:
+    """``train.sync_every``, or (None) 1 on the CPU, where reading a loss costs nothing, and
+    :data:`SYNC_EVERY_ACCELERATOR` on an accelerator, where a read each step would stall its queue."""
+    return cfg.sync_every or (1 if torch.device(device).type == "cpu" else SYNC_EVERY_ACCELERATOR)
 
 
 def compile_body(model) -> None:
@@ -393,10 +421,13 @@ def _close(run: Run) -> None:
         run.tracker.finish()
 
 
-def _stop_requested(stop: StopRequest, acc) -> bool:
-    """True when a signal arrived in any process (one all-reduce per step when there are several)."""
+def _stop_requested(stop: StopRequest, acc, collective: bool = True) -> bool:
+    """True when a signal arrived in any process. With several processes they agree by an all-reduce, held only
+    where ``collective`` (every ``sync_every`` steps, the same steps in every process)."""
     if acc.num_processes == 1:
         return stop.signum is not None
+    if not collective:
+        return False
     flag = acc.reduce(torch.tensor([0.0 if stop.signum is None else float(stop.signum)], device=acc.device),
                       reduction="sum")
     if stop.signum is None and float(flag) > 0:

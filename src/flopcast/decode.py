@@ -1,0 +1,155 @@
+"""One batch of grammar-constrained decoding, kept on the device.
+
+:func:`generate_constrained` left-pads a batch of token prompts, prefills them once into a KV cache
+allocated up front for the whole generation (``StaticCache``), then decodes token by token: model ->
+grammar mask -> argmax (or sample) -> next grammar state, all tensors (:class:`flopcast.automaton.TokenAutomaton`).
+The host looks only at "is every row done", every ``check_every`` steps. The attention mask covers the whole
+cache from the start (causality hides what is not written yet), so every decode step has the same shapes; on
+CUDA that step is compiled (:class:`DecodeStep`: ``torch.compile`` with CUDA graphs).
+
+:func:`rows_per_batch` picks a batch size: a number as given, or ``"auto"``, which on a GPU is the largest
+batch whose KV cache and prefill activations fit in the free memory.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from .automaton import TokenAutomaton
+
+CPU_BATCH = 16            # rows per batch for batch_size "auto" on the CPU
+MAX_AUTO_BATCH = 512      # ... and at most this many on a GPU
+FREE_MEMORY_SHARE = 0.6   # share of the free GPU memory "auto" plans to use
+COMPILED_LENGTH_STEP = 64  # compiled decoding pads prompts to a multiple of this (a graph per length, not per prompt)
+
+
+@dataclass
+class Generation:
+    texts: list[str]  # generated characters per row
+    steps: int        # decode steps run (the batch's generated length, as computed)
+    prompt_len: int   # the prompts' padded length, as computed
+
+
+def cache_kwarg(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` (transformers >= 5.2x), else ``past_key_values``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def use_compiled_decoding(setting: str | None, device) -> bool:
+    """``compile``: "on", "off", or "auto"/None = on for CUDA."""
+    return setting == "on" or (setting in (None, "auto") and torch.device(device).type == "cuda")
+
+
+class DecodeStep:
+    """The logits of the next token after one new token per row; compiled when asked (CUDA graphs on CUDA).
+    A compiled step that fails on its first call warns once and runs eagerly from then on."""
+
+    def __init__(self, model, compiled: bool = False):
+        kwarg = cache_kwarg(model)
+
+        def step(ids, mask, pos, cache_position, cache):
+            return model(input_ids=ids, attention_mask=mask, position_ids=pos, cache_position=cache_position,
+                         use_cache=True, **{kwarg: cache}).logits[:, -1, :]
+
+        self.eager, self.compiled, self.proven = step, compiled, False
+        if compiled:
+            mode = "reduce-overhead" if next(model.parameters()).is_cuda else None
+            self.fn = torch.compile(step, dynamic=False, mode=mode)
+        else:
+            self.fn = step
+
+    def __call__(self, *args) -> torch.Tensor:
+        if not self.compiled or self.proven:
+            return self.fn(*args)
+        try:
+            out = self.fn(*args)
+        except Exception as e:  # noqa: BLE001 -- a compiler failure: said once, then eager decoding
+            warnings.warn(f"compiled decoding failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                          "decoding eagerly (forecast compile = 'off' skips the attempt)", stacklevel=2)
+            self.fn, self.compiled = self.eager, False
+            return self.fn(*args)
+        self.proven = True
+        return out
+
+
+def _left_padded(prompts: list[list[int]], pad_id: int, device, multiple: int = 1):
+    """(ids, attention mask, positions) of left-padded prompts, padded to a multiple of ``multiple`` tokens."""
+    B, L = len(prompts), math.ceil(max(len(p) for p in prompts) / multiple) * multiple
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, L), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, L - len(p):] = torch.tensor(p)
+        attn[i, L - len(p):] = 1
+    ids, attn = ids.to(device, non_blocking=True), attn.to(device, non_blocking=True)
+    return ids, attn, (attn.cumsum(-1) - 1).clamp(min=0)
+
+
+def _kv_cache(model, length: int):
+    """A KV cache of ``length`` positions allocated up front."""
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config, max_cache_len=length)
+
+
+@torch.no_grad()
+def generate_constrained(model, prompts: list[list[int]], automaton: TokenAutomaton, targets: list[int],
+                         prefixes: list[str], pad_id: int, greedy: bool = True, temperature: float = 1.0,
+                         generator: torch.Generator | None = None, max_new_tokens: int | None = None,
+                         check_every: int = 1, step: DecodeStep | None = None) -> Generation:
+    """Generate for one batch of token-id prompts (``targets``: steps per row; ``prefixes``: each prompt's text
+    after its last complete step). ``step`` decodes one token (default: eager)."""
+    device = next(model.parameters()).device
+    step = step or DecodeStep(model)
+    ids, attn, pos = _left_padded(prompts, pad_id, device, COMPILED_LENGTH_STEP if step.compiled else 1)
+    state, steps, target = automaton.start(targets, prefixes, device)
+    limit = max_new_tokens or automaton.grammar.max_tokens(max(targets))
+    B, L = ids.shape
+    cache = _kv_cache(model, L + limit)
+    mask = torch.cat([attn, torch.ones((B, limit), dtype=attn.dtype, device=device)], dim=1)
+    written = torch.full((B, limit), -1, dtype=torch.long, device=device)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
+                   **{cache_kwarg(model): cache}).logits[:, -1, :]
+    pos = pos[:, -1:]
+    for t in range(limit):
+        done = steps >= target
+        char = automaton.choose(logits, state, done, greedy, temperature, generator)
+        written[:, t] = torch.where(done, -1, char)
+        state, steps = automaton.advance(state, steps, char, ~done)
+        if (t + 1) % check_every == 0 and bool((steps >= target).all()):
+            break
+        pos = pos + 1
+        logits = step(automaton.token_ids[char][:, None], mask, pos, torch.tensor([L + t], device=device), cache)
+    return Generation(automaton.text(written), t + 1, L)
+
+
+def rows_per_batch(requested: int | str, model, prompt_len: int, new_tokens: int) -> int:
+    """``requested`` rows, or for "auto": :data:`CPU_BATCH` on the CPU, and on a GPU the most rows whose KV cache
+    and prefill activations fit in :data:`FREE_MEMORY_SHARE` of its free memory (at most :data:`MAX_AUTO_BATCH`)."""
+    if requested != "auto":
+        return int(requested)
+    p = next(model.parameters())
+    if not p.is_cuda:
+        return CPU_BATCH
+    free, _ = torch.cuda.mem_get_info(p.device)
+    return batch_for_memory(free, model.config, prompt_len, new_tokens, p.element_size())
+
+
+def batch_for_memory(free_bytes: int, config, prompt_len: int, new_tokens: int, elem_bytes: int) -> int:
+    """Rows that fit in ``FREE_MEMORY_SHARE * free_bytes``: per row, the KV cache of ``prompt_len + new_tokens``
+    positions, and the prefill's largest activations (the MLP's, the attention scores if materialised)."""
+    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or heads
+    length = prompt_len + new_tokens
+    kv = 2 * c.num_hidden_layers * kv_heads * head_dim * length * elem_bytes
+    activations = prompt_len * (4 * c.hidden_size + 3 * c.intermediate_size) * elem_bytes
+    scores = heads * prompt_len * length * 4
+    per_row = kv + activations + scores
+    return int(max(1, min(MAX_AUTO_BATCH, FREE_MEMORY_SHARE * free_bytes // per_row)))
