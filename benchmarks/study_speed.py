@@ -9,7 +9,7 @@ Prints:
 2. LoRA training ms/step at B=4 for S=512 and S=768 (and S=128, which the context sweep uses), with the
    reference-count FLOP rate and its fraction of that peak (flopcast's own step, ``flopcast.steps.train_step``);
 3. evaluation windows/s: the seed protocol's windows of ``--eval-series`` test series at every context length
-   of the plan, through flopcast's batched constrained decoder (``evaluate.forecast_windows``);
+   of the plan, through flopcast's batched constrained decoder (``evaluation.forecast_windows``);
 4. baseline seconds: every baseline of the plan on the seed protocol's windows of ``--baseline-series`` test
    series (the reference protocol's 700 windows at 100 series);
 5. the extrapolated wall time of the whole plan: each run's planned FLOPs (the planner's steps and validations,
@@ -30,15 +30,18 @@ from pathlib import Path
 import torch
 
 from flopcast import flops
+from flopcast.adapters import attach_lora
 from flopcast.baselines import run_baseline
 from flopcast.codec import LLMTimeCodec
-from flopcast.config import EvalConfig, LoraSpec
+from flopcast.config import EvalConfig, LoraSpec, TrainConfig
 from flopcast.costs import eval_bound, run_cost
 from flopcast.data import load, split
 from flopcast.evaluation import build_windows, forecast_windows, window_grammar
-from flopcast.models import attach_lora, load_model
+from flopcast.heads import lm_loss
+from flopcast.models import load_model
 from flopcast.plan import load_plan
-from flopcast.steps import train_step
+from flopcast.steps import make_optimizer, train_step
+from flopcast.train import compile_body, use_compile
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -64,20 +67,28 @@ def matmul_peak(device: str) -> float:
     return reps * 2 * n ** 3 / (time.perf_counter() - t)
 
 
-def train_ms(lm, lora: LoraSpec, codec, series, B: int, S: int, steps: int) -> float:
-    """Milliseconds per LoRA step of flopcast's training step at B x S (one warm-up step first)."""
+def train_ms(lm, lora: LoraSpec, codec, series, B: int, S: int, steps: int, compile_setting: str | None) -> float:
+    """Milliseconds per LoRA step of flopcast's training step at B x S, as the engine runs it: its optimizer (fused
+    AdamW), its loss (chunked beyond 2 GiB of logits), ``train.compile`` and losses read once at the end (a GPU
+    run reads them every 16 steps). Warm-up steps first: three when compiled, else one."""
     ids = [t for s in series for t in lm.tokenizer(codec.encode(s), add_special_tokens=False).input_ids]
     x = torch.tensor(ids[:B * S]).view(B, S).to(lm.device)
     batch = {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
     model = attach_lora(lm.model, lora)
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    loss_fn = lambda b: model(**b).loss  # noqa: E731  (the full head below 2 GiB of logits, as flopcast trains)
-    train_step(model, opt, batch, loss_fn, 1e-4, 1.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, 1e-4, 0.0)
+    compiled = use_compile(TrainConfig(compile=compile_setting), lm.device)
+    if compiled:
+        compile_body(model)
+    skip = torch.zeros((), dtype=torch.bool, device=lm.device)
+    step = lambda: train_step(model, opt, batch, lambda b: lm_loss(model, b), 1e-4, 1.0, params=params, skip=skip)  # noqa: E731
+    for _ in range(3 if compiled else 1):
+        step()
     sync()
     t = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, opt, batch, loss_fn, 1e-4, 1.0)
+    losses = [step() for _ in range(steps)]
+    torch.stack(losses).tolist()
     sync()
     ms = 1000 * (time.perf_counter() - t) / steps
     lm.model = model.unload()  # the base model back, without the adapter
@@ -144,9 +155,11 @@ def main() -> None:
     ap.add_argument("--model", default=f"random:{ARCH_DIR}" if (ARCH_DIR / "config.json").is_file() else "smollm2-135m")
     ap.add_argument("--plan", default=str(ROOT / "plans" / "reference.toml"))
     ap.add_argument("--data", default=str(DATA) if DATA.is_file() else None)
-    ap.add_argument("--steps", type=int, default=2, help="timed training steps per S (after one warm-up step)")
+    ap.add_argument("--steps", type=int, default=2, help="timed training steps per S (after the warm-up)")
     ap.add_argument("--eval-series", type=int, default=2, help="test series whose seed-protocol windows are timed")
     ap.add_argument("--baseline-series", type=int, default=100)
+    ap.add_argument("--compile", default=None, choices=["auto", "on", "off"], help="train.compile (default auto)")
+    ap.add_argument("--contexts", default="128,512,768", help="training S to time, comma-separated")
     a = ap.parse_args()
     run(a)
 
@@ -172,8 +185,9 @@ def run(a) -> None:
     peak = matmul_peak(dev)
     print(f"matmul peak ({'bf16 4096^3' if dev == 'cuda' else 'fp32 2048^3'}): {peak / 1e12:.2f} TFLOP/s")
     rate_at = {}
-    for S in (128, 512, 768):
-        ms = train_ms(lm, replace(plan.lora, train_lm_head_bias=False), codec, train_series, 4, S, a.steps)
+    for S in [int(c) for c in a.contexts.split(",")]:
+        ms = train_ms(lm, replace(plan.lora, train_lm_head_bias=False), codec, train_series, 4, S, a.steps,
+                      a.compile)
         ref = flops.train_step(arch, 4, S, flops.LoraShape(plan.lora.rank)).total
         rate_at[S] = ref / (ms / 1000)
         print(f"train B=4 S={S:4d}: {ms:9.1f} ms/step, {rate_at[S] / 1e12:7.3f} TFLOP/s by the reference count, "

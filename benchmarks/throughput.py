@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 from flopcast import flops
+from flopcast.adapters import attach_lora
 from flopcast.codec import LLMTimeCodec
 from flopcast.config import CodecConfig, LoraSpec, SimConfig
 from flopcast.heads import head_ids_for, numeric_head, remap_table, restricted_loss
-from flopcast.models import attach_lora, load_model
+from flopcast.models import load_model
 from flopcast.simulate import simulate
 from flopcast.steps import train_step
 

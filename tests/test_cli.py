@@ -96,9 +96,12 @@ def test_eval_forecast_baselines_commands(tmp_path, capsys, sim_ds):
     out = tmp_path / "ev"
     code, text, err = run(capsys, "eval", "--model", "tiny-qwen2", "--data", str(data), "--context", "64",
                           "--max-series", "2", "--baselines", "persistence", "--out", str(out),
-                          "--ledger", str(tmp_path / "l.db"), "--budget", "1e12")
+                          "--ledger", str(tmp_path / "l.db"), "--budget", "1e12", "--batch-size", "auto")
     assert code == 0, err
     assert "persistence" in text and (out / "metrics.json").is_file()
+    for bad in ("0", "2,3", "many"):
+        code, _, err = run(capsys, "eval", "--model", "tiny-qwen2", "--data", str(data), "--batch-size", bad)
+        assert code == 2 and "batch" in err and err.count("\n") == 1, err
     assert Ledger(tmp_path / "l.db").used() > 0
     code, text, err = run(capsys, "baselines", "--data", str(data), "--context", "64", "--max-series", "2",
                           "--tokenizer", "tiny-qwen2", "--protocol", "seed", "--baselines", "persistence,linear",

@@ -1,19 +1,10 @@
 import pytest
 import torch
 
+from flopcast.adapters import attach_lora, load_adapter, lora_from_adapter, save_adapter, trainable_parameters
 from flopcast.config import LoraSpec, ModelSpec
 from flopcast.errors import FlopcastError, ModelNotAvailable
-from flopcast.models import (
-    EMBEDDED,
-    attach_lora,
-    load_adapter,
-    load_model,
-    lora_from_adapter,
-    save_adapter,
-    save_model,
-    tiny_config,
-    trainable_parameters,
-)
+from flopcast.models import EMBEDDED, load_model, save_model, tiny_config
 
 
 def _logits(model, tok, text="0.25,1.50;0.27,1.47;"):

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from flopcast.adapters import attach_lora
 from flopcast.chunks import IGNORE
 from flopcast.codec import LLMTimeCodec
 from flopcast.config import CodecConfig, LoraSpec, SimConfig, TrainConfig
 from flopcast.errors import FlopcastError, ModelNotAvailable
 from flopcast.ledger import Ledger
-from flopcast.models import attach_lora, load_model, resolve_arch, save_model
+from flopcast.models import load_model, resolve_arch, save_model
 from flopcast.train import train
 
 QWEN_ARCH = Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen2.5-0.5b-arch"
@@ -169,3 +170,14 @@ def test_divergence_read_late_keeps_the_weights_before_it(tmp_path, data, monkey
     assert len(losses) == 4 and np.isnan(losses[2]) and np.isfinite(losses[3])  # step 4 ran on step 2's weights
     a, b = _adapter_tensors(tmp_path / "two"), _adapter_tensors(tmp_path / "late")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_gives_the_shared_base_model_back_uncompiled():
+    from flopcast.accel import _body, compile_body, uncompile_body
+
+    lm = load_model("tiny-qwen2", seed=0)
+    model = attach_lora(lm.model, LoraSpec(rank=2))
+    compile_body(model)
+    assert _body(lm.model)._compiled_call_impl is not None
+    uncompile_body(model)
+    assert _body(lm.model)._compiled_call_impl is None  # an evaluation on the same model runs it as it came

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .adapters import ADAPTER_META, read_adapter_meta
 from .codec import LLMTimeCodec
 from .config import CodecConfig, EvalConfig, ForecastConfig, ModelSpec, check_ints, from_dict, to_dict
 from .errors import FlopcastError
 from .frames import series_from, to_frame
 from .ledger import Ledger
-from .models import ADAPTER_META, EMBEDDED, read_adapter_meta
+from .models import EMBEDDED
 from .results import EvalResult, StudyResult
 
 

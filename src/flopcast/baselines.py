@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from . import lvfit
 from .config import BASELINES
 
 VERSION = 2  # of the baselines' arithmetic: 2 = lv_ode fitted in batches (flopcast.lvfit)
-MIN_WINDOWS_PER_PROCESS = 64
 
 
 def persistence(context: np.ndarray, horizon: int, dt: float = 1.0) -> np.ndarray:
@@ -113,26 +111,25 @@ def _accept(fc: np.ndarray | None, context: np.ndarray, fit: np.ndarray, horizon
     return np.clip(fc, 0, None)
 
 
-def run_baseline(name: str, contexts: list[np.ndarray], horizon: int, dt: float = 1.0,
-                 workers: int | None = None) -> np.ndarray:
-    """(N, H, V) forecasts of one baseline for all contexts. ``lv_ode`` fits in ``workers`` processes
-    (default: the CPUs this process may use) when there are enough windows to pay for starting them."""
+def run_baseline(name: str, contexts: list[np.ndarray], horizon: int, dt: float = 1.0, workers: int = 1) -> np.ndarray:
+    """(N, H, V) forecasts of one baseline for all contexts. ``lv_ode`` fits every window together in one
+    process (700 windows in about 5 s on one core); ``workers`` > 1 splits them over that many processes
+    (``spawn``: a script that calls this must guard its body with ``if __name__ == "__main__":``). On 2 cores
+    two processes were slower than one for the reference protocol's 700 windows (benchmarks/RESULTS.md)."""
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r} (choose from {', '.join(BASELINES)})")
     contexts = [np.asarray(c, float) for c in contexts]
     if name == "lv_ode":
-        return _in_processes(contexts, horizon, dt, workers)
+        return _in_processes(contexts, horizon, dt, workers) if workers > 1 else lv_ode_many(contexts, horizon, dt)
     fn = {"persistence": persistence, "linear": linear}[name]
     return np.stack([fn(c, horizon, dt) for c in contexts])
 
 
-def _in_processes(contexts: list[np.ndarray], horizon: int, dt: float, workers: int | None) -> np.ndarray:
-    workers = min(workers or len(os.sched_getaffinity(0)), len(contexts) // MIN_WINDOWS_PER_PROCESS)
-    if workers <= 1:
-        return lv_ode_many(contexts, horizon, dt)
+def _in_processes(contexts: list[np.ndarray], horizon: int, dt: float, workers: int) -> np.ndarray:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    workers = min(workers, len(contexts))
     chunks = np.array_split(np.arange(len(contexts)), workers)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         parts = pool.map(lv_ode_many, [[contexts[i] for i in c] for c in chunks], [horizon] * workers, [dt] * workers)
@@ -150,7 +147,7 @@ def baseline_key(name: str, contexts: list[np.ndarray], horizon: int, dt: float)
 
 
 def stored_baseline(name: str, contexts: list[np.ndarray], horizon: int, dt: float, store: Path | None,
-                    workers: int | None = None) -> np.ndarray:
+                    workers: int = 1) -> np.ndarray:
     """:func:`run_baseline`, kept in ``store`` (a directory) by :func:`baseline_key`: baselines depend on the data
     and the windows only, so every stage of a study computes each once."""
     if store is None:

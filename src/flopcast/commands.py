@@ -140,7 +140,7 @@ def codec_for(ds: Dataset | None, config: CodecConfig, adapter: str | Path | Non
               split_cfg: SplitConfig | None = None) -> LLMTimeCodec:
     """The codec an adapter was trained with (its metadata), else one fitted on the train split."""
     if adapter is not None:
-        from .models import read_adapter_meta
+        from .adapters import read_adapter_meta
 
         meta = read_adapter_meta(adapter).get("codec")
         if meta:

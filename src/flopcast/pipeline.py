@@ -190,8 +190,8 @@ def _load(study: Study):
 
 
 def _evaluate(study: Study, stage: Stage, adapter: Path | None) -> EvalResult:
+    from .adapters import load_adapter
     from .evaluation import evaluate
-    from .models import load_adapter
 
     lm = _load(study)
     model = load_adapter(lm.model, adapter).eval() if adapter else lm.model

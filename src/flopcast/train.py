@@ -41,6 +41,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .accel import (
+    compile_body,
+    destroy_process_group,
+    largest_batch,
+    stop_requested,
+    sync_every,
+    uncompile_body,
+    use_compile,
+)
+from .adapters import attach_lora, load_adapter, save_adapter, trainable_parameters
 from .card import write_card
 from .checkpoint import CheckpointManager, TrainState, set_rng_state
 from .chunks import Chunks, make_chunks, series_token_ids
@@ -51,12 +61,9 @@ from .errors import FlopcastError, Interrupted
 from .flops import Arch, lora_shape
 from .heads import head_ids_for, lm_loss, numeric_head, remap_table
 from .lock import DirLock
-from .models import attach_lora, load_adapter, save_adapter, trainable_parameters
 from .rundir import TrainResult, finished_run, run_fingerprint, series_sha256, truncate_log
 from .signals import StopRequest
 from .steps import BatchOrder, lr_at, make_batch, make_optimizer, on_device, train_step, validation_loss
-
-SYNC_EVERY_ACCELERATOR = 16
 
 
 @dataclass
@@ -108,7 +115,8 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
     """Train a LoRA adapter on ``train_series``; resumes from ``run_dir/checkpoint`` if present.
 
     A finished run with the same settings is returned as it is (nothing is charged again); one with
-    other settings is an error. ``on_step(step, loss)`` is called after every optimizer step.
+    other settings is an error. ``on_step(step, loss)`` is called for every optimizer step, once its loss has
+    been read from the device (every ``train.sync_every`` steps).
     """
     from accelerate import Accelerator
 
@@ -123,6 +131,8 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
         run = setup(acc, base_model, tokenizer, codec, train_series, val_series, lora, cfg, run_dir, ledger, name,
                     model_name, data_sha)
         resources.callback(_close, run)
+        if use_compile(cfg, acc.device):
+            resources.callback(uncompile_body, acc.unwrap_model(run.model))
         with ExitStack() as loop:
             if run.head_ids:  # the shared base model gets its full head back on the way out
                 loop.enter_context(numeric_head(acc.unwrap_model(run.model), run.head_ids))
@@ -175,7 +185,7 @@ def fit(run: Run, stop: StopRequest, bar=None, on_step: Callable[[int, float], N
     ``run.sync_every`` steps (and before a validation or checkpoint): each read waits for the device."""
     cfg, st, acc = run.cfg, run.state, run.acc
     while st.step < cfg.steps:
-        if _stop_requested(stop, acc, st.step % run.sync_every == 0):  # every process stops at the same step
+        if stop_requested(stop, acc, st.step % run.sync_every == 0):  # every process stops at the same step
             return "diverged" if _read_losses(run, bar, on_step) else "interrupted"
         val_due = (st.step + 1) % cfg.eval_every == 0 or st.step + 1 == cfg.steps
         next_cost = run.cost.per_step + (run.cost.per_val if val_due else 0)
@@ -224,36 +234,19 @@ def _read_losses(run: Run, bar, on_step) -> bool:
 
 
 def _out_of_memory(run: Run, batch: dict) -> FlopcastError:
-    """One line naming the largest batch that fits, found by halving the batch (forward + backward, no update).
-    The failed step and every probe are charged at their full size: the ledger never undercounts."""
-    B, S = batch["input_ids"].shape
-    st, fits, b = run.state, 0, B // 2
-    st.flops_redone += run.cost.per_step
-    while b >= 1 and not fits:
-        run.opt.zero_grad(set_to_none=True)
-        _free_device_memory()
-        st.flops_redone += run.cost.per_step * b // B
-        try:
-            run.loss_fn({k: v[:b] for k, v in batch.items()}).backward()
-            fits = b * run.acc.num_processes
-        except torch.OutOfMemoryError:
-            b //= 2
+    """One line naming the largest batch that fits (probed by halving it); the failed step and every probe
+    are charged at their full size: the ledger never undercounts."""
+    st, B, S = run.state, *batch["input_ids"].shape
+    fits, probed = largest_batch(run.loss_fn, batch, lambda: run.opt.zero_grad(set_to_none=True))
     run.opt.zero_grad(set_to_none=True)
-    _free_device_memory()
+    st.flops_redone += run.cost.per_step + sum(run.cost.per_step * b // B for b in probed)
+    fits *= run.acc.num_processes
     if run.main and run.ledger is not None:
         run.ledger.settle(st.ledger_id, st.charged, status="failed", wall_s=run.wall(), steps=st.step)
     hint = (f"batch_size {fits} fits (probed); set train.batch_size = {fits}" if fits else
             "not even batch_size 1 fits; lower train.seq_len")
     return FlopcastError(f"out of memory in a training step at batch_size {run.cfg.batch_size}, seq_len {S} on "
                          f"{run.acc.device}: {hint}")
-
-
-def _free_device_memory() -> None:
-    import gc
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def finalize(run: Run, status: str, signum: int | None) -> TrainResult:
@@ -280,8 +273,8 @@ def finalize(run: Run, status: str, signum: int | None) -> TrainResult:
     run.acc.wait_for_everyone()  # no process returns before the main one has written the adapter
     # a gloo group left to interpreter shutdown can abort a process: close it at exit, once
     if run.acc.num_processes > 1:
-        atexit.unregister(_destroy_process_group)
-        atexit.register(_destroy_process_group)
+        atexit.unregister(destroy_process_group)
+        atexit.register(destroy_process_group)
     if signum is not None:  # stopped (or finished during the step the signal arrived in): the caller stops too
         if run.main:
             print(f"{run.name}: stopped by {signal.Signals(signum).name} after step {st.step} ({status}); checkpoint "
@@ -316,25 +309,6 @@ def _model_and_optimizer(base_model, lora: LoraSpec, cfg: TrainConfig, ckpt: Che
         opt.load_state_dict(opt_state)
         set_rng_state(rng)
     return model, opt, state
-
-
-def use_compile(cfg: TrainConfig, device) -> bool:
-    """``train.compile``: "on", "off", or "auto"/None = on for CUDA (on CPU, compiling a step is not worth
-    its compile time at the batch sizes used here; see benchmarks/study_speed.py)."""
-    return cfg.compile == "on" or (cfg.compile in (None, "auto") and torch.device(device).type == "cuda")
-
-
-def sync_every(cfg: TrainConfig, device) -> int:
-    """``train.sync_every``, or (None) 1 on the CPU, where reading a loss costs nothing, and
-    :data:`SYNC_EVERY_ACCELERATOR` on an accelerator, where a read each step would stall its queue."""
-    return cfg.sync_every or (1 if torch.device(device).type == "cpu" else SYNC_EVERY_ACCELERATOR)
-
-
-def compile_body(model) -> None:
-    """``torch.compile`` the transformer body in place (the head and the loss stay eager, so the numeric head
-    and chunked cross-entropy work unchanged); parameter names and the saved adapter are unaffected."""
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    getattr(causal, causal.base_model_prefix).compile(dynamic=False)
 
 
 def _loss_fn(model, head_ids: list[int] | None, vocab: int, device) -> Callable[[dict], torch.Tensor]:
@@ -419,29 +393,6 @@ def _close(run: Run) -> None:
         run.log.close()
     if run.tracker:
         run.tracker.finish()
-
-
-def _stop_requested(stop: StopRequest, acc, collective: bool = True) -> bool:
-    """True when a signal arrived in any process. With several processes they agree by an all-reduce, held only
-    where ``collective`` (every ``sync_every`` steps, the same steps in every process)."""
-    if acc.num_processes == 1:
-        return stop.signum is not None
-    if not collective:
-        return False
-    flag = acc.reduce(torch.tensor([0.0 if stop.signum is None else float(stop.signum)], device=acc.device),
-                      reduction="sum")
-    if stop.signum is None and float(flag) > 0:
-        stop.signum = signal.SIGTERM  # another process got the signal
-    return float(flag) > 0
-
-
-def _destroy_process_group() -> None:
-    """At exit under ``accelerate launch``: destroy the process group before the interpreter does
-    ("terminate called without an active exception" otherwise). Later ``train`` calls in the same
-    process keep the group until then."""
-    from accelerate import PartialState
-
-    PartialState().destroy_process_group()
 
 
 def _wandb(cfg: TrainConfig, name: str, run: Path):

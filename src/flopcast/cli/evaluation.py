@@ -39,9 +39,14 @@ from .common import (
 
 
 def _eval_cfg(context: str, protocol: str, horizon: int, split: str, max_series: Optional[int], stride: int,
-              baselines: str, batch_size: int):
+              baselines: str, batch_size: str | int):
     from ..config import EvalConfig
+    from ..errors import FlopcastError
 
+    if batch_size != "auto":
+        if not str(batch_size).strip().isdigit():
+            raise FlopcastError(f"--batch-size takes one integer or 'auto', got {batch_size!r}")
+        batch_size = int(batch_size)
     return EvalConfig(protocol=protocol, contexts=tuple(ints(context)), horizon=horizon, split=split,
                       max_series=max_series, stride=stride, batch_size=batch_size,
                       baselines=tuple(b for b in baselines.split(",") if b))
@@ -64,7 +69,8 @@ def eval_cmd(
     stride: Stride = EVAL.stride,
     max_series: MaxSeries = None,
     baselines: Baselines = csv_list(EVAL.baselines),
-    batch_size: int = typer.Option(EVAL.batch_size, help="windows forecast together"),
+    batch_size: str = typer.Option(str(EVAL.batch_size), help="windows forecast together, or 'auto' (as many as "
+                                   "fit in a GPU's free memory; 16 on a CPU)"),
     decimals: Decimals = CODEC.decimals,
     scale: Scale = CODEC.scale_mode,
     no_point: NoPoint = False,

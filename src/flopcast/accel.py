@@ -1,0 +1,93 @@
+"""What the training engine does differently on an accelerator, and with several processes.
+
+* ``train.compile``: the transformer body under ``torch.compile`` (on for CUDA by default);
+* ``train.sync_every``: how often the loop reads the loss from the device (each read waits for it);
+* out of memory: the largest batch that fits, probed by halving;
+* several processes: one stop decision for all of them, and the process group closed at exit.
+"""
+
+from __future__ import annotations
+
+import gc
+import signal
+
+import torch
+
+from .config import TrainConfig
+from .signals import StopRequest
+
+SYNC_EVERY_ACCELERATOR = 16
+
+
+def use_compile(cfg: TrainConfig, device) -> bool:
+    """``train.compile``: "on", "off", or "auto"/None = on for CUDA (on CPU, compiling a step is not worth
+    its compile time at the batch sizes used here; see benchmarks/study_speed.py)."""
+    return cfg.compile == "on" or (cfg.compile in (None, "auto") and torch.device(device).type == "cuda")
+
+
+def sync_every(cfg: TrainConfig, device) -> int:
+    """``train.sync_every``, or (None) 1 on the CPU, where reading a loss costs nothing, and
+    :data:`SYNC_EVERY_ACCELERATOR` on an accelerator, where a read each step would stall its queue."""
+    return cfg.sync_every or (1 if torch.device(device).type == "cpu" else SYNC_EVERY_ACCELERATOR)
+
+
+def _body(model):
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(causal, causal.base_model_prefix)
+
+
+def compile_body(model) -> None:
+    """``torch.compile`` the transformer body in place (the head and the loss stay eager, so the numeric head
+    and chunked cross-entropy work unchanged); parameter names and the saved adapter are unaffected."""
+    _body(model).compile(dynamic=False)
+
+
+def uncompile_body(model) -> None:
+    """Undo :func:`compile_body`: the base model goes back to whoever shares it (an evaluation decodes with
+    other shapes, and compiles its own step) as it came."""
+    _body(model)._compiled_call_impl = None
+
+
+def largest_batch(loss_fn, batch: dict, zero_grad) -> tuple[int, list[int]]:
+    """The largest leading slice of ``batch`` (halving from half of it) whose forward and backward fit in memory,
+    0 if none, and every size probed (each is work done). ``zero_grad`` clears gradients before each probe."""
+    probed, b = [], batch["input_ids"].shape[0] // 2
+    while b >= 1:
+        zero_grad()
+        free_device_memory()
+        probed.append(b)
+        try:
+            loss_fn({k: v[:b] for k, v in batch.items()}).backward()
+            return b, probed
+        except torch.OutOfMemoryError:
+            b //= 2
+    return 0, probed
+
+
+def free_device_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def stop_requested(stop: StopRequest, acc, collective: bool = True) -> bool:
+    """True when a signal arrived in any process. With several processes they agree by an all-reduce, held only
+    where ``collective`` (every ``sync_every`` steps, the same steps in every process)."""
+    if acc.num_processes == 1:
+        return stop.signum is not None
+    if not collective:
+        return False
+    flag = acc.reduce(torch.tensor([0.0 if stop.signum is None else float(stop.signum)], device=acc.device),
+                      reduction="sum")
+    if stop.signum is None and float(flag) > 0:
+        stop.signum = signal.SIGTERM  # another process got the signal
+    return float(flag) > 0
+
+
+def destroy_process_group() -> None:
+    """At exit under ``accelerate launch``: destroy the process group before the interpreter does
+    ("terminate called without an active exception" otherwise). Later ``train`` calls in the same
+    process keep the group until then."""
+    from accelerate import PartialState
+
+    PartialState().destroy_process_group()
