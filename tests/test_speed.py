@@ -181,3 +181,31 @@ def test_training_gives_the_shared_base_model_back_uncompiled():
     assert _body(lm.model)._compiled_call_impl is not None
     uncompile_body(model)
     assert _body(lm.model)._compiled_call_impl is None  # an evaluation on the same model runs it as it came
+
+
+@pytest.mark.parametrize("head", ["full", "numeric"])
+def test_bf16_model_trains_fp32_lora_weights_and_head_bias(head):
+    """As on a GPU: a bf16 base model, LoRA weights and the LM-head bias in fp32. A bf16 bias near 0.5 would not
+    move under a 1e-4 update (half a bf16 step there is about 1e-3); the fp32 one does."""
+    from flopcast.heads import lm_loss, numeric_head, numeric_token_ids, remap_table
+    from flopcast.steps import make_optimizer, train_step
+
+    lm = load_model("tiny-qwen2", seed=0)
+    base = lm.model.to(torch.bfloat16)
+    model = attach_lora(base, LoraSpec(rank=2, train_lm_head_bias=True))
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(p.dtype == torch.float32 for p in trainable.values()), {
+        n: p.dtype for n, p in trainable.items()}
+    bias = base.get_output_embeddings().bias
+    with torch.no_grad():
+        bias.fill_(0.5)
+    x = torch.randint(0, 40, (2, 16))
+    batch = {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
+    ids = numeric_token_ids(lm.tokenizer, CodecConfig()) if head == "numeric" else None
+    table = remap_table(ids, base.config.vocab_size, "cpu") if ids else None
+    opt = make_optimizer(list(trainable.values()), 1e-4, 0.0)
+    with numeric_head(base, ids) if ids else torch.enable_grad():
+        loss = train_step(model, opt, batch, lambda b: lm_loss(model, b, table), 1e-4)
+    assert torch.isfinite(loss) and bias.dtype == torch.float32
+    moved = (bias - 0.5).abs()
+    assert moved.max() > 5e-5 and moved.max() < 2e-4  # one AdamW step of about lr, kept in fp32

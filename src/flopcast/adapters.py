@@ -26,13 +26,18 @@ def _linear_names(model) -> list[str]:
 
 
 def add_lm_head_bias(model) -> None:
-    """Give the LM head a zero-initialised bias (the reference study trains it)."""
+    """Give the LM head a zero-initialised fp32 bias (the reference study trains it); a head in lower precision
+    becomes a :class:`~flopcast.heads.Fp32BiasHead`, so the bias trains in fp32 as the LoRA weights do."""
     import torch
+
+    from .heads import Fp32BiasHead
 
     head = model.get_output_embeddings()
     if getattr(head, "bias", None) is None:
         w = head.weight
-        head.bias = torch.nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
+        head.bias = torch.nn.Parameter(torch.zeros(w.shape[0], dtype=torch.float32, device=w.device))
+        if w.dtype != torch.float32 and type(head) is torch.nn.Linear:
+            head.__class__ = Fp32BiasHead
 
 
 @contextmanager

@@ -24,6 +24,16 @@ MAX_LOGITS_BYTES = 2 << 30  # a batch's fp32 logits above this are computed in c
 CHUNK_LOGITS_BYTES = 512 << 20  # ... of about this size
 
 
+class Fp32BiasHead(torch.nn.Linear):
+    """An LM head whose trained bias stays fp32 while its weight is bf16/fp16: a bf16 bias would not move under
+    updates below its precision (at lr 1e-4, a bias near 0.5 moves by less than half a bf16 step). The logits
+    get the bias rounded to their dtype; the optimizer updates the fp32 copy."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F_nn.linear(x, self.weight)
+        return out + self.bias.to(out.dtype)
+
+
 class SubsetHead(torch.nn.Module):
     """The original LM head, computing only the columns ``ids`` (weights shared, not copied)."""
 
@@ -42,7 +52,8 @@ class SubsetHead(torch.nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         b = self.bias
-        return F_nn.linear(h, self.head.weight[self.ids], None if b is None else b[self.ids])
+        out = F_nn.linear(h, self.head.weight[self.ids])
+        return out if b is None else out + b[self.ids].to(out.dtype)
 
 
 def numeric_token_ids(tokenizer, codec_config) -> list[int]:
