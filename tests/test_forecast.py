@@ -220,3 +220,15 @@ def test_compiled_decode_step_gives_the_eager_tokens():
     eager = forecast(model, tok, codec, ctx, ForecastConfig(horizon=4, batch_size=3, compile="off"))
     compiled = forecast(model, tok, codec, ctx, ForecastConfig(horizon=4, batch_size=3, compile="on"))
     assert compiled.texts == eager.texts and len({t[0] for t in eager.texts}) > 1
+
+
+def test_batches_of_one_shape_share_a_kv_cache_and_forecast_as_one_batch():
+    """Batches of one shape share one StaticCache (emptied between them): the same forecasts as one batch."""
+    model, tok = _lively_tiny()
+    codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
+    rng = np.random.default_rng(7)
+    ctx = [rng.random((8, 2)) * 3 for _ in range(5)]  # equal lengths: every batch of one row has the same shape
+    assert len({len(tok(codec.encode(c), add_special_tokens=False).input_ids) for c in ctx}) == 1
+    one_by_one = forecast(model, tok, codec, ctx, ForecastConfig(horizon=4, batch_size=1))
+    together = forecast(model, tok, codec, ctx, ForecastConfig(horizon=4, batch_size=5))
+    assert one_by_one.texts == together.texts and len({t[0] for t in together.texts}) > 1

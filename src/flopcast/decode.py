@@ -57,12 +57,25 @@ class DecodeStep:
             return model(input_ids=ids, attention_mask=mask, position_ids=pos, cache_position=cache_position,
                          use_cache=True, **{kwarg: cache}).logits[:, -1, :]
 
-        self.eager, self.compiled, self.proven = step, compiled, False
+        self.model, self.eager, self.compiled, self.proven = model, step, compiled, False
+        self._cache, self._cache_shape = None, None
         if compiled:
             mode = "reduce-overhead" if next(model.parameters()).is_cuda else None
             self.fn = torch.compile(step, dynamic=False, mode=mode)
         else:
             self.fn = step
+
+    def cache(self, batch: int, length: int):
+        """A KV cache of ``length`` positions for ``batch`` rows: the last one, emptied, when its shape fits (its
+        tensors keep their addresses, which CUDA graphs replay on), else a new one (allocated on first use)."""
+        from transformers import StaticCache
+
+        if self._cache_shape == (batch, length):
+            self._cache.reset()
+        else:
+            self._cache = StaticCache(config=self.model.config, max_cache_len=length)
+            self._cache_shape = (batch, length)
+        return self._cache
 
     def __call__(self, *args) -> torch.Tensor:
         if not self.compiled or self.proven:
@@ -90,13 +103,6 @@ def _left_padded(prompts: list[list[int]], pad_id: int, device, multiple: int = 
     return ids, attn, (attn.cumsum(-1) - 1).clamp(min=0)
 
 
-def _kv_cache(model, length: int):
-    """A KV cache of ``length`` positions allocated up front."""
-    from transformers import StaticCache
-
-    return StaticCache(config=model.config, max_cache_len=length)
-
-
 @torch.no_grad()
 def generate_constrained(model, prompts: list[list[int]], automaton: TokenAutomaton, targets: list[int],
                          prefixes: list[str], pad_id: int, greedy: bool = True, temperature: float = 1.0,
@@ -110,7 +116,7 @@ def generate_constrained(model, prompts: list[list[int]], automaton: TokenAutoma
     state, steps, target = automaton.start(targets, prefixes, device)
     limit = max_new_tokens or automaton.grammar.max_tokens(max(targets))
     B, L = ids.shape
-    cache = _kv_cache(model, L + limit)
+    cache = step.cache(B, L + limit)
     mask = torch.cat([attn, torch.ones((B, limit), dtype=attn.dtype, device=device)], dim=1)
     written = torch.full((B, limit), -1, dtype=torch.long, device=device)
     logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
