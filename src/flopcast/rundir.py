@@ -1,4 +1,4 @@
-"""A training run's directory: its result, whether it has finished, and what identifies its settings. No torch.
+"""A training run's directory: its result, whether it finished, what identifies its settings, its wandb run. No torch.
 
 See :mod:`flopcast.train` for the files a run directory holds.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,3 +84,16 @@ def finished_run(run_dir: str | Path, lora: LoraSpec | None = None, cfg: TrainCo
         best = min(vals) if vals else None
     redone = json.loads((run / "flops.json").read_text()).get("redone", 0) if (run / "flops.json").is_file() else 0
     return TrainResult(run, st["steps"], flops, best, st["status"], st["wall_s"], redone)
+
+
+def wandb_run(cfg: TrainConfig, name: str, run: Path):
+    """A wandb run when wandb is installed (offline unless an API key is configured)."""
+    if not cfg.wandb:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        return None
+    mode = "online" if os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").exists() else "offline"
+    return wandb.init(project="flopcast", name=name, dir=str(run), mode=os.environ.get("WANDB_MODE", mode),
+                      config=to_dict(cfg), reinit=True)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import atexit
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -61,7 +60,7 @@ from .errors import FlopcastError, Interrupted
 from .flops import Arch, lora_shape
 from .heads import head_ids_for, lm_loss, numeric_head, remap_table
 from .lock import DirLock
-from .rundir import TrainResult, finished_run, run_fingerprint, series_sha256, truncate_log
+from .rundir import TrainResult, finished_run, run_fingerprint, series_sha256, truncate_log, wandb_run
 from .signals import StopRequest
 from .steps import BatchOrder, lr_at, make_batch, make_optimizer, on_device, train_step, validation_loss
 
@@ -176,7 +175,7 @@ def setup(acc, base_model, tokenizer, codec: LLMTimeCodec, train_series, val_ser
         _write_config(run, data_sha, trainable_parameters(model))
         truncate_log(run.dir / "metrics.jsonl", state.step)  # steps after the checkpoint are redone
         run.log = (run.dir / "metrics.jsonl").open("a")
-        run.tracker = _wandb(cfg, name, run.dir)
+        run.tracker = wandb_run(cfg, name, run.dir)
     return run
 
 
@@ -393,16 +392,3 @@ def _close(run: Run) -> None:
         run.log.close()
     if run.tracker:
         run.tracker.finish()
-
-
-def _wandb(cfg: TrainConfig, name: str, run: Path):
-    """A wandb run when wandb is installed (offline unless an API key is configured)."""
-    if not cfg.wandb:
-        return None
-    try:
-        import wandb
-    except ImportError:
-        return None
-    mode = "online" if os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").exists() else "offline"
-    return wandb.init(project="flopcast", name=name, dir=str(run), mode=os.environ.get("WANDB_MODE", mode),
-                      config=to_dict(cfg), reinit=True)
