@@ -26,7 +26,7 @@ from flopcast import flops
 from flopcast.adapters import attach_lora
 from flopcast.codec import LLMTimeCodec
 from flopcast.config import CodecConfig, LoraSpec, SimConfig
-from flopcast.heads import head_ids_for, numeric_head, remap_table, restricted_loss
+from flopcast.heads import head_ids_for, lm_loss, numeric_head, remap_table
 from flopcast.models import load_model
 from flopcast.simulate import simulate
 from flopcast.steps import train_step
@@ -100,7 +100,7 @@ def main() -> None:
         for head in a.heads.split(","):
             if head == "numeric":
                 with numeric_head(model, ids):
-                    dt, ref, exe = measure(model, lambda b, t=table: restricted_loss(model, b, t), batch, a.steps,
+                    dt, ref, exe = measure(model, lambda b, t=table: lm_loss(model, b, t), batch, a.steps,
                                            replace(arch, vocab=len(ids)), S, a.batch)
             else:
                 dt, ref, exe = measure(model, lambda b: model(**b).loss, batch, a.steps, arch, S, a.batch)

@@ -325,7 +325,7 @@ def test_wandb_logging_offline_when_not_logged_in(tmp_path, data, monkeypatch):
 
 
 def test_numeric_head_trains_counts_fewer_flops_and_restores_head(tmp_path, data):
-    from flopcast.heads import SubsetHead, numeric_head, remap_table, restricted_loss
+    from flopcast.heads import SubsetHead, lm_loss, numeric_head, remap_table
 
     tr, va, codec = data
     lm = load_model("tiny-qwen2", seed=0)
@@ -355,7 +355,7 @@ def test_numeric_head_trains_counts_fewer_flops_and_restores_head(tmp_path, data
         want = torch.nn.functional.cross_entropy(full[0, :-1][keep], remap_table(ids, arch.vocab, "cpu")[lab[keep]])
         with numeric_head(lm.model, ids):
             assert isinstance(lm.model.get_output_embeddings(), SubsetHead)
-            got = restricted_loss(lm.model, b, remap_table(ids, arch.vocab, "cpu"))
+            got = lm_loss(lm.model, b, remap_table(ids, arch.vocab, "cpu"))
     assert torch.allclose(got, want, atol=1e-6)
 
 

@@ -86,11 +86,6 @@ def remap_table(ids: list[int], vocab: int, device) -> torch.Tensor:
     return table
 
 
-def restricted_loss(model, batch: dict[str, torch.Tensor], table: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the restricted columns (same targets as ``model(**batch).loss``)."""
-    return lm_loss(model, batch, table)
-
-
 def lm_loss(model, batch: dict[str, torch.Tensor], table: torch.Tensor | None = None,
             max_logits_bytes: int = MAX_LOGITS_BYTES, chunk_bytes: int = CHUNK_LOGITS_BYTES) -> torch.Tensor:
     """Mean next-token cross-entropy of a causal LM over labelled tokens (``table``: labels -> restricted columns
