@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 
 from flopcast import flops
+from flopcast.accel import compile_body, compile_on
 from flopcast.adapters import attach_lora
 from flopcast.baselines import run_baseline
 from flopcast.codec import LLMTimeCodec
-from flopcast.config import EvalConfig, LoraSpec, TrainConfig
+from flopcast.config import EvalConfig, LoraSpec
 from flopcast.costs import eval_bound, run_cost
 from flopcast.data import load, split
 from flopcast.evaluation import build_windows, forecast_windows, window_grammar
@@ -41,7 +42,6 @@ from flopcast.heads import lm_loss
 from flopcast.models import load_model
 from flopcast.plan import load_plan
 from flopcast.steps import make_optimizer, train_step
-from flopcast.train import compile_body, use_compile
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -78,7 +78,7 @@ def train_ms(lm, lora: LoraSpec, codec, series, B: int, S: int, steps: int, comp
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, 1e-4, 0.0)
-    compiled = use_compile(TrainConfig(compile=compile_setting), lm.device)
+    compiled = compile_on(compile_setting, lm.device)
     if compiled:
         compile_body(model)
     skip = torch.zeros((), dtype=torch.bool, device=lm.device)

@@ -191,7 +191,7 @@ def test_auto_batch_size_from_free_memory():
 def test_a_failing_compiled_decode_step_warns_and_decodes_eagerly(monkeypatch):
     import torch
 
-    from flopcast import decode
+    from flopcast.accel import compile_on
 
     model, tok = _lively_tiny()
     codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
@@ -207,8 +207,8 @@ def test_a_failing_compiled_decode_step_warns_and_decodes_eagerly(monkeypatch):
     with pytest.warns(UserWarning, match=r"compiled decoding failed \(RuntimeError: backend compiler failed\)"):
         res = forecast(model, tok, codec, ctx, ForecastConfig(horizon=3, compile="on"))
     assert res.texts == eager.texts
-    assert not decode.use_compiled_decoding("off", "cuda") and decode.use_compiled_decoding(None, "cuda")
-    assert not decode.use_compiled_decoding("auto", "cpu")
+    assert not compile_on("off", "cuda") and compile_on(None, "cuda")
+    assert not compile_on("auto", "cpu")
 
 
 @pytest.mark.slow

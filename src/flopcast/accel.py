@@ -1,6 +1,7 @@
 """What the training engine does differently on an accelerator, and with several processes.
 
-* ``train.compile``: the transformer body under ``torch.compile`` (on for CUDA by default);
+* ``train.compile``: the transformer body under ``torch.compile`` (on for CUDA by default; :func:`compile_on`
+  decides for decoding too);
 * ``train.sync_every``: how often the loop reads the loss from the device (each read waits for it);
 * out of memory: the largest batch that fits, probed by halving;
 * several processes: one stop decision for all of them, and the process group closed at exit.
@@ -19,10 +20,10 @@ from .signals import StopRequest
 SYNC_EVERY_ACCELERATOR = 16
 
 
-def use_compile(cfg: TrainConfig, device) -> bool:
-    """``train.compile``: "on", "off", or "auto"/None = on for CUDA (on CPU, compiling a step is not worth
-    its compile time at the batch sizes used here; see benchmarks/study_speed.py)."""
-    return cfg.compile == "on" or (cfg.compile in (None, "auto") and torch.device(device).type == "cuda")
+def compile_on(setting: str | None, device) -> bool:
+    """A ``compile`` setting (``train.compile``, ``eval.compile``): "on", "off", or "auto"/None = on for CUDA
+    (on CPU a compiled step was not measured faster; see benchmarks/study_speed.py)."""
+    return setting == "on" or (setting in (None, "auto") and torch.device(device).type == "cuda")
 
 
 def sync_every(cfg: TrainConfig, device) -> int:

@@ -41,11 +41,6 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def use_compiled_decoding(setting: str | None, device) -> bool:
-    """``compile``: "on", "off", or "auto"/None = on for CUDA."""
-    return setting == "on" or (setting in (None, "auto") and torch.device(device).type == "cuda")
-
-
 class DecodeStep:
     """The logits of the next token after one new token per row; compiled when asked (CUDA graphs on CUDA).
     A compiled step that fails on its first call warns once and runs eagerly from then on."""

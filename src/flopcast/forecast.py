@@ -19,11 +19,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .accel import compile_on
 from .automaton import TokenAutomaton
 from .codec import LLMTimeCodec
 from .config import ForecastConfig
 from .costs import batch_flops, model_shape
-from .decode import DecodeStep, generate_constrained, rows_per_batch, use_compiled_decoding
+from .decode import DecodeStep, generate_constrained, rows_per_batch
 from .errors import FlopcastError
 from .grammar import LLMTimeGrammar, int_digits_for, longest_int_part
 from .heads import numeric_head
@@ -119,7 +120,7 @@ def _generate_rows(model, tokenizer, grammar: LLMTimeGrammar, prompts, prefixes,
 
         it = tqdm(it, desc="forecast", unit="batch", disable=None)
     with numeric_head(model, automaton.token_ids.tolist()):
-        step = DecodeStep(model, use_compiled_decoding(cfg.compile, device))
+        step = DecodeStep(model, compile_on(cfg.compile, device))
         for b in it:
             sel = [rows[k] for k in b]
             res = generate_constrained(

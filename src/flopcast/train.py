@@ -42,12 +42,12 @@ import torch
 
 from .accel import (
     compile_body,
+    compile_on,
     destroy_process_group,
     largest_batch,
     stop_requested,
     sync_every,
     uncompile_body,
-    use_compile,
 )
 from .adapters import attach_lora, load_adapter, save_adapter, trainable_parameters
 from .card import write_card
@@ -130,7 +130,8 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
         run = setup(acc, base_model, tokenizer, codec, train_series, val_series, lora, cfg, run_dir, ledger, name,
                     model_name, data_sha)
         resources.callback(_close, run)
-        if use_compile(cfg, acc.device):
+        if compile_on(cfg.compile, acc.device):  # the body of the shared base model, given back as it came
+            compile_body(acc.unwrap_model(run.model))
             resources.callback(uncompile_body, acc.unwrap_model(run.model))
         with ExitStack() as loop:
             if run.head_ids:  # the shared base model gets its full head back on the way out
@@ -158,8 +159,6 @@ def setup(acc, base_model, tokenizer, codec: LLMTimeCodec, train_series, val_ser
     model, opt, state = _model_and_optimizer(base_model, lora, cfg, ckpt)
     params = [p for p in model.parameters() if p.requires_grad]
     model, opt = acc.prepare(model, opt)
-    if use_compile(cfg, acc.device):
-        compile_body(acc.unwrap_model(model))
     head_ids = None
     if cfg.head == "numeric":
         head_ids = head_ids_for(tokenizer, codec.config, chunks.labels, *([] if val is None else [val.labels]))
