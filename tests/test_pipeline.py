@@ -175,3 +175,19 @@ def test_sigterm_stops_a_study_with_a_checkpoint_and_exit_143(tmp_path):
     entry = Ledger(out / "ledger.db").find("long/run")
     assert entry.status == "interrupted" and entry.flops_used == state["flops"]  # its FLOPs stay counted for the resume
     assert not (out / "stages" / "long" / "stage.json").exists()
+
+
+def test_settings_that_change_no_result_do_not_change_a_study(tmp_path):
+    """Re-running with other compile settings (training and decoding) and sync_every reuses every stage: no
+    "changed study" refusal, nothing charged again."""
+    import copy
+
+    plan = copy.deepcopy(PLAN)
+    plan["stages"] = [{"name": "zero_shot", "kind": "eval"}, {"name": "initial", "kind": "train", "steps": 2}]
+    out = tmp_path / "s"
+    first = run_plan(plan_from_dict(plan), out, progress=False)
+    rows = len(Ledger(out / "ledger.db").entries())
+    plan["eval"]["compile"], plan["train"]["compile"], plan["train"]["sync_every"] = "off", "off", 3
+    again = run_plan(plan_from_dict(plan), out, progress=False)
+    assert len(Ledger(out / "ledger.db").entries()) == rows
+    assert again.stages["zero_shot"].test.score(64).mse == first.stages["zero_shot"].test.score(64).mse

@@ -257,7 +257,7 @@ class EvalConfig:
 
 SCHEDULES = ("constant", "cosine", "linear")
 HEADS = ("full", "numeric")
-NOT_FINGERPRINTED = ("wandb", "checkpoint_every", "compile", "sync_every")  # training settings that change no result
+NOT_FINGERPRINTED = ("wandb", "checkpoint_every", "compile", "sync_every")  # settings that change no result
 
 
 @dataclass(frozen=True)
@@ -323,6 +323,12 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 _TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def result_settings(cfg: Any) -> dict[str, Any]:
+    """:func:`to_dict` without the settings that change no result (:data:`NOT_FINGERPRINTED`): what a
+    fingerprint or a cache key of a training or evaluation config holds."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in NOT_FINGERPRINTED}
 
 
 def type_problems(cls: type, data: dict[str, Any]) -> list[str]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .baselines import stored_baseline
 from .codec import LLMTimeCodec
-from .config import EvalConfig, ForecastConfig, to_dict
+from .config import EvalConfig, ForecastConfig, result_settings, to_dict
 from .costs import charge_batches, eval_bound, model_shape
 from .data import Dataset
 from .errors import FlopcastError
@@ -77,8 +77,8 @@ def forecast_windows(model, tokenizer, codec: LLMTimeCodec, windows: list[Window
 def _context_key(model, name: str, model_name: str, cfg: EvalConfig, codec: LLMTimeCodec, windows: list[Window]) -> str:
     """What a cached context result depends on: names, settings, windows and the adapter's weights."""
     adapter = sum(float(p.detach().double().sum()) for n, p in model.named_parameters() if "lora_" in n)
-    key = {"name": name, "model": model_name, "config": to_dict(cfg), "codec": codec.state(), "adapter": adapter,
-           "windows": [[int(w.series), int(w.cut), len(w.prompt)] for w in windows]}
+    key = {"name": name, "model": model_name, "config": result_settings(cfg), "codec": codec.state(),
+           "adapter": adapter, "windows": [[int(w.series), int(w.cut), len(w.prompt)] for w in windows]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from . import fingerprint
 from .chunks import make_chunks
-from .config import NOT_FINGERPRINTED, LoraSpec, TrainConfig, to_dict
+from .config import LoraSpec, TrainConfig, result_settings, to_dict
 from .costs import eval_bound, run_cost, stage_cost, val_chunks_used
 from .errors import BudgetExceeded, DataError, FlopcastError, SettingsChanged
 from .flops import lora_shape
@@ -46,10 +46,10 @@ def stage_settings(plan: Plan, data: dict) -> dict[str, dict]:
     for st in plan.stages:
         s = {**common, "stage": to_dict(st)}
         if st.kind != "eval":
-            s["train"] = {k: v for k, v in to_dict(plan.train).items() if k not in NOT_FINGERPRINTED}
+            s["train"] = result_settings(plan.train)
             s["lora"] = to_dict(plan.lora)
         if st.kind == "eval" or st.evaluate:
-            s["eval"] = to_dict(plan.eval)
+            s["eval"] = result_settings(plan.eval)
         for dep in (st.base, st.adapter_from):
             if dep:
                 s[f"after_{dep}"] = fingerprint.digest(out[dep])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import NOT_FINGERPRINTED, LoraSpec, TrainConfig, load_toml, to_dict
+from .config import NOT_FINGERPRINTED, LoraSpec, TrainConfig, load_toml, result_settings, to_dict
 from .errors import SettingsChanged
 
 FINAL = ("done", "stopped_budget", "diverged")  # a run with one of these statuses is not trained again
@@ -43,8 +43,8 @@ def series_sha256(*groups: list[np.ndarray]) -> str:
 
 
 def run_fingerprint(model_name: str, lora: LoraSpec, cfg: TrainConfig, codec_state: dict, data_sha: str) -> str:
-    train = {k: v for k, v in to_dict(cfg).items() if k not in NOT_FINGERPRINTED}
-    key = {"model": model_name, "lora": to_dict(lora), "train": train, "codec": codec_state, "data": data_sha}
+    key = {"model": model_name, "lora": to_dict(lora), "train": result_settings(cfg), "codec": codec_state,
+           "data": data_sha}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
