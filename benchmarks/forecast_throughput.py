@@ -4,7 +4,7 @@ Both run side by side in one process on the same contexts and the same model (th
 SmolLM2-135M by default). The naive loop is what one writes first: for each series,
 ``model.generate(max_new_tokens=H * tokens_per_step, do_sample=False)`` then decode the text.
 
-    python benchmarks/forecast_throughput.py [--n 32] [--steps 12,25] [--batch 32] [--model smollm2-135m]
+    python benchmarks/forecast_throughput.py [--n 32] [--steps 12,25] [--batch 32] [--rounds 4] [--model smollm2-135m]
 
 The prompt prefill is compute-bound and costs the same in both paths, so the speed-up shrinks
 as contexts grow: batching removes most of the decoding time, not the prefill.
@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--steps", default="12,25", help="context steps (~10 tokens each), comma-separated")
     ap.add_argument("--horizon", type=int, default=5)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="the naive loop runs a different 1/ROUNDS of the series in each round, between batched runs")
     a = ap.parse_args()
     lm = load_model(a.model)
     for steps in [int(x) for x in a.steps.split(",")]:
@@ -67,23 +69,34 @@ def main() -> None:
 
 
 def run(lm, a, steps: int) -> None:
+    """Rounds that alternate the two paths, so that a machine whose speed drifts (a shared VM) biases neither:
+    each round times the naive loop on its share of the series, then the batched path on all of them."""
     ctxs, src = contexts(a.n, steps)
     codec = LLMTimeCodec(CodecConfig(), alpha=float(np.percentile(np.concatenate(ctxs), 99.7) / 10))
     n_tok = np.mean([len(lm.tokenizer(codec.encode(c), add_special_tokens=False).input_ids) for c in ctxs])
     print(f"\nmodel {a.model}, {a.n} series ({src}), {steps} context steps (~{n_tok:.0f} tokens), "
-          f"horizon {a.horizon}, batch {a.batch}, {torch.get_num_threads()} threads")
+          f"horizon {a.horizon}, batch {a.batch}, {torch.get_num_threads()} threads, {a.rounds} rounds")
     naive(lm.model, lm.tokenizer, codec, ctxs[:1], a.horizon, codec.alpha)  # warm-up
-    t = time.perf_counter()
-    base = naive(lm.model, lm.tokenizer, codec, ctxs, a.horizon, codec.alpha)
-    t_naive = time.perf_counter() - t
-    t = time.perf_counter()
-    res = forecast(lm.model, lm.tokenizer, codec, ctxs, ForecastConfig(horizon=a.horizon, batch_size=a.batch))
-    t_fast = time.perf_counter() - t
+    cfg = ForecastConfig(horizon=a.horizon, batch_size=a.batch)
+    base, ratios, t_naive, t_fast, texts = [], [], 0.0, 0.0, set()
+    for share in np.array_split(np.arange(a.n), a.rounds):
+        t = time.perf_counter()
+        base += naive(lm.model, lm.tokenizer, codec, [ctxs[i] for i in share], a.horizon, codec.alpha)
+        dt_naive = time.perf_counter() - t
+        t = time.perf_counter()
+        res = forecast(lm.model, lm.tokenizer, codec, ctxs, cfg)
+        dt_fast = time.perf_counter() - t
+        texts.add(tuple(t for row in res.texts for t in row))
+        ratios.append((dt_naive / len(share)) / (dt_fast / a.n))
+        t_naive, t_fast = t_naive + dt_naive, t_fast + dt_fast
+        print(f"  round {len(ratios)}: naive {len(share) / dt_naive:.2f} series/s, "
+              f"batched {a.n / dt_fast:.2f} series/s, {ratios[-1]:.1f}x")
     naive_ok = np.mean([len(b) == a.horizon and np.isfinite(b).all() for b in base])
     print(f"naive loop      : {a.n / t_naive:7.2f} series/s  ({t_naive:.1f} s), fully parsed {100 * naive_ok:.0f}%")
     parsed = 100 * (1 - res.parse_failure_rate)
-    print(f"flopcast batched: {a.n / t_fast:7.2f} series/s  ({t_fast:.1f} s), fully parsed {parsed:.0f}%")
-    print(f"speed-up        : {t_naive / t_fast:.1f}x")
+    print(f"flopcast batched: {a.n * a.rounds / t_fast:7.2f} series/s  ({t_fast / a.rounds:.1f} s a run), "
+          f"fully parsed {parsed:.0f}%, the same text in every round: {len(texts) == 1}")
+    print(f"speed-up        : {np.median(ratios):.1f}x median of rounds (range {min(ratios):.1f}-{max(ratios):.1f}x)")
 
 
 if __name__ == "__main__":

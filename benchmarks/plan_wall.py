@@ -1,0 +1,96 @@
+"""The wall time of a whole plan, every stage run for real: a scaled copy of ``plans/reference.toml``.
+
+    python benchmarks/plan_wall.py [--scale 0.1] [--model random:DIR] [--data H5] [--eval-series N] [--budget B]
+                                   [--out DIR]
+
+``--scale f`` multiplies the budget and every stage's fixed step count by f: every run, evaluation and baseline
+of the plan happens (9 grid runs, 3 context runs, 5 evaluations of all test windows), with f of its training.
+Printed per stage: measured seconds, training seconds (the runs) and the rest (evaluation, baselines); then the
+full plan extrapolated: the rest as measured plus the full plan's training FLOPs at the training rate measured.
+``study_speed.py`` estimates the same figure from parts; this script checks it end to end.
+Default model: a random-initialised Qwen2.5-0.5B from ``.gpu/`` or ``../shared``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from flopcast.api import run_study
+from flopcast.plan import plan_from_dict
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHS = [ROOT / ".gpu" / "qwen2.5-0.5b-arch", ROOT.parent / "shared" / "models" / "qwen2.5-0.5b-arch"]
+DATAS = [ROOT / ".gpu" / "lotka_volterra_data.h5", ROOT.parent / "shared" / "data" / "lotka_volterra_data.h5"]
+
+
+def first(paths: list[Path]) -> Path | None:
+    return next((p for p in paths if p.exists()), None)
+
+
+def scaled(raw: dict, f: float, model: str, data: str | None, eval_series: int | None,
+           budget: float | None = None) -> dict:
+    d = {**raw, "budget": budget or raw["budget"] * f, "model": {**raw.get("model", {}), "name": model}}
+    d.pop("data", None)
+    if data:
+        d["data"] = data
+    d["train"] = {**d.get("train", {}), "wandb": False}
+    if eval_series:
+        d["eval"] = {**d.get("eval", {}), "max_series": eval_series}
+    d["stages"] = [{**s, "steps": max(1, round(s["steps"] * f))} if isinstance(s.get("steps"), int) else dict(s)
+                   for s in raw["stages"]]
+    return d
+
+
+def main() -> None:
+    arch, data = first(ARCHS), first(DATAS)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--plan", default=str(ROOT / "plans" / "reference.toml"))
+    ap.add_argument("--scale", type=float, default=0.1)
+    ap.add_argument("--model", default=f"random:{arch}" if arch else "smollm2-135m")
+    ap.add_argument("--data", default=str(data) if data else None)
+    ap.add_argument("--eval-series", type=int, default=None, help="test series per evaluation (default: all)")
+    ap.add_argument("--budget", type=float, default=None, help="FLOP budget (default: the plan's x scale)")
+    ap.add_argument("--out", default=None, help="study directory (default: a temporary one)")
+    a = ap.parse_args()
+    raw = tomllib.loads(Path(a.plan).read_text())
+    plan = plan_from_dict(scaled(raw, a.scale, a.model, a.data, a.eval_series, a.budget), where=a.plan)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(a.out or tmp)
+        t0 = time.perf_counter()
+        res = run_study(plan, out, progress=False)
+        wall = time.perf_counter() - t0
+    report(res, wall, raw["budget"], f"plan {plan.name!r} x {a.scale:g} (budget {plan.budget:.1e}), model {a.model}, "
+                                     f"data {a.data or 'simulated'}")
+
+
+def report(res, wall: float, full_budget: float, title: str) -> None:
+    """Per stage: seconds, training seconds (its runs) and the rest; then the full plan: the rest as measured (it
+    does not scale) plus the full plan's training FLOPs (its budget less the evaluations' FLOPs, which do not
+    scale either) at the training rate measured here."""
+    print(title)
+    print(f"{'stage':12s} {'seconds':>9s} {'training':>9s} {'the rest':>9s} {'train FLOPs':>12s}")
+    train_s = train_flops = 0.0
+    for name, st in res.stages.items():
+        tr, fl = sum(r.wall_s for r in st.runs), sum(r.flops for r in st.runs)
+        train_s, train_flops = train_s + tr, train_flops + fl
+        print(f"{name:12s} {st.wall_s:9.1f} {tr:9.1f} {st.wall_s - tr:9.1f} {fl:12.2e}")
+    rest = wall - train_s
+    other_flops = res.ledger["used"] - train_flops  # evaluations (and probes): the same at any scale
+    full_train = max(0.0, full_budget - other_flops)
+    full = rest + full_train * train_s / max(train_flops, 1.0)
+    print(f"measured {wall:.1f} s: training {train_s:.1f} s for {train_flops:.2e} FLOPs "
+          f"({train_flops / max(train_s, 1e-9) / 1e12:.2f} TFLOP/s by the reference count), the rest {rest:.1f} s")
+    print(f"the full plan ({full_budget:.0e} FLOPs, {full_train:.2e} of them training), extrapolated: "
+          f"{full / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""What only a CUDA device can show: the compiled training step, compiled decoding with CUDA graphs, the batch
+size chosen from free memory, and B=64 x S=512 training on the Qwen2.5-0.5B architecture in 24 GiB.
+
+Skipped without CUDA (every CPU path these touch is tested elsewhere). On a GPU machine:
+``python -m pytest tests/test_gpu.py`` (``benchmarks/gpu_check.sh`` runs it beside the speed benchmark).
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flopcast.codec import LLMTimeCodec
+from flopcast.config import CodecConfig, ForecastConfig, LoraSpec, ModelSpec, SimConfig, TrainConfig
+from flopcast.decode import CPU_BATCH, rows_per_batch
+from flopcast.forecast import forecast
+from flopcast.models import load_model
+from flopcast.train import train
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+ARCH_DIRS = [Path(os.environ.get("FLOPCAST_QWEN_ARCH", "")),
+             Path(__file__).resolve().parents[1] / ".gpu" / "qwen2.5-0.5b-arch",
+             Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen2.5-0.5b-arch"]
+GIB = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def data():
+    from flopcast.simulate import simulate
+
+    ds = simulate(SimConfig(n_systems=24, n_steps=40, seed=2))
+    return ds.series[:16], ds.series[16:], LLMTimeCodec.fit(CodecConfig(), ds.series[:16])
+
+
+def _losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+def test_compiled_cuda_training_gives_the_eager_losses(tmp_path, data):
+    """bf16 on CUDA, losses read every 16 steps: compiled and eager runs agree to bf16 precision."""
+    tr, va, codec = data
+    losses = {}
+    for setting in ("off", "on"):
+        lm = load_model(ModelSpec("tiny-qwen2", device="cuda"), seed=0)
+        cfg = TrainConfig(steps=20, batch_size=4, seq_len=64, lr=3e-3, eval_every=10, val_batches=2,
+                          checkpoint_every=20, wandb=False, compile=setting)
+        train(lm.model, lm.tokenizer, codec, tr, va, LoraSpec(rank=4), cfg, tmp_path / setting, name="t",
+              model_name="tiny-qwen2", progress=False)
+        losses[setting] = _losses(tmp_path / setting)
+    assert len(losses["off"]) == 20 and np.isfinite(losses["off"]).all()
+    assert np.allclose(losses["off"], losses["on"], rtol=3e-2, atol=3e-2)
+    assert losses["off"][-1] < losses["off"][0]  # it learns
+
+
+def test_compiled_cuda_decoding_gives_the_eager_tokens(data):
+    """CUDA graphs replayed across batches of one shape, the static cache reused: the greedy text of eager
+    decoding, batch after batch (fp32, so that the comparison is exact)."""
+    _, te, codec = data
+    lm = load_model(ModelSpec("tiny-qwen2", device="cuda", dtype="float32"), seed=0)
+    ctxs = [s[: 10 + i % 7] for i, s in enumerate(te * 3)]
+    out = {c: forecast(lm.model, lm.tokenizer, codec, ctxs, ForecastConfig(horizon=4, batch_size=8, compile=c))
+           for c in ("off", "on")}
+    assert out["off"].texts == out["on"].texts
+    assert np.array_equal(out["off"].point, out["on"].point, equal_nan=True)
+
+
+def test_auto_batch_comes_from_free_cuda_memory(data):
+    _, te, codec = data
+    lm = load_model(ModelSpec("tiny-qwen2", device="cuda"), seed=0)
+    rows = rows_per_batch("auto", lm.model, prompt_len=768, new_tokens=60)
+    assert rows > CPU_BATCH
+    res = forecast(lm.model, lm.tokenizer, codec, [s[:12] for s in te], ForecastConfig(horizon=3, batch_size="auto"))
+    assert len(res.batches) == 1 and res.batches[0]["B"] == len(te)
+
+
+def test_b64_s512_training_fits_in_24_gib():
+    """The reference model's architecture (random weights), bf16, LoRA r=4 on q/v, B=64 x S=512: one forward and
+    backward through flopcast's loss (logits in chunks) peaks under 24 GiB."""
+    from flopcast.adapters import attach_lora
+    from flopcast.heads import lm_loss
+
+    arch = next((d for d in ARCH_DIRS if (d / "config.json").is_file()), None)
+    if arch is None:
+        pytest.skip("no Qwen2.5-0.5B architecture directory (FLOPCAST_QWEN_ARCH, .gpu/ or ../shared/models)")
+    lm = load_model(ModelSpec(f"random:{arch}", device="cuda"), seed=0)
+    model = attach_lora(lm.model, LoraSpec(rank=4, targets=("q_proj", "v_proj")))
+    model.train()
+    x = torch.randint(0, 1000, (64, 512), device="cuda")
+    torch.cuda.reset_peak_memory_stats()
+    lm_loss(model, {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}).backward()
+    peak = torch.cuda.max_memory_allocated()
+    print(f"B=64 S=512 peak {peak / GIB:.1f} GiB")
+    assert peak < 24 * GIB
