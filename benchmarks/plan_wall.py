@@ -62,29 +62,26 @@ def main() -> None:
     a = ap.parse_args()
     raw = tomllib.loads(Path(a.plan).read_text())
     plan = plan_from_dict(scaled(raw, a.scale, a.model, a.data, a.eval_series, a.budget), where=a.plan)
+    print(f"plan {plan.name!r} x {a.scale:g} (budget {plan.budget:.1e}), model {a.model}, data {a.data or 'simulated'}")
+    print(f"{'stage':12s} {'seconds':>9s} {'training':>9s} {'the rest':>9s} {'train FLOPs':>12s}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(a.out or tmp)
-        t0 = time.perf_counter()
-        res = run_study(plan, out, progress=False)
-        wall = time.perf_counter() - t0
-    report(res, wall, raw["budget"], f"plan {plan.name!r} x {a.scale:g} (budget {plan.budget:.1e}), model {a.model}, "
-                                     f"data {a.data or 'simulated'}")
+        out, wall, train_s, train_flops = Path(a.out or tmp), 0.0, 0.0, 0.0
+        for stage in plan.stages:  # one stage a call (the study resumes), so that each line prints when it is done
+            t0 = time.perf_counter()
+            res = run_study(plan, out, progress=False, only=[stage.name])
+            wall += time.perf_counter() - t0
+            st = res.stages[stage.name]
+            tr, fl = sum(r.wall_s for r in st.runs), sum(r.flops for r in st.runs)
+            train_s, train_flops = train_s + tr, train_flops + fl
+            print(f"{stage.name:12s} {st.wall_s:9.1f} {tr:9.1f} {st.wall_s - tr:9.1f} {fl:12.2e}", flush=True)
+    report(wall, train_s, train_flops, res.ledger["used"], raw["budget"])
 
 
-def report(res, wall: float, full_budget: float, title: str) -> None:
-    """Per stage: seconds, training seconds (its runs) and the rest; then the full plan: the rest as measured (it
-    does not scale) plus the full plan's training FLOPs (its budget less the evaluations' FLOPs, which do not
-    scale either) at the training rate measured here."""
-    print(title)
-    print(f"{'stage':12s} {'seconds':>9s} {'training':>9s} {'the rest':>9s} {'train FLOPs':>12s}")
-    train_s = train_flops = 0.0
-    for name, st in res.stages.items():
-        tr, fl = sum(r.wall_s for r in st.runs), sum(r.flops for r in st.runs)
-        train_s, train_flops = train_s + tr, train_flops + fl
-        print(f"{name:12s} {st.wall_s:9.1f} {tr:9.1f} {st.wall_s - tr:9.1f} {fl:12.2e}")
+def report(wall: float, train_s: float, train_flops: float, used: float, full_budget: float) -> None:
+    """The full plan: the time other than training as measured (it does not scale), plus the full plan's training
+    FLOPs (its budget less the evaluations' FLOPs, which do not scale either) at the training rate measured here."""
     rest = wall - train_s
-    other_flops = res.ledger["used"] - train_flops  # evaluations (and probes): the same at any scale
-    full_train = max(0.0, full_budget - other_flops)
+    full_train = max(0.0, full_budget - (used - train_flops))
     full = rest + full_train * train_s / max(train_flops, 1.0)
     print(f"measured {wall:.1f} s: training {train_s:.1f} s for {train_flops:.2e} FLOPs "
           f"({train_flops / max(train_s, 1e-9) / 1e12:.2f} TFLOP/s by the reference count), the rest {rest:.1f} s")
