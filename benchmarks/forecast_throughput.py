@@ -86,7 +86,7 @@ def run(lm, a, steps: int) -> None:
         t = time.perf_counter()
         res = forecast(lm.model, lm.tokenizer, codec, ctxs, cfg)
         dt_fast = time.perf_counter() - t
-        texts.add(tuple(t for row in res.texts for t in row))
+        texts.add(tuple(x for row in res.texts for x in row))
         ratios.append((dt_naive / len(share)) / (dt_fast / a.n))
         t_naive, t_fast = t_naive + dt_naive, t_fast + dt_fast
         print(f"  round {len(ratios)}: naive {len(share) / dt_naive:.2f} series/s, "

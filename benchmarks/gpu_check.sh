@@ -12,7 +12,7 @@ G=.gpu
 OUT=${OUT:-$G/out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$G"/wheels/*.whl
-export PYTHONPATH="$PWD/src:/tmp/site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 FLOPCAST_QWEN_ARCH="$G/qwen2.5-0.5b-arch"
+export PYTHONPATH="$PWD/src:/tmp/site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 FLOPCAST_QWEN_ARCH="$PWD/$G/qwen2.5-0.5b-arch"
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no GPU") | tee "$OUT/device.txt"
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$OUT/device.txt"
 MODEL=${MODEL:-random:$G/qwen2.5-0.5b-arch} STEPS=${STEPS:-20} SERIES=${SERIES:-100} SCALE=${SCALE:-0.05}

@@ -8,7 +8,7 @@ of the plan happens (9 grid runs, 3 context runs, 5 evaluations of all test wind
 Printed per stage: measured seconds, training seconds (the runs) and the rest (evaluation, baselines); then the
 full plan extrapolated: the rest as measured plus the full plan's training FLOPs at the training rate measured.
 ``study_speed.py`` estimates the same figure from parts; this script checks it end to end.
-Default model: a random-initialised Qwen2.5-0.5B from ``.gpu/`` or ``../shared``.
+Defaults (model, data) as in ``study_speed.py``: a random-initialised Qwen2.5-0.5B from ``../shared``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from study_speed import ARCH_DIR, DATA, ROOT  # beside this script
+
 from flopcast.api import run_study
 from flopcast.plan import plan_from_dict
 
@@ -25,14 +27,6 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
-
-ROOT = Path(__file__).resolve().parents[1]
-ARCHS = [ROOT / ".gpu" / "qwen2.5-0.5b-arch", ROOT.parent / "shared" / "models" / "qwen2.5-0.5b-arch"]
-DATAS = [ROOT / ".gpu" / "lotka_volterra_data.h5", ROOT.parent / "shared" / "data" / "lotka_volterra_data.h5"]
-
-
-def first(paths: list[Path]) -> Path | None:
-    return next((p for p in paths if p.exists()), None)
 
 
 def scaled(raw: dict, f: float, model: str, data: str | None, eval_series: int | None,
@@ -50,12 +44,11 @@ def scaled(raw: dict, f: float, model: str, data: str | None, eval_series: int |
 
 
 def main() -> None:
-    arch, data = first(ARCHS), first(DATAS)
     ap = argparse.ArgumentParser()
     ap.add_argument("--plan", default=str(ROOT / "plans" / "reference.toml"))
     ap.add_argument("--scale", type=float, default=0.1)
-    ap.add_argument("--model", default=f"random:{arch}" if arch else "smollm2-135m")
-    ap.add_argument("--data", default=str(data) if data else None)
+    ap.add_argument("--model", default=f"random:{ARCH_DIR}" if (ARCH_DIR / "config.json").is_file() else "smollm2-135m")
+    ap.add_argument("--data", default=str(DATA) if DATA.is_file() else None)
     ap.add_argument("--eval-series", type=int, default=None, help="test series per evaluation (default: all)")
     ap.add_argument("--budget", type=float, default=None, help="FLOP budget (default: the plan's x scale)")
     ap.add_argument("--out", default=None, help="study directory (default: a temporary one)")

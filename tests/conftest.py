@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lotka_volterra_data.h5"
+QWEN_ARCH = Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen2.5-0.5b-arch"
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +19,15 @@ def real_data_path() -> Path:
     p = Path(os.environ.get("FLOPCAST_REAL_DATA", REAL_DATA))
     if not p.is_file():
         pytest.skip("reference dataset ../shared/data/lotka_volterra_data.h5 not present")
+    return p
+
+
+@pytest.fixture(scope="session")
+def qwen_arch_dir() -> Path:
+    """The Qwen2.5-0.5B config and tokenizer without weights (``FLOPCAST_QWEN_ARCH`` elsewhere, as on a GPU box)."""
+    p = Path(os.environ.get("FLOPCAST_QWEN_ARCH", QWEN_ARCH))
+    if not (p / "config.json").is_file():
+        pytest.skip("../shared/models/qwen2.5-0.5b-arch not present")
     return p
 
 

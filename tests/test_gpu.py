@@ -6,7 +6,6 @@ Skipped without CUDA (every CPU path these touch is tested elsewhere). On a GPU 
 """
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +22,6 @@ from flopcast.train import train
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-ARCH_DIRS = [Path(os.environ.get("FLOPCAST_QWEN_ARCH", "")),
-             Path(__file__).resolve().parents[1] / ".gpu" / "qwen2.5-0.5b-arch",
-             Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen2.5-0.5b-arch"]
 GIB = 1 << 30
 
 
@@ -79,16 +75,13 @@ def test_auto_batch_comes_from_free_cuda_memory(data):
     assert len(res.batches) == 1 and res.batches[0]["B"] == len(te)
 
 
-def test_b64_s512_training_fits_in_24_gib():
+def test_b64_s512_training_fits_in_24_gib(qwen_arch_dir):
     """The reference model's architecture (random weights), bf16, LoRA r=4 on q/v, B=64 x S=512: one forward and
     backward through flopcast's loss (logits in chunks) peaks under 24 GiB."""
     from flopcast.adapters import attach_lora
     from flopcast.heads import lm_loss
 
-    arch = next((d for d in ARCH_DIRS if (d / "config.json").is_file()), None)
-    if arch is None:
-        pytest.skip("no Qwen2.5-0.5B architecture directory (FLOPCAST_QWEN_ARCH, .gpu/ or ../shared/models)")
-    lm = load_model(ModelSpec(f"random:{arch}", device="cuda"), seed=0)
+    lm = load_model(ModelSpec(f"random:{qwen_arch_dir}", device="cuda"), seed=0)
     model = attach_lora(lm.model, LoraSpec(rank=4, targets=("q_proj", "v_proj")))
     model.train()
     x = torch.randint(0, 1000, (64, 512), device="cuda")

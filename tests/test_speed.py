@@ -18,7 +18,6 @@ from flopcast.ledger import Ledger
 from flopcast.models import load_model, resolve_arch, save_model
 from flopcast.train import train
 
-QWEN_ARCH = Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen2.5-0.5b-arch"
 CFG = dict(batch_size=2, seq_len=64, lr=3e-3, eval_every=4, checkpoint_every=5, val_batches=2, wandb=False)
 
 
@@ -123,14 +122,12 @@ def test_random_dir_builds_the_architecture_without_weights(tmp_path):
         load_model(f"random:{tmp_path / 'missing'}")
 
 
-def test_random_dir_of_the_real_qwen_architecture():
-    if not (QWEN_ARCH / "config.json").is_file():
-        pytest.skip("../shared/models/qwen2.5-0.5b-arch not present")
+def test_random_dir_of_the_real_qwen_architecture(qwen_arch_dir):
     from dataclasses import replace
 
     from flopcast.flops import arch_for
 
-    arch = resolve_arch(f"random:{QWEN_ARCH}")
+    arch = resolve_arch(f"random:{qwen_arch_dir}")
     assert replace(arch, name="") == replace(arch_for("qwen2.5-0.5b"), name="") and arch.vocab == 151936
 
 

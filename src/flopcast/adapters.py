@@ -105,12 +105,13 @@ def load_adapter(model, directory: str | Path, trainable: bool = False):
     if not (d / "adapter_config.json").is_file():
         raise FlopcastError(f"{d}: not an adapter directory (no adapter_config.json)")
     if (d / LM_HEAD_BIAS_FILE).is_file():
+        import torch
         from safetensors.torch import load_file
 
         add_lm_head_bias(model)
         bias = load_file(str(d / LM_HEAD_BIAS_FILE))["lm_head.bias"]
         head = model.get_output_embeddings()
-        with __import__("torch").no_grad():
+        with torch.no_grad():
             head.bias.copy_(bias.to(head.bias.dtype))
     with _peft_quietly():
         pm = PeftModel.from_pretrained(model, d, is_trainable=trainable)
