@@ -186,6 +186,9 @@ def test_auto_batch_size_from_free_memory():
     assert small * kv_row < 0.6 * 4 * gib  # what it plans fits in the share of free memory it may use
     assert batch_for_memory(1 << 20, qwen, 768, 60, 2) == 1  # never less than one row
     assert batch_for_memory(1 << 50, qwen, 768, 60, 2) == MAX_AUTO_BATCH
+    # a power of two: the same batch (and compiled decoding shapes) while free memory varies a little
+    sizes = {batch_for_memory(int(f * gib), qwen, 768, 60, 2) for f in np.linspace(4, 7.9, 40)}
+    assert len(sizes) <= 2 and all(s & (s - 1) == 0 for s in sizes)
 
 
 def test_a_failing_compiled_decode_step_warns_and_decodes_eagerly(monkeypatch):

@@ -206,3 +206,39 @@ def test_bf16_model_trains_fp32_lora_weights_and_head_bias(head):
     assert torch.isfinite(loss) and bias.dtype == torch.float32
     moved = (bias - 0.5).abs()
     assert moved.max() > 5e-5 and moved.max() < 2e-4  # one AdamW step of about lr, kept in fp32
+
+
+def test_compiled_body_keeps_compiling_past_torchs_default_of_eight_variants(monkeypatch):
+    """A study compiles the body once per (sequence length, LoRA rank, grad mode), on code shared by every model
+    instance: the reference plan makes 10 such variants in one process. At torch's default limit (8) the 9th and
+    later ran eagerly; each of 10 fresh models at its own sequence length must get its own compiled graph."""
+    import torch._dynamo
+
+    from flopcast.accel import RECOMPILE_LIMIT, compile_body, uncompile_body
+    from flopcast.decode import DecodeStep
+
+    compiled_graphs = []
+
+    def counting_backend(gm, example_inputs):
+        compiled_graphs.append(gm)
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": counting_backend}))
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(cfg, name, 8)  # torch's default, whatever earlier tests set
+    torch._dynamo.reset()  # earlier tests' variants of the same code would count toward the limit
+    try:
+        for seq_len in range(8, 48, 4):
+            model = load_model("tiny-qwen2", seed=0).model
+            compile_body(model)
+            with torch.no_grad():
+                model(input_ids=torch.randint(0, 40, (2, seq_len)))
+            uncompile_body(model)
+    finally:
+        torch._dynamo.reset()
+    assert len(compiled_graphs) == 10 and getattr(cfg, name) == RECOMPILE_LIMIT
+    monkeypatch.setattr(cfg, name, 8)
+    DecodeStep(load_model("tiny-qwen2", seed=0).model, compiled=True)  # compiled decoding raises it too
+    assert getattr(cfg, name) == RECOMPILE_LIMIT

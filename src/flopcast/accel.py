@@ -1,7 +1,7 @@
 """What the training engine does differently on an accelerator, and with several processes.
 
 * ``train.compile``: the transformer body under ``torch.compile`` (on for CUDA by default; :func:`compile_on`
-  decides for decoding too);
+  decides for decoding too); :func:`allow_recompiles` lets torch keep every compiled variant a study needs;
 * ``train.sync_every``: how often the loop reads the loss from the device (each read waits for it);
 * out of memory: the largest batch that fits, probed by halving;
 * several processes: one stop decision for all of them, and the process group closed at exit.
@@ -18,6 +18,7 @@ from .config import TrainConfig
 from .signals import StopRequest
 
 SYNC_EVERY_ACCELERATOR = 16
+RECOMPILE_LIMIT = 64  # compiled variants torch keeps per function (its default, 8, is fewer than one study needs)
 
 
 def compile_on(setting: str | None, device) -> bool:
@@ -37,9 +38,25 @@ def _body(model):
     return getattr(causal, causal.base_model_prefix)
 
 
+def allow_recompiles(limit: int = RECOMPILE_LIMIT) -> None:
+    """Let torch keep at least ``limit`` compiled variants of one function (never lowers the setting).
+
+    torch compiles a function once per input shape, LoRA shape and grad mode, and keeps them all on the function's
+    code -- shared by every model instance of the architecture, for the whole process. After its default of 8 it
+    stops compiling and runs every new variant eagerly (one warning). A study makes more than 8 in one process: the
+    training body compiles per (sequence length, LoRA rank), twice each (training and validation), so the reference
+    plan's context sweep and final run would train eagerly; decoding compiles per (context, adapter shape)."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, name, max(getattr(cfg, name), limit))
+
+
 def compile_body(model) -> None:
     """``torch.compile`` the transformer body in place (the head and the loss stay eager, so the numeric head
     and chunked cross-entropy work unchanged); parameter names and the saved adapter are unaffected."""
+    allow_recompiles()
     _body(model).compile(dynamic=False)
 
 

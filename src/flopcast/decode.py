@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .accel import allow_recompiles
 from .automaton import TokenAutomaton
 
 CPU_BATCH = 16            # rows per batch for batch_size "auto" on the CPU
-MAX_AUTO_BATCH = 512      # ... and at most this many on a GPU
+MAX_AUTO_BATCH = 512      # ... and at most this many on a GPU (a power of two)
 FREE_MEMORY_SHARE = 0.6   # share of the free GPU memory "auto" plans to use
 COMPILED_LENGTH_STEP = 64  # compiled decoding pads prompts to a multiple of this (a graph per length, not per prompt)
 
@@ -55,6 +56,7 @@ class DecodeStep:
         self.model, self.eager, self.compiled, self.proven = model, step, compiled, False
         self._cache, self._cache_shape = None, None
         if compiled:
+            allow_recompiles()  # a graph per (batch, length, adapter shape): a study makes more than torch's 8
             mode = "reduce-overhead" if next(model.parameters()).is_cuda else None
             self.fn = torch.compile(step, dynamic=False, mode=mode)
         else:
@@ -131,19 +133,23 @@ def generate_constrained(model, prompts: list[list[int]], automaton: TokenAutoma
 
 def rows_per_batch(requested: int | str, model, prompt_len: int, new_tokens: int) -> int:
     """``requested`` rows, or for "auto": :data:`CPU_BATCH` on the CPU, and on a GPU the most rows whose KV cache
-    and prefill activations fit in :data:`FREE_MEMORY_SHARE` of its free memory (at most :data:`MAX_AUTO_BATCH`)."""
+    and prefill activations fit in :data:`FREE_MEMORY_SHARE` of its free memory (at most :data:`MAX_AUTO_BATCH`).
+    Free memory counts what torch's allocator holds unused (a training run before leaves it reserved)."""
     if requested != "auto":
         return int(requested)
     p = next(model.parameters())
     if not p.is_cuda:
         return CPU_BATCH
     free, _ = torch.cuda.mem_get_info(p.device)
+    free += torch.cuda.memory_reserved(p.device) - torch.cuda.memory_allocated(p.device)
     return batch_for_memory(free, model.config, prompt_len, new_tokens, p.element_size())
 
 
 def batch_for_memory(free_bytes: int, config, prompt_len: int, new_tokens: int, elem_bytes: int) -> int:
-    """Rows that fit in ``FREE_MEMORY_SHARE * free_bytes``: per row, the KV cache of ``prompt_len + new_tokens``
-    positions, and the prefill's largest activations (the MLP's, the attention scores if materialised)."""
+    """Rows that fit in ``FREE_MEMORY_SHARE * free_bytes``, rounded down to a power of two: per row, the KV cache of
+    ``prompt_len + new_tokens`` positions, and the prefill's largest activations (the MLP's, the attention scores if
+    materialised). The rounding keeps the batch, and so the compiled decoding's shapes, the same from one
+    evaluation to the next while free memory varies a little."""
     c = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = c.num_attention_heads
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
@@ -153,4 +159,5 @@ def batch_for_memory(free_bytes: int, config, prompt_len: int, new_tokens: int, 
     activations = prompt_len * (4 * c.hidden_size + 3 * c.intermediate_size) * elem_bytes
     scores = heads * prompt_len * length * 4
     per_row = kv + activations + scores
-    return int(max(1, min(MAX_AUTO_BATCH, FREE_MEMORY_SHARE * free_bytes // per_row)))
+    rows = int(max(1, min(MAX_AUTO_BATCH, FREE_MEMORY_SHARE * free_bytes // per_row)))
+    return 1 << (rows.bit_length() - 1)
