@@ -7,7 +7,8 @@ Prints:
 
 1. the matmul peak this device reaches (bf16 4096^3 on CUDA, fp32 2048^3 on CPU), measured here;
 2. LoRA training ms/step at B=4 for S=512 and S=768 (and S=128, which the context sweep uses), with the
-   reference-count FLOP rate and its fraction of that peak (flopcast's own step, ``flopcast.steps.train_step``);
+   reference-count FLOP rate and its fraction of that peak (flopcast's own step, ``flopcast.steps.train_step``,
+   under ``--compile``; ``--train-only`` stops here);
 3. evaluation windows/s: the seed protocol's windows of ``--eval-series`` test series at every context length
    of the plan, through flopcast's batched constrained decoder (``evaluation.forecast_windows``);
 4. baseline seconds: every baseline of the plan on the seed protocol's windows of ``--baseline-series`` test
@@ -30,7 +31,7 @@ from pathlib import Path
 import torch
 
 from flopcast import flops
-from flopcast.accel import compile_body, compile_on
+from flopcast.accel import compile_body, compile_on, graphs_on
 from flopcast.adapters import attach_lora
 from flopcast.baselines import run_baseline
 from flopcast.codec import LLMTimeCodec
@@ -80,7 +81,7 @@ def train_ms(lm, lora: LoraSpec, codec, series, B: int, S: int, steps: int, comp
     opt = make_optimizer(params, 1e-4, 0.0)
     compiled = compile_on(compile_setting, lm.device)
     if compiled:
-        compile_body(model)
+        compile_body(model, graphs_on(compile_setting, lm.device))
     skip = torch.zeros((), dtype=torch.bool, device=lm.device)
     step = lambda: train_step(model, opt, batch, lambda b: lm_loss(model, b), 1e-4, 1.0, params=params, skip=skip)  # noqa: E731
     for _ in range(3 if compiled else 1):
@@ -158,7 +159,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="timed training steps per S (after the warm-up)")
     ap.add_argument("--eval-series", type=int, default=2, help="test series whose seed-protocol windows are timed")
     ap.add_argument("--baseline-series", type=int, default=100)
-    ap.add_argument("--compile", default=None, choices=["auto", "on", "off"], help="train.compile (default auto)")
+    ap.add_argument("--compile", default=None, choices=["auto", "on", "off", "graphs"],
+                    help="train.compile (default auto; graphs: CUDA graphs too)")
+    ap.add_argument("--train-only", action="store_true", help="time the training steps only (no eval, baselines, plan)")
     ap.add_argument("--contexts", default="128,512,768", help="training S to time, comma-separated")
     a = ap.parse_args()
     run(a)
@@ -191,7 +194,9 @@ def run(a) -> None:
         ref = flops.train_step(arch, 4, S, flops.LoraShape(plan.lora.rank)).total
         rate_at[S] = ref / (ms / 1000)
         print(f"train B=4 S={S:4d}: {ms:9.1f} ms/step, {rate_at[S] / 1e12:7.3f} TFLOP/s by the reference count, "
-              f"{rate_at[S] / peak:5.1%} of the measured peak")
+              f"{rate_at[S] / peak:5.1%} of the measured peak (compile {a.compile or 'auto'})")
+    if a.train_only:
+        return
     cfg = plan.eval
     rate, n = eval_rate(lm, codec, test[: a.eval_series], cfg)
     print(f"eval (seed protocol, {a.eval_series} series, S={list(cfg.contexts)}, batch {cfg.batch_size}): "

@@ -212,6 +212,15 @@ def test_a_failing_compiled_decode_step_warns_and_decodes_eagerly(monkeypatch):
     assert res.texts == eager.texts
     assert not compile_on("off", "cuda") and compile_on(None, "cuda")
     assert not compile_on("auto", "cpu")
+    from flopcast.accel import graphs_on
+    from flopcast.config import TrainConfig
+    from flopcast.errors import FlopcastError
+
+    assert compile_on("graphs", "cpu") and not graphs_on("graphs", "cpu")  # CUDA graphs need CUDA: plain compile
+    assert graphs_on("graphs", "cuda") and not graphs_on("on", "cuda") and not graphs_on(None, "cuda")
+    assert TrainConfig(compile="graphs").compile == "graphs"
+    with pytest.raises(FlopcastError, match="compile must be one of"):
+        TrainConfig(compile="fast")
 
 
 @pytest.mark.slow

@@ -39,10 +39,11 @@ def _losses(run_dir: Path) -> list[float]:
 
 
 def test_compiled_cuda_training_gives_the_eager_losses(tmp_path, data):
-    """bf16 on CUDA, losses read every 16 steps: compiled and eager runs agree to bf16 precision."""
+    """bf16 on CUDA, losses read every 16 steps: compiled runs (with and without CUDA graphs) and the eager run
+    agree to bf16 precision."""
     tr, va, codec = data
     losses = {}
-    for setting in ("off", "on"):
+    for setting in ("off", "on", "graphs"):
         lm = load_model(ModelSpec("tiny-qwen2", device="cuda"), seed=0)
         cfg = TrainConfig(steps=20, batch_size=4, seq_len=64, lr=3e-3, eval_every=10, val_batches=2,
                           checkpoint_every=20, wandb=False, compile=setting)
@@ -51,6 +52,7 @@ def test_compiled_cuda_training_gives_the_eager_losses(tmp_path, data):
         losses[setting] = _losses(tmp_path / setting)
     assert len(losses["off"]) == 20 and np.isfinite(losses["off"]).all()
     assert np.allclose(losses["off"], losses["on"], rtol=3e-2, atol=3e-2)
+    assert np.allclose(losses["off"], losses["graphs"], rtol=3e-2, atol=3e-2)
     assert losses["off"][-1] < losses["off"][0]  # it learns
 
 

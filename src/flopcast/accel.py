@@ -22,9 +22,15 @@ RECOMPILE_LIMIT = 64  # compiled variants torch keeps per function (its default,
 
 
 def compile_on(setting: str | None, device) -> bool:
-    """A ``compile`` setting (``train.compile``, ``eval.compile``): "on", "off", or "auto"/None = on for CUDA
-    (on CPU a compiled step was not measured faster; see benchmarks/study_speed.py)."""
-    return setting == "on" or (setting in (None, "auto") and torch.device(device).type == "cuda")
+    """A ``compile`` setting (``train.compile``, ``eval.compile``): "on", "graphs", "off", or "auto"/None = on for
+    CUDA (on CPU a compiled step was not measured faster; see benchmarks/study_speed.py)."""
+    return setting in ("on", "graphs") or (setting in (None, "auto") and torch.device(device).type == "cuda")
+
+
+def graphs_on(setting: str | None, device) -> bool:
+    """Training under CUDA graphs too (``train.compile = "graphs"``, CUDA only): a step replays recorded kernels
+    instead of launching each. Decoding on CUDA always uses them when compiled."""
+    return setting == "graphs" and torch.device(device).type == "cuda"
 
 
 def sync_every(cfg: TrainConfig, device) -> int:
@@ -53,11 +59,12 @@ def allow_recompiles(limit: int = RECOMPILE_LIMIT) -> None:
     setattr(cfg, name, max(getattr(cfg, name), limit))
 
 
-def compile_body(model) -> None:
+def compile_body(model, graphs: bool = False) -> None:
     """``torch.compile`` the transformer body in place (the head and the loss stay eager, so the numeric head
-    and chunked cross-entropy work unchanged); parameter names and the saved adapter are unaffected."""
+    and chunked cross-entropy work unchanged); parameter names and the saved adapter are unaffected.
+    ``graphs``: record it as CUDA graphs ("reduce-overhead"); each training step marks its start for them."""
     allow_recompiles()
-    _body(model).compile(dynamic=False)
+    _body(model).compile(dynamic=False, **({"mode": "reduce-overhead"} if graphs else {}))
 
 
 def uncompile_body(model) -> None:

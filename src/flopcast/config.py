@@ -165,7 +165,7 @@ class SplitConfig:
         _check(self.seed >= 0, f"split seed must be >= 0, got {self.seed}")
 
 
-COMPILE = ("auto", "on", "off")
+COMPILE = ("auto", "on", "off", "graphs")  # "graphs": compiled, with CUDA graphs on CUDA
 
 
 def _check_batch(batch_size, what: str = "batch_size") -> None:
@@ -280,7 +280,8 @@ class TrainConfig:
     seed: int = 0
     head: str = "full"                 # "numeric": train the LM head's softmax over the series' tokens only
     wandb: bool = True                 # log to wandb when installed (offline unless logged in)
-    compile: str | None = None         # torch.compile the model body: "on", "off", "auto" (= None: on for CUDA)
+    compile: str | None = None         # torch.compile the model body: "on", "off", "graphs" (and CUDA graphs),
+                                       # "auto" (= None: on for CUDA)
     sync_every: int | None = None      # steps between reads of the loss from the device (None: 1 on CPU, 16 on GPU)
 
     def __post_init__(self) -> None:

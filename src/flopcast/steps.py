@@ -84,6 +84,7 @@ def train_step(model, optimizer, batch: dict, loss_fn: Callable[[dict], torch.Te
     """
     for g in optimizer.param_groups:
         g["lr"] = lr
+    torch.compiler.cudagraph_mark_step_begin()  # a new step for a body under CUDA graphs; nothing otherwise
     loss = loss_fn(batch)
     (acc.backward if acc is not None else torch.Tensor.backward)(loss)
     value = (acc.reduce(loss.detach(), reduction="mean") if acc is not None else loss.detach()).float()

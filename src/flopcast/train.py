@@ -44,6 +44,7 @@ from .accel import (
     compile_body,
     compile_on,
     destroy_process_group,
+    graphs_on,
     largest_batch,
     stop_requested,
     sync_every,
@@ -131,7 +132,7 @@ def train(base_model, tokenizer, codec: LLMTimeCodec, train_series: list[np.ndar
                     model_name, data_sha)
         resources.callback(_close, run)
         if compile_on(cfg.compile, acc.device):  # the body of the shared base model, given back as it came
-            compile_body(acc.unwrap_model(run.model))
+            compile_body(acc.unwrap_model(run.model), graphs_on(cfg.compile, acc.device))
             resources.callback(uncompile_body, acc.unwrap_model(run.model))
         with ExitStack() as loop:
             if run.head_ids:  # the shared base model gets its full head back on the way out
