@@ -242,3 +242,35 @@ def test_compiled_body_keeps_compiling_past_torchs_default_of_eight_variants(mon
     monkeypatch.setattr(cfg, name, 8)
     DecodeStep(load_model("tiny-qwen2", seed=0).model, compiled=True)  # compiled decoding raises it too
     assert getattr(cfg, name) == RECOMPILE_LIMIT
+
+
+def test_training_and_validation_build_no_kv_cache(monkeypatch, data):
+    """Models default to use_cache=True, which in training builds a KV cache per forward (every layer's keys and
+    values copied, and traced into a compiled body); the loss is the same without it."""
+    from types import SimpleNamespace
+
+    from transformers import cache_utils
+
+    from flopcast.chunks import Chunks
+    from flopcast.heads import lm_loss
+    from flopcast.steps import validation_loss
+
+    made = []
+    real_init = cache_utils.DynamicCache.__init__
+
+    def counting_init(self, *a, **kw):
+        made.append(1)
+        real_init(self, *a, **kw)
+
+    monkeypatch.setattr(cache_utils.DynamicCache, "__init__", counting_init)
+    lm = load_model("tiny-qwen2", seed=0)
+    model = attach_lora(lm.model, LoraSpec(rank=2)).train()
+    x = torch.randint(0, 40, (2, 16))
+    batch = {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
+    lm_loss(model, batch).backward()
+    lm_loss(model, batch, max_logits_bytes=0, chunk_bytes=2 * 16 * 64).backward()  # the chunked path
+    acc = SimpleNamespace(device="cpu", process_index=0, num_processes=1, reduce=lambda t, reduction: t)
+    val = validation_loss(model, Chunks(x.numpy(), np.ones_like(x.numpy()), x.numpy()), 2, acc)
+    assert made == [] and np.isfinite(val)
+    with_cache = model(**batch).loss  # what the model does by default
+    assert made and torch.allclose(with_cache, lm_loss(model, batch))

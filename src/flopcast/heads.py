@@ -93,7 +93,8 @@ def lm_loss(model, batch: dict[str, torch.Tensor], table: torch.Tensor | None = 
     loss run over sequence chunks of ``chunk_bytes`` of logits, each recomputed in the backward pass (activation
     checkpointing), so one chunk's logits are alive at a time: B=64 x S=512 x 152k columns would otherwise take
     20 GiB. Below the threshold (the reference plan's B=4, S<=768 on Qwen2.5) nothing changes, and so it is for a
-    model wrapped in DistributedDataParallel (several processes), whose gradients are synchronised by its forward."""
+    model wrapped in DistributedDataParallel (several processes), whose gradients are synchronised by its forward.
+    No KV cache is built: models default to one, which copies every layer's keys and values for nothing."""
     inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     causal = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     head = causal.get_output_embeddings()
@@ -101,14 +102,15 @@ def lm_loss(model, batch: dict[str, torch.Tensor], table: torch.Tensor | None = 
     cols = len(head.ids) if isinstance(head, SubsetHead) else head.weight.shape[0]
     if B * S * cols * 4 <= max_logits_bytes or inner is not model:  # under DDP, through its forward (grad sync)
         if table is None:
-            return model(**batch).loss
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return model(**batch, use_cache=False).loss
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         return F_nn.cross_entropy(logits[:, :-1].float().reshape(-1, cols), _targets(batch, table).reshape(-1),
                                   ignore_index=IGNORE)
     from torch.utils.checkpoint import checkpoint
 
     body = getattr(causal, causal.base_model_prefix)
-    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
+    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  use_cache=False).last_hidden_state[:, :-1]
     labels = _targets(batch, table)
     step = max(1, chunk_bytes // (B * cols * 4))
     total = sum(checkpoint(_ce_sum, head, hidden[:, i:i + step], labels[:, i:i + step], use_reentrant=False)

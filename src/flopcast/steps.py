@@ -104,7 +104,7 @@ def train_step(model, optimizer, batch: dict, loss_fn: Callable[[dict], torch.Te
 @torch.no_grad()
 def validation_loss(model, chunks: Chunks | None, batch: int, acc, loss_fn=None) -> float | None:
     """Mean loss per target token; each process scores its share of every batch."""
-    loss_fn = loss_fn or (lambda b: model(**b).loss)
+    loss_fn = loss_fn or (lambda b: model(**b, use_cache=False).loss)
     if chunks is None or len(chunks) == 0:
         return None
     was = model.training
