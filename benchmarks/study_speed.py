@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from flopcast import flops
-from flopcast.accel import compile_body, compile_on, graphs_on
+from flopcast.accel import compile_body, compile_on, graphs_on, uncompile_body
 from flopcast.adapters import attach_lora
 from flopcast.baselines import run_baseline
 from flopcast.codec import LLMTimeCodec
@@ -68,10 +68,12 @@ def matmul_peak(device: str) -> float:
     return reps * 2 * n ** 3 / (time.perf_counter() - t)
 
 
-def train_ms(lm, lora: LoraSpec, codec, series, B: int, S: int, steps: int, compile_setting: str | None) -> float:
-    """Milliseconds per LoRA step of flopcast's training step at B x S, as the engine runs it: its optimizer (fused
-    AdamW), its loss (chunked beyond 2 GiB of logits), ``train.compile`` and losses read once at the end (a GPU
-    run reads them every 16 steps). Warm-up steps first: three when compiled, else one."""
+def train_ms(lm, lora: LoraSpec, codec, series, B: int, S: int, steps: int,
+             compile_setting: str | None) -> tuple[float, float]:
+    """(milliseconds per LoRA step, seconds of compiling) of flopcast's training step at B x S, as the engine runs it:
+    its optimizer (fused AdamW), its loss (chunked beyond 2 GiB of logits), ``train.compile`` and losses read once
+    at the end (a GPU run reads them every 16 steps). Warm-up steps first: three when compiled (their time less
+    three timed steps is the compiling), else one."""
     ids = [t for s in series for t in lm.tokenizer(codec.encode(s), add_special_tokens=False).input_ids]
     x = torch.tensor(ids[:B * S]).view(B, S).to(lm.device)
     batch = {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
@@ -84,35 +86,45 @@ def train_ms(lm, lora: LoraSpec, codec, series, B: int, S: int, steps: int, comp
         compile_body(model, graphs_on(compile_setting, lm.device))
     skip = torch.zeros((), dtype=torch.bool, device=lm.device)
     step = lambda: train_step(model, opt, batch, lambda b: lm_loss(model, b), 1e-4, 1.0, params=params, skip=skip)  # noqa: E731
+    t = time.perf_counter()
     for _ in range(3 if compiled else 1):
         step()
     sync()
+    warm = time.perf_counter() - t
+    n_warm = 3 if compiled else 1
     t = time.perf_counter()
     losses = [step() for _ in range(steps)]
     torch.stack(losses).tolist()
     sync()
     ms = 1000 * (time.perf_counter() - t) / steps
+    if compiled:
+        uncompile_body(model)  # evaluation decodes with its own compile setting
     lm.model = model.unload()  # the base model back, without the adapter
-    return ms
+    return ms, max(0.0, warm - n_warm * ms / 1000)
 
 
-def eval_rate(lm, codec, series, cfg: EvalConfig) -> tuple[float, int]:
-    """(windows/s, windows) of the seed protocol over ``series`` at every context length of ``cfg``."""
-    n, t = 0, 0.0
+def eval_rate(lm, codec, series, cfg: EvalConfig, compile_setting: str | None) -> tuple[float, int, dict[int, float]]:
+    """(windows/s, windows, compiling seconds per context) of the seed protocol over ``series`` at every context
+    length of ``cfg``, decoding with ``compile_setting``. The warm-up is the same call (the same batch shapes, so a
+    compiled step compiles there, not in the timed call); its time less the timed call's is the compiling."""
+    n, t, warm = 0, 0.0, {}
     for S in cfg.contexts:
         wins = build_windows(series, codec, lm.tokenizer, S, cfg)
         if not wins:
             continue
         grammar = window_grammar(wins, lm.tokenizer, codec, wins[0].truth.shape[1])
-        forecast_windows(lm.model, lm.tokenizer, codec, wins[:2], cfg.horizon, cfg.batch_size,
-                         int_digits=grammar.max_int)  # warm-up
-        sync()
-        t0 = time.perf_counter()
-        forecast_windows(lm.model, lm.tokenizer, codec, wins, cfg.horizon, cfg.batch_size, int_digits=grammar.max_int)
-        sync()
-        t += time.perf_counter() - t0
+        for timed in (False, True):
+            t0 = time.perf_counter()
+            forecast_windows(lm.model, lm.tokenizer, codec, wins, cfg.horizon, cfg.batch_size,
+                             int_digits=grammar.max_int, compile=compile_setting)
+            sync()
+            if timed:
+                t += time.perf_counter() - t0
+                warm[S] = max(0.0, warm[S] - (time.perf_counter() - t0))
+            else:
+                warm[S] = time.perf_counter() - t0
         n += len(wins)
-    return n / t, n
+    return n / t, n, warm
 
 
 def baseline_seconds(codec, tokenizer, series, cfg: EvalConfig, dt: float) -> tuple[float, int]:
@@ -123,6 +135,25 @@ def baseline_seconds(codec, tokenizer, series, cfg: EvalConfig, dt: float) -> tu
         for b in cfg.baselines:
             run_baseline(b, [w.context for w in wins], cfg.horizon, dt)
     return time.perf_counter() - t0, n
+
+
+def compile_seconds(plan, train_warm: dict[int, float], eval_warm: dict[int, float]) -> tuple[float, list[str]]:
+    """Compiling in ``plan``: a training variant per distinct (S, rank) at the compiling measured for the nearest S
+    (its validation variant, compiled once too, not counted), and a decoding variant per (context, adapter shape) at
+    the compiling measured for that context (adapter shapes: none, and each rank a trained stage may evaluate).
+    Empty dicts: that part is not compiled."""
+    variants, ranks = set(), set()
+    for st in plan.stages:
+        for t, lo in st.candidates(plan.train, plan.lora):
+            variants.add((t.seq_len, lo.rank))
+            if st.evaluate:
+                ranks.add(lo.rank)
+    tr = sum(train_warm[min(train_warm, key=lambda s: abs(s - S))] for S, _ in variants) if train_warm else 0.0
+    ev = (1 + len(ranks)) * sum(eval_warm.values())
+    lines = [f"  compiling, training       {tr:8.1f} s  ({len(variants)} (S, rank) variants)"] if train_warm else []
+    if eval_warm:
+        lines.append(f"  compiling, decoding       {ev:8.1f} s  ({1 + len(ranks)} adapter shapes x contexts)")
+    return tr + ev, lines
 
 
 def plan_seconds(plan, arch, rate_at: dict[int, float], windows: dict[int, int], win_rate: float, base_s: float,
@@ -187,20 +218,26 @@ def run(a) -> None:
           f"model {a.model} ({lm.dtype}), torch {torch.__version__}")
     peak = matmul_peak(dev)
     print(f"matmul peak ({'bf16 4096^3' if dev == 'cuda' else 'fp32 2048^3'}): {peak / 1e12:.2f} TFLOP/s")
-    rate_at = {}
+    rate_at, train_warm = {}, {}
     for S in [int(c) for c in a.contexts.split(",")]:
-        ms = train_ms(lm, replace(plan.lora, train_lm_head_bias=False), codec, train_series, 4, S, a.steps,
-                      a.compile)
+        ms, train_warm[S] = train_ms(lm, replace(plan.lora, train_lm_head_bias=False), codec, train_series, 4, S,
+                                     a.steps, a.compile)
         ref = flops.train_step(arch, 4, S, flops.LoraShape(plan.lora.rank)).total
         rate_at[S] = ref / (ms / 1000)
         print(f"train B=4 S={S:4d}: {ms:9.1f} ms/step, {rate_at[S] / 1e12:7.3f} TFLOP/s by the reference count, "
-              f"{rate_at[S] / peak:5.1%} of the measured peak (compile {a.compile or 'auto'})")
+              f"{rate_at[S] / peak:5.1%} of the measured peak (compile {a.compile or 'auto'}: "
+              f"{train_warm[S]:.1f} s compiling)")
     if a.train_only:
         return
     cfg = plan.eval
-    rate, n = eval_rate(lm, codec, test[: a.eval_series], cfg)
-    print(f"eval (seed protocol, {a.eval_series} series, S={list(cfg.contexts)}, batch {cfg.batch_size}): "
-          f"{rate:.2f} windows/s over {n} windows")
+    settings = [cfg.compile] + (["off"] if dev == "cuda" and compile_on(cfg.compile, "cuda") else [])
+    for setting in settings:  # on a GPU, compiled decoding (the default) and eager decoding, each with its warm-up
+        r, n, w = eval_rate(lm, codec, test[: a.eval_series], cfg, setting)
+        print(f"eval (seed protocol, {a.eval_series} series, S={list(cfg.contexts)}, batch {cfg.batch_size}, "
+              f"compile {setting or 'auto'}): {r:.2f} windows/s over {n} windows; compiling "
+              + ", ".join(f"S={S} {s:.1f} s" for S, s in w.items()))
+        if setting == cfg.compile:
+            rate, eval_warm = r, w
     dt = float(ds.time[1] - ds.time[0]) if ds.time is not None and len(ds.time) > 1 else 1.0
     base_s, nb = baseline_seconds(codec, lm.tokenizer, test[: a.baseline_series], cfg, dt)
     print(f"baselines {', '.join(cfg.baselines)} on {nb} windows ({a.baseline_series} series): {base_s:.1f} s")
@@ -210,9 +247,11 @@ def run(a) -> None:
     val_chunks = plan.train.val_batches * plan.train.batch_size
     total, lines = plan_seconds(plan, arch, rate_at, windows, rate, base_s * len(test) / max(1, a.baseline_series),
                                 val_chunks, grammar)
+    comp_s, comp_lines = compile_seconds(plan, train_warm if compile_on(a.compile, dev) else {},
+                                         eval_warm if compile_on(cfg.compile, dev) else {})
     print(f"whole plan {plan.name!r} ({plan.budget:.0e} FLOPs, {sum(windows.values())} test windows per evaluation), "
-          f"extrapolated: {total / 60:.1f} min")
-    print("\n".join(lines))
+          f"extrapolated: {(total + comp_s) / 60:.1f} min")
+    print("\n".join(lines + comp_lines))
     print(f"(the hardware limit by the reference count at the measured peak: {plan.budget / peak / 60:.1f} min)")
 
 

@@ -174,10 +174,13 @@ def test_training_gives_the_shared_base_model_back_uncompiled():
 
     lm = load_model("tiny-qwen2", seed=0)
     model = attach_lora(lm.model, LoraSpec(rank=2))
-    compile_body(model)
-    assert _body(lm.model)._compiled_call_impl is not None
-    uncompile_body(model)
-    assert _body(lm.model)._compiled_call_impl is None  # an evaluation on the same model runs it as it came
+    layers = list(_body(lm.model).layers)
+    for graphs in (False, True):  # each decoder layer compiled; with CUDA graphs, the whole body
+        compile_body(model, graphs=graphs)
+        compiled = [m for m in [_body(lm.model), *layers] if m._compiled_call_impl is not None]
+        assert compiled == ([_body(lm.model)] if graphs else layers)
+        uncompile_body(model)
+        assert all(m._compiled_call_impl is None for m in [_body(lm.model), *layers])  # given back as it came
 
 
 @pytest.mark.parametrize("head", ["full", "numeric"])
@@ -209,9 +212,9 @@ def test_bf16_model_trains_fp32_lora_weights_and_head_bias(head):
 
 
 def test_compiled_body_keeps_compiling_past_torchs_default_of_eight_variants(monkeypatch):
-    """A study compiles the body once per (sequence length, LoRA rank, grad mode), on code shared by every model
+    """A study compiles the layers once per (sequence length, LoRA rank, grad mode), on code shared by every model
     instance: the reference plan makes 10 such variants in one process. At torch's default limit (8) the 9th and
-    later ran eagerly; each of 10 fresh models at its own sequence length must get its own compiled graph."""
+    later ran eagerly; each of 10 fresh models at its own sequence length must get its own compiled graphs."""
     import torch._dynamo
 
     from flopcast.accel import RECOMPILE_LIMIT, compile_body, uncompile_body
@@ -229,16 +232,20 @@ def test_compiled_body_keeps_compiling_past_torchs_default_of_eight_variants(mon
     name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
     monkeypatch.setattr(cfg, name, 8)  # torch's default, whatever earlier tests set
     torch._dynamo.reset()  # earlier tests' variants of the same code would count toward the limit
+    per_shape = []
     try:
         for seq_len in range(8, 48, 4):
             model = load_model("tiny-qwen2", seed=0).model
             compile_body(model)
+            before = len(compiled_graphs)
             with torch.no_grad():
-                model(input_ids=torch.randint(0, 40, (2, seq_len)))
+                model(input_ids=torch.randint(0, 40, (2, seq_len)), use_cache=False)
+            per_shape.append(len(compiled_graphs) - before)
             uncompile_body(model)
     finally:
         torch._dynamo.reset()
-    assert len(compiled_graphs) == 10 and getattr(cfg, name) == RECOMPILE_LIMIT
+    assert per_shape[0] >= 1 and per_shape == per_shape[:1] * 10, per_shape  # the 9th and 10th compiled too
+    assert getattr(cfg, name) == RECOMPILE_LIMIT
     monkeypatch.setattr(cfg, name, 8)
     DecodeStep(load_model("tiny-qwen2", seed=0).model, compiled=True)  # compiled decoding raises it too
     assert getattr(cfg, name) == RECOMPILE_LIMIT
