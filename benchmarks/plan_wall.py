@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from study_speed import ARCH_DIR, DATA, ROOT  # beside this script
+from study_speed import ROOT, default_data, default_model  # beside this script
 
 from flopcast.api import run_study
 from flopcast.plan import plan_from_dict
@@ -47,8 +47,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--plan", default=str(ROOT / "plans" / "reference.toml"))
     ap.add_argument("--scale", type=float, default=0.1)
-    ap.add_argument("--model", default=f"random:{ARCH_DIR}" if (ARCH_DIR / "config.json").is_file() else "smollm2-135m")
-    ap.add_argument("--data", default=str(DATA) if DATA.is_file() else None)
+    ap.add_argument("--model", default=default_model())
+    ap.add_argument("--data", default=default_data())
     ap.add_argument("--eval-series", type=int, default=None, help="test series per evaluation (default: all)")
     ap.add_argument("--budget", type=float, default=None, help="FLOP budget (default: the plan's x scale)")
     ap.add_argument("--out", default=None, help="study directory (default: a temporary one)")

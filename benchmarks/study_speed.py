@@ -50,6 +50,15 @@ ARCH_DIR = SHARED / "models" / "qwen2.5-0.5b-arch"
 DATA = SHARED / "data" / "lotka_volterra_data.h5"
 
 
+def default_model() -> str:
+    """A random-initialised Qwen2.5-0.5B when ../shared has its architecture, else the embedded SmolLM2-135M."""
+    return f"random:{ARCH_DIR}" if (ARCH_DIR / "config.json").is_file() else "smollm2-135m"
+
+
+def default_data() -> str | None:
+    return str(DATA) if DATA.is_file() else None
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -81,17 +90,17 @@ def train_ms(lm, lora: LoraSpec, codec, series, B: int, S: int, steps: int,
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, 1e-4, 0.0)
-    compiled = compile_on(compile_setting, lm.device)
+    compiled, graphs = compile_on(compile_setting, lm.device), graphs_on(compile_setting, lm.device)
     if compiled:
-        compile_body(model, graphs_on(compile_setting, lm.device))
+        compile_body(model, graphs)
     skip = torch.zeros((), dtype=torch.bool, device=lm.device)
     step = lambda: train_step(model, opt, batch, lambda b: lm_loss(model, b), 1e-4, 1.0, params=params, skip=skip)  # noqa: E731
+    n_warm = 3 if compiled else 1
     t = time.perf_counter()
-    for _ in range(3 if compiled else 1):
+    for _ in range(n_warm):
         step()
     sync()
     warm = time.perf_counter() - t
-    n_warm = 3 if compiled else 1
     t = time.perf_counter()
     losses = [step() for _ in range(steps)]
     torch.stack(losses).tolist()
@@ -101,6 +110,14 @@ def train_ms(lm, lora: LoraSpec, codec, series, B: int, S: int, steps: int,
         uncompile_body(model)  # evaluation decodes with its own compile setting
     lm.model = model.unload()  # the base model back, without the adapter
     return ms, max(0.0, warm - n_warm * ms / 1000)
+
+
+def _seconds(fn, *args, **kwargs) -> float:
+    """Wall seconds of ``fn(*args, **kwargs)``, the device's queue drained."""
+    t0 = time.perf_counter()
+    fn(*args, **kwargs)
+    sync()
+    return time.perf_counter() - t0
 
 
 def eval_rate(lm, codec, series, cfg: EvalConfig, compile_setting: str | None) -> tuple[float, int, dict[int, float]]:
@@ -113,17 +130,9 @@ def eval_rate(lm, codec, series, cfg: EvalConfig, compile_setting: str | None) -
         if not wins:
             continue
         grammar = window_grammar(wins, lm.tokenizer, codec, wins[0].truth.shape[1])
-        for timed in (False, True):
-            t0 = time.perf_counter()
-            forecast_windows(lm.model, lm.tokenizer, codec, wins, cfg.horizon, cfg.batch_size,
-                             int_digits=grammar.max_int, compile=compile_setting)
-            sync()
-            if timed:
-                t += time.perf_counter() - t0
-                warm[S] = max(0.0, warm[S] - (time.perf_counter() - t0))
-            else:
-                warm[S] = time.perf_counter() - t0
-        n += len(wins)
+        first, second = (_seconds(forecast_windows, lm.model, lm.tokenizer, codec, wins, cfg.horizon, cfg.batch_size,
+                                  int_digits=grammar.max_int, compile=compile_setting) for _ in range(2))
+        t, warm[S], n = t + second, max(0.0, first - second), n + len(wins)
     return n / t, n, warm
 
 
@@ -184,9 +193,9 @@ def plan_seconds(plan, arch, rate_at: dict[int, float], windows: dict[int, int],
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=f"random:{ARCH_DIR}" if (ARCH_DIR / "config.json").is_file() else "smollm2-135m")
+    ap.add_argument("--model", default=default_model())
     ap.add_argument("--plan", default=str(ROOT / "plans" / "reference.toml"))
-    ap.add_argument("--data", default=str(DATA) if DATA.is_file() else None)
+    ap.add_argument("--data", default=default_data())
     ap.add_argument("--steps", type=int, default=2, help="timed training steps per S (after the warm-up)")
     ap.add_argument("--eval-series", type=int, default=2, help="test series whose seed-protocol windows are timed")
     ap.add_argument("--baseline-series", type=int, default=100)

@@ -217,7 +217,7 @@ def test_compiled_body_keeps_compiling_past_torchs_default_of_eight_variants(mon
     later ran eagerly; each of 10 fresh models at its own sequence length must get its own compiled graphs."""
     import torch._dynamo
 
-    from flopcast.accel import RECOMPILE_LIMIT, compile_body, uncompile_body
+    from flopcast.accel import RECOMPILE_LIMIT, compile_body, recompile_setting, uncompile_body
     from flopcast.decode import DecodeStep
 
     compiled_graphs = []
@@ -229,7 +229,7 @@ def test_compiled_body_keeps_compiling_past_torchs_default_of_eight_variants(mon
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": counting_backend}))
     cfg = torch._dynamo.config
-    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    name = recompile_setting()
     monkeypatch.setattr(cfg, name, 8)  # torch's default, whatever earlier tests set
     torch._dynamo.reset()  # earlier tests' variants of the same code would count toward the limit
     per_shape = []

@@ -64,9 +64,15 @@ def allow_recompiles(limit: int = RECOMPILE_LIMIT) -> None:
     plan's context sweep and final run would train eagerly; decoding compiles per (context, adapter shape)."""
     import torch._dynamo
 
-    cfg = torch._dynamo.config
-    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-    setattr(cfg, name, max(getattr(cfg, name), limit))
+    name = recompile_setting()
+    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
+
+
+def recompile_setting() -> str:
+    """The name of that limit in ``torch._dynamo.config`` (``cache_size_limit`` before torch 2.6)."""
+    import torch._dynamo
+
+    return "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
 
 
 def compile_body(model, graphs: bool = False) -> None:

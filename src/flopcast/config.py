@@ -280,8 +280,8 @@ class TrainConfig:
     seed: int = 0
     head: str = "full"                 # "numeric": train the LM head's softmax over the series' tokens only
     wandb: bool = True                 # log to wandb when installed (offline unless logged in)
-    compile: str | None = None         # torch.compile the model body: "on", "off", "graphs" (and CUDA graphs),
-                                       # "auto" (= None: on for CUDA)
+    compile: str | None = None         # torch.compile the decoder layers: "on", "off", "auto" (= None: on for
+                                       # CUDA), "graphs" (the whole body, under CUDA graphs on CUDA)
     sync_every: int | None = None      # steps between reads of the loss from the device (None: 1 on CPU, 16 on GPU)
 
     def __post_init__(self) -> None:
