@@ -244,3 +244,59 @@ def test_batches_of_one_shape_share_a_kv_cache_and_forecast_as_one_batch():
     one_by_one = forecast(model, tok, codec, ctx, ForecastConfig(horizon=4, batch_size=1))
     together = forecast(model, tok, codec, ctx, ForecastConfig(horizon=4, batch_size=5))
     assert one_by_one.texts == together.texts and len({t[0] for t in together.texts}) > 1
+
+
+def test_grouped_decode_attention_is_transformers_sdpa_without_the_copies():
+    """decode_attention: one query token per row, grouped heads, a padding mask -> the numbers of transformers' SDPA
+    with every key/value head copied out (repeat_kv); other shapes go to that function itself."""
+    import torch
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    from flopcast.attention import decode_attention
+
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 3, True
+    B, kv, S, D = 4, 2, 11, 8
+    key, value = torch.randn(B, kv, S, D), torch.randn(B, kv, S, D)
+    mask = torch.ones(B, 1, 1, S, dtype=torch.bool)
+    mask[0, ..., :4] = mask[2, ..., :7] = False  # left padding
+    q = torch.randn(B, kv * 3, 1, D)
+    got, _ = decode_attention(module, q, key, value, mask, scaling=0.3)
+    want = torch.nn.functional.scaled_dot_product_attention(q, repeat_kv(key, 3), repeat_kv(value, 3),
+                                                            attn_mask=mask, scale=0.3).transpose(1, 2)
+    assert got.shape == (B, 1, kv * 3, D) and torch.allclose(got, want, atol=1e-6)
+    prefill = torch.randn(B, kv * 3, 5, D)
+    m5 = torch.ones(B, 1, 5, S, dtype=torch.bool)
+    assert torch.equal(decode_attention(module, prefill, key, value, m5)[0],
+                       sdpa_attention_forward(module, prefill, key, value, m5)[0])
+
+
+def test_decode_steps_do_not_copy_the_kv_cache_per_head(monkeypatch):
+    """Where transformers' SDPA copies every cached key and value out to each query head in decode steps (under
+    torch.compile; always in releases such as 5.17), flopcast's decoding does not: the copies are the prefill's
+    only, the forecasts the same, and the model's attention is SDPA again afterwards."""
+    import contextlib
+
+    import transformers.integrations.sdpa_attention as sa
+
+    import flopcast.forecast as fc
+
+    model, tok = _lively_tiny()
+    codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
+    ctx = _contexts(np.random.default_rng(5), 6)
+    cfg = ForecastConfig(horizon=3, batch_size=3, compile="off")
+    before = forecast(model, tok, codec, ctx, cfg)
+    copies = []
+    real_repeat = sa.repeat_kv
+    monkeypatch.setattr(sa, "repeat_kv", lambda h, n: copies.append(h.shape) or real_repeat(h, n))
+    # its path under torch.compile (releases without pack_gqa, such as 5.17, always take it)
+    monkeypatch.setattr(sa, "is_torchdynamo_compiling", lambda: True, raising=False)
+    after = forecast(model, tok, codec, ctx, cfg)
+    prefill_copies = 2 * model.config.num_hidden_layers * len(after.batches)  # keys and values, per layer and batch
+    assert after.texts == before.texts and len(copies) == prefill_copies
+    assert model.config._attn_implementation == "sdpa"
+    copies.clear()
+    monkeypatch.setattr(fc, "grouped_decoding", lambda m: contextlib.nullcontext())  # without it: a copy per step
+    assert forecast(model, tok, codec, ctx, cfg).texts == before.texts
+    assert len(copies) > 3 * prefill_copies

@@ -14,6 +14,7 @@ import signal
 
 import torch
 
+from .adapters import base_model
 from .config import TrainConfig
 from .signals import StopRequest
 
@@ -39,18 +40,14 @@ def sync_every(cfg: TrainConfig, device) -> int:
     return cfg.sync_every or (1 if torch.device(device).type == "cpu" else SYNC_EVERY_ACCELERATOR)
 
 
-def _causal(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def _body(model):
-    causal = _causal(model)
+    causal = base_model(model)
     return getattr(causal, causal.base_model_prefix)
 
 
 def _blocks(model) -> list:
     """The transformer's repeated blocks (its decoder layers: the classes transformers keeps whole on one device)."""
-    names = set(getattr(_causal(model), "_no_split_modules", None) or ())
+    names = set(getattr(base_model(model), "_no_split_modules", None) or ())
     return [m for m in _body(model).modules() if type(m).__name__ in names]
 
 

@@ -19,6 +19,11 @@ ADAPTER_META = "flopcast_adapter.json"
 LM_HEAD_BIAS_FILE = "lm_head_bias.safetensors"
 
 
+def base_model(model):
+    """The transformers model inside a PEFT wrapper (the model itself when it has none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _linear_names(model) -> list[str]:
     import torch
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .accel import allow_recompiles
+from .adapters import base_model
 from .automaton import TokenAutomaton
 
 CPU_BATCH = 16            # rows per batch for batch_size "auto" on the CPU
@@ -38,8 +39,7 @@ class Generation:
 
 def cache_kwarg(model) -> str:
     """The forward argument that takes the KV cache: ``cache`` (transformers >= 5.2x), else ``past_key_values``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(base_model(model).forward).parameters else "past_key_values"
 
 
 class DecodeStep:

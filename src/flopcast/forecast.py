@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .accel import compile_on
+from .attention import grouped_decoding
 from .automaton import TokenAutomaton
 from .codec import LLMTimeCodec
 from .config import ForecastConfig
@@ -119,7 +120,7 @@ def _generate_rows(model, tokenizer, grammar: LLMTimeGrammar, prompts, prefixes,
         from tqdm.auto import tqdm
 
         it = tqdm(it, desc="forecast", unit="batch", disable=None)
-    with numeric_head(model, automaton.token_ids.tolist()):
+    with numeric_head(model, automaton.token_ids.tolist()), grouped_decoding(model):
         step = DecodeStep(model, compile_on(cfg.compile, device))
         for b in it:
             sel = [rows[k] for k in b]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F_nn
 
+from .adapters import base_model
 from .chunks import IGNORE
 from .errors import FlopcastError
 from .grammar import LLMTimeGrammar
@@ -96,7 +97,7 @@ def lm_loss(model, batch: dict[str, torch.Tensor], table: torch.Tensor | None = 
     model wrapped in DistributedDataParallel (several processes), whose gradients are synchronised by its forward.
     No KV cache is built: models default to one, which copies every layer's keys and values for nothing."""
     inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    causal = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    causal = base_model(inner)
     head = causal.get_output_embeddings()
     B, S = batch["input_ids"].shape
     cols = len(head.ids) if isinstance(head, SubsetHead) else head.weight.shape[0]
@@ -132,7 +133,7 @@ def _ce_sum(head, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 @contextmanager
 def numeric_head(model, ids: list[int]):
     """Swap the causal LM's head for a :class:`SubsetHead` for the duration of the block."""
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    causal = base_model(model)
     original = causal.get_output_embeddings()
     causal.set_output_embeddings(SubsetHead(original, ids))
     try:
