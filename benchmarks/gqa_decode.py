@@ -16,18 +16,14 @@ import contextlib
 import time
 
 import numpy as np
-import torch
+from forecast_throughput import contexts  # beside this script
+from study_speed import sync
 
 import flopcast.decode as decode
 import flopcast.forecast as fc
 from flopcast.codec import LLMTimeCodec
 from flopcast.config import CodecConfig, ForecastConfig
 from flopcast.models import load_model
-
-try:
-    from forecast_throughput import contexts
-except ImportError:  # run from elsewhere than benchmarks/
-    from benchmarks.forecast_throughput import contexts
 
 
 @contextlib.contextmanager
@@ -43,30 +39,25 @@ def transformers_copying():
         sa.is_torchdynamo_compiling, fc.grouped_decoding = saved
 
 
-def timed_steps(device) -> tuple[list[float], contextlib.AbstractContextManager]:
-    """Seconds of each decode step (DecodeStep calls), collected while the returned context is open."""
+@contextlib.contextmanager
+def timed_steps():
+    """Yields a list that collects the seconds of each decode step (DecodeStep call) while the block runs."""
     times: list[float] = []
     real = decode.DecodeStep.__call__
 
     def call(self, *args):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync()
         t = time.perf_counter()
         out = real(self, *args)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync()
         times.append(time.perf_counter() - t)
         return out
 
-    @contextlib.contextmanager
-    def patched():
-        decode.DecodeStep.__call__ = call
-        try:
-            yield
-        finally:
-            decode.DecodeStep.__call__ = real
-
-    return times, patched()
+    decode.DecodeStep.__call__ = call
+    try:
+        yield times
+    finally:
+        decode.DecodeStep.__call__ = real
 
 
 def main() -> None:
@@ -95,8 +86,7 @@ def main() -> None:
     texts: dict[str, set] = {k: set() for k in variants}
     for _ in range(a.rounds):
         for name, ctx in variants.items():
-            times, patched = timed_steps(device)
-            with ctx(), patched:
+            with ctx(), timed_steps() as times:
                 res = fc.forecast(lm.model, lm.tokenizer, codec, ctxs, cfg)
             per_step[name].append(1e3 * float(np.median(times)))
             texts[name].add(tuple(t for row in res.texts for t in row))
