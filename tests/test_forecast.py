@@ -1,3 +1,4 @@
+import functools
 import re
 
 import numpy as np
@@ -300,3 +301,66 @@ def test_decode_steps_do_not_copy_the_kv_cache_per_head(monkeypatch):
     monkeypatch.setattr(fc, "grouped_decoding", lambda m: contextlib.nullcontext())  # without it: a copy per step
     assert forecast(model, tok, codec, ctx, cfg).texts == before.texts
     assert len(copies) > 3 * prefill_copies
+
+
+def test_prefill_chunks_keep_activations_under_the_limit():
+    """On the CPU a prefill forward's largest activation (rows x positions x MLP width) stays under
+    PREFILL_CHUNK_BYTES, in equal chunks; an accelerator prefills the whole prompt at once."""
+    import torch
+
+    from flopcast.decode import PREFILL_CHUNK_BYTES, prefill_tokens
+
+    model, _ = _lively_tiny()
+    width = model.config.intermediate_size
+    for rows, length in [(32, 255), (16, 768), (1, 40), (512, 1000)]:
+        chunk = prefill_tokens(model, rows, length)
+        n = -(-length // chunk)
+        assert 1 <= chunk <= length and (rows * chunk * width * 4 <= PREFILL_CHUNK_BYTES or chunk == 1)
+        assert length - (n - 1) * chunk >= chunk - n  # no short last chunk
+    fp32 = prefill_tokens(model, 2048, 1000)
+    assert prefill_tokens(model.to(torch.float64), 2048, 1000) in (fp32 // 2, fp32 // 2 + 1)  # bytes, not elements
+    assert fp32 < 1000 == prefill_tokens(model.to("meta"), 2048, 1000)
+
+
+def test_chunked_prefill_gives_the_whole_prompts_cache_and_forecasts(monkeypatch):
+    """Prefilling a few positions per forward (uneven prompt lengths, left padding, a short last chunk) writes the
+    cache and gives the next-token logits of one whole-prompt forward, and the same greedy forecasts."""
+    import torch
+    from transformers import StaticCache
+
+    import flopcast.decode as dec
+
+    model, tok = _lively_tiny()
+    codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
+    ctx = _contexts(np.random.default_rng(8), 8)
+    prompts = [tok(codec.encode(c), add_special_tokens=False).input_ids for c in ctx]
+    ids, attn, pos = dec._left_padded(prompts, tok.eos_token_id, "cpu")
+    mask = torch.cat([attn, torch.ones((len(prompts), 9), dtype=attn.dtype)], dim=1)
+    outs = []
+    with torch.no_grad():
+        for chunk in (ids.shape[1], 5):
+            cache = StaticCache(config=model.config, max_cache_len=mask.shape[1])
+            outs.append((dec._prefill(model, ids, mask, pos, cache, chunk), cache))
+    (whole, c_whole), (chunked, c_chunked) = outs
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    for a, b in zip(c_whole.layers, c_chunked.layers):
+        torch.testing.assert_close(a.keys, b.keys, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a.values, b.values, rtol=1e-5, atol=1e-5)
+
+    forwards = []
+    real = model.forward
+
+    @functools.wraps(real)  # the same signature: decoding still finds its cache argument
+    def counting(*a, **k):
+        forwards.append(k["input_ids"].shape[1])
+        return real(*a, **k)
+
+    monkeypatch.setattr(model, "forward", counting)
+    cfg = ForecastConfig(horizon=5, batch_size=4)
+    once = forecast(model, tok, codec, ctx, cfg)
+    assert sum(n > 1 for n in forwards) == len(once.batches)
+    monkeypatch.setattr(dec, "PREFILL_CHUNK_BYTES", 4 * 3 * model.config.intermediate_size * 4)  # 3 positions
+    forwards.clear()
+    chunked = forecast(model, tok, codec, ctx, cfg)
+    assert chunked.texts == once.texts and len({t[0] for t in once.texts}) > 1
+    assert max(forwards) == 3 and len(forwards) > len(once.batches) * 20

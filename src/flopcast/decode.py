@@ -1,7 +1,8 @@
 """One batch of grammar-constrained decoding, kept on the device.
 
-:func:`generate_constrained` left-pads a batch of token prompts, prefills them once into a KV cache
-allocated up front for the whole generation (``StaticCache``), then decodes token by token: model ->
+:func:`generate_constrained` left-pads a batch of token prompts, prefills them into a KV cache
+allocated up front for the whole generation (``StaticCache``; on the CPU a few positions per forward, see
+:func:`prefill_tokens`), then decodes token by token: model ->
 grammar mask -> argmax (or sample) -> next grammar state, all tensors (:class:`flopcast.automaton.TokenAutomaton`).
 The host looks only at "is every row done", every ``check_every`` steps. The attention mask covers the whole
 cache from the start (causality hides what is not written yet), so every decode step has the same shapes; on
@@ -28,6 +29,7 @@ CPU_BATCH = 16            # rows per batch for batch_size "auto" on the CPU
 MAX_AUTO_BATCH = 512      # ... and at most this many on a GPU (a power of two)
 FREE_MEMORY_SHARE = 0.6   # share of the free GPU memory "auto" plans to use
 COMPILED_LENGTH_STEP = 64  # compiled decoding pads prompts to a multiple of this (a graph per length, not per prompt)
+PREFILL_CHUNK_BYTES = 16 << 20  # on the CPU, a prefill forward's largest activation stays under this (prefill_tokens)
 
 
 @dataclass
@@ -116,8 +118,7 @@ def generate_constrained(model, prompts: list[list[int]], automaton: TokenAutoma
     cache = step.cache(B, L + limit)
     mask = torch.cat([attn, torch.ones((B, limit), dtype=attn.dtype, device=device)], dim=1)
     written = torch.full((B, limit), -1, dtype=torch.long, device=device)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
-                   **{cache_kwarg(model): cache}).logits[:, -1, :]
+    logits = _prefill(model, ids, mask, pos, cache, prefill_tokens(model, B, L))
     pos = pos[:, -1:]
     for t in range(limit):
         done = steps >= target
@@ -129,6 +130,34 @@ def generate_constrained(model, prompts: list[list[int]], automaton: TokenAutoma
         pos = pos + 1
         logits = step(automaton.token_ids[char][:, None], mask, pos, torch.tensor([L + t], device=device), cache)
     return Generation(automaton.text(written), t + 1, L)
+
+
+def prefill_tokens(model, rows: int, length: int) -> int:
+    """Prompt positions per prefill forward: the whole prompt on an accelerator; on the CPU as many as keep the
+    forward's largest activation (rows x positions x the MLP's width) under :data:`PREFILL_CHUNK_BYTES`.
+    glibc maps every block over 32 MiB afresh from the kernel, so each such activation page-faults all its memory
+    in: a SiLU over 47 MB took 15 ms on fresh pages against 3 ms on reused ones, and a whole-prompt prefill of 32
+    rows x 255 tokens spent 4 s of system time on 1.5 million faults (``benchmarks/RESULTS.md``). The chunks
+    write the same cache and give the same logits, to float rounding (tested)."""
+    p = next(model.parameters())
+    if p.device.type != "cpu":
+        return length
+    c = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    width = max(c.hidden_size, getattr(c, "intermediate_size", None) or 4 * c.hidden_size)
+    chunks = math.ceil(length / max(1, PREFILL_CHUNK_BYTES // (rows * width * p.element_size())))
+    return math.ceil(length / chunks)  # equal chunks (no short last one)
+
+
+def _prefill(model, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache, chunk: int) -> torch.Tensor:
+    """Write the prompts ``ids`` into ``cache``, ``chunk`` positions per forward; the logits after the last one.
+    ``mask`` covers the whole cache (causality hides what is not written yet)."""
+    L = ids.shape[1]
+    for start in range(0, L, chunk):
+        end = min(L, start + chunk)
+        logits = model(input_ids=ids[:, start:end], attention_mask=mask, position_ids=pos[:, start:end],
+                       cache_position=torch.arange(start, end, device=ids.device), use_cache=True, logits_to_keep=1,
+                       **{cache_kwarg(model): cache}).logits[:, -1, :]
+    return logits
 
 
 def rows_per_batch(requested: int | str, model, prompt_len: int, new_tokens: int) -> int:
