@@ -1,18 +1,25 @@
-"""Decode-step attention that reads each cached key and value once, for grouped-query attention models.
+"""Attention for forecasting that reads each cached key and value as it is, for grouped-query attention models.
 
 In grouped-query attention several query heads share one key/value head (Qwen2.5-0.5B: 14 query heads, 2
-key/value heads; SmolLM2-135M: 9 and 3). In a decode step with a padding mask, transformers' SDPA function
-copies every cached key and value out to all query heads first (``repeat_kv``): always in releases without its
-``pack_gqa`` (5.17, the GPU image's, among them), and in every release under ``torch.compile``, which
-flopcast's decoding uses on CUDA. For Qwen2.5-0.5B that writes 7 times the whole KV cache, and reads it back,
-in every layer of every decode step.
+key/value heads; SmolLM2-135M: 9 and 3). With a padding mask, transformers' SDPA function copies every cached key
+and value out to all query heads first (``repeat_kv``): in every prefill on a CPU or GPU; in decode steps always in
+releases without its ``pack_gqa`` (5.17, the GPU image's, among them), and in every release under
+``torch.compile``, which flopcast's decoding uses on CUDA. For Qwen2.5-0.5B that writes 7 times the whole KV cache,
+and reads it back, in every layer.
 
-:func:`grouped_decoding` switches a model's attention, for a block, to :func:`decode_attention`, which instead
-folds the query heads that share a key/value head into query rows -- (B, heads, 1, D) -> (B, kv_heads, group,
-D) -- so the kernel reads the cache as it is. Each query row meets the same keys, values and mask as before
-(a padding mask is one row per sequence, the same for every head), so the arithmetic per row is the same;
-it is what transformers 5.2x does itself in eager decoding. Everything else (the prefill, models without
-grouped heads, a per-head mask) goes to transformers' own SDPA function, unchanged.
+:func:`grouped_decoding` switches a model's attention, for a block, to :func:`decode_attention`, which instead:
+
+* in a decode step (one query token per row) folds the query heads that share a key/value head into query rows --
+  (B, heads, 1, D) -> (B, kv_heads, group, D) -- so the kernel reads the cache as it is. Each query row meets the
+  same keys, values and mask as before (a padding mask is one row per sequence, the same for every head), so the
+  arithmetic per row is the same; it is what transformers 5.2x does itself in eager decoding;
+* in a prefill on the CPU (several query tokens per row) asks SDPA for grouped heads (``enable_gqa``): the CPU's
+  flash kernel reads each key/value head in place and gives the numbers of the copying path, bit for bit
+  (tested). CUDA's kernels fall back to the slow math kernel for grouped heads with a mask, so there transformers'
+  own path stays.
+
+Everything else (models without grouped heads, a per-head mask, no mask) goes to transformers' own SDPA function,
+unchanged.
 """
 
 from __future__ import annotations
@@ -30,21 +37,25 @@ def decode_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                      is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature; query (B, heads, q_len, D), key and value (B, kv_heads, S, D).
-    One query token per row with grouped heads: the heads folded onto the key/value heads; else transformers'
-    SDPA function."""
+    Grouped heads with a mask shared by the heads: one query token per row -> the heads folded onto the key/value
+    heads; several on the CPU -> SDPA's grouped heads; else transformers' SDPA function."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     groups = getattr(module, "num_key_value_groups", 1)
     B, heads, q_len, D = query.shape
-    per_head_mask = attention_mask is not None and attention_mask.shape[1] != 1
+    shared_mask = attention_mask is None or attention_mask.shape[1] == 1
     extras = any(kwargs.get(k) is not None for k in ("softcap", "position_bias"))
-    if q_len != 1 or groups == 1 or per_head_mask or extras:
-        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
-                                               scaling=scaling, is_causal=is_causal, **kwargs)
-    folded = query.reshape(B, heads // groups, groups, D)  # head h = kv_head * groups + g, as repeat_kv pairs them
-    out = torch.nn.functional.scaled_dot_product_attention(folded, key, value, attn_mask=attention_mask,
-                                                           dropout_p=dropout, scale=scaling)
-    return out.reshape(B, heads, 1, out.shape[-1]).transpose(1, 2).contiguous(), None
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if groups > 1 and shared_mask and not extras:
+        if q_len == 1:
+            folded = query.reshape(B, heads // groups, groups, D)  # head h = kv_head * groups + g, as repeat_kv pairs
+            out = sdpa(folded, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling)
+            return out.reshape(B, heads, 1, out.shape[-1]).transpose(1, 2).contiguous(), None
+        if attention_mask is not None and query.device.type == "cpu":
+            out = sdpa(query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=True)
+            return out.transpose(1, 2).contiguous(), None
+    return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
+                                           scaling=scaling, is_causal=is_causal, **kwargs)
 
 
 def _register() -> None:

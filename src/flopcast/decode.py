@@ -29,7 +29,7 @@ CPU_BATCH = 16            # rows per batch for batch_size "auto" on the CPU
 MAX_AUTO_BATCH = 512      # ... and at most this many on a GPU (a power of two)
 FREE_MEMORY_SHARE = 0.6   # share of the free GPU memory "auto" plans to use
 COMPILED_LENGTH_STEP = 64  # compiled decoding pads prompts to a multiple of this (a graph per length, not per prompt)
-PREFILL_CHUNK_BYTES = 16 << 20  # on the CPU, a prefill forward's largest activation stays under this (prefill_tokens)
+PREFILL_CHUNK_BYTES = 8 << 20  # on the CPU, a prefill forward's largest activation stays under this (prefill_tokens)
 
 
 @dataclass
@@ -135,10 +135,12 @@ def generate_constrained(model, prompts: list[list[int]], automaton: TokenAutoma
 def prefill_tokens(model, rows: int, length: int) -> int:
     """Prompt positions per prefill forward: the whole prompt on an accelerator; on the CPU as many as keep the
     forward's largest activation (rows x positions x the MLP's width) under :data:`PREFILL_CHUNK_BYTES`.
-    glibc maps every block over 32 MiB afresh from the kernel, so each such activation page-faults all its memory
-    in: a SiLU over 47 MB took 15 ms on fresh pages against 3 ms on reused ones, and a whole-prompt prefill of 32
-    rows x 255 tokens spent 4 s of system time on 1.5 million faults (``benchmarks/RESULTS.md``). The chunks
-    write the same cache and give the same logits, to float rounding (tested)."""
+    glibc maps every block over 32 MiB afresh from the kernel, and gives smaller ones back when enough is free at
+    the top of its heap, so large activations page-fault their memory in again and again: a SiLU over 47 MB took
+    15 ms on fresh pages against 3 ms on reused ones, and a whole-prompt prefill of 32 rows x 255 tokens spent
+    4 s of system time on 1.5-1.9 million faults; chunks of 16 MiB still faulted about a million times in some
+    runs, chunks of 8 MiB a few thousand (``benchmarks/RESULTS.md``). The chunks write the same cache and give
+    the same logits, to float rounding (tested)."""
     p = next(model.parameters())
     if p.device.type != "cpu":
         return length
