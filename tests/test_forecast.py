@@ -277,6 +277,32 @@ def test_grouped_decode_attention_is_transformers_sdpa_without_the_copies():
                        sdpa_attention_forward(module, prefill, key, value, per_head)[0])
 
 
+def test_attention_reads_only_the_cache_positions_some_query_sees(monkeypatch):
+    """On the CPU the keys after the last position that any query may see (a static cache's unwritten tail, a
+    prefill chunk's later positions) are not read; the output is the whole cache's, to float rounding."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from flopcast.attention import decode_attention
+
+    torch.manual_seed(1)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 3, True
+    B, kv, S, D = 3, 2, 20, 8
+    key, value = torch.randn(B, kv, S, D), torch.randn(B, kv, S, D)
+    real, read = torch.nn.functional.scaled_dot_product_attention, []
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: read.append(k.shape[2]) or real(q, k, v, **kw))
+    for q_len, end in [(1, 13), (4, 9)]:  # a decode step at position 12; a prefill chunk of positions 5-8
+        mask = (torch.arange(S) < torch.arange(end - q_len + 1, end + 1)[:, None]).expand(B, 1, q_len, S).clone()
+        mask[0, ..., :2] = False  # left padding
+        q = torch.randn(B, kv * 3, q_len, D)
+        got = decode_attention(module, q, key, value, mask)[0]
+        assert read[-1] == end
+        torch.testing.assert_close(got, sdpa_attention_forward(module, q, key, value, mask)[0], rtol=1e-5, atol=1e-6)
+        assert read[-1] == S  # transformers' own path reads the whole cache
+
+
 def test_decode_steps_do_not_copy_the_kv_cache_per_head(monkeypatch):
     """Where transformers' SDPA copies every cached key and value out to each query head (in the prefill; in decode
     steps under torch.compile, and always in releases such as 5.17), flopcast's decoding on the CPU does not, in
