@@ -23,11 +23,11 @@ demo: $(STAMP)
 	$(VENV)/bin/flopcast run plans/quickstart.toml --out runs/quickstart
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(PY) -m pytest tests
 
 test-fast: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(PY) -m pytest tests -m "not slow"
 
 clean:
