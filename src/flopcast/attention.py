@@ -50,14 +50,15 @@ def decode_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
     shared_mask = attention_mask is None or attention_mask.shape[1] == 1
     extras = any(kwargs.get(k) is not None for k in ("softcap", "position_bias"))
     sdpa = torch.nn.functional.scaled_dot_product_attention
+    on_cpu = query.device.type == "cpu"
     if groups > 1 and shared_mask and not extras:
-        if query.device.type == "cpu" and attention_mask is not None and attention_mask.dtype == torch.bool:
+        if on_cpu and attention_mask is not None and attention_mask.dtype == torch.bool:
             key, value, attention_mask = _visible(key, value, attention_mask)
         if q_len == 1:
             folded = query.reshape(B, heads // groups, groups, D)  # head h = kv_head * groups + g, as repeat_kv pairs
             out = sdpa(folded, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling)
             return out.reshape(B, heads, 1, out.shape[-1]).transpose(1, 2).contiguous(), None
-        if attention_mask is not None and query.device.type == "cpu":
+        if on_cpu and attention_mask is not None:
             out = sdpa(query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=True)
             return out.transpose(1, 2).contiguous(), None
     return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,

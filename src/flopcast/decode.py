@@ -144,7 +144,7 @@ def prefill_tokens(model, rows: int, length: int) -> int:
     p = next(model.parameters())
     if p.device.type != "cpu":
         return length
-    c = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    c = _text_config(model.config)
     width = max(c.hidden_size, getattr(c, "intermediate_size", None) or 4 * c.hidden_size)
     chunks = math.ceil(length / max(1, PREFILL_CHUNK_BYTES // (rows * width * p.element_size())))
     return math.ceil(length / chunks)  # equal chunks (no short last one)
@@ -181,7 +181,7 @@ def batch_for_memory(free_bytes: int, config, prompt_len: int, new_tokens: int, 
     ``prompt_len + new_tokens`` positions, and the prefill's largest activations (the MLP's, the attention scores if
     materialised). The rounding keeps the batch, and so the compiled decoding's shapes, the same from one
     evaluation to the next while free memory varies a little."""
-    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    c = _text_config(config)
     heads = c.num_attention_heads
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
     kv_heads = getattr(c, "num_key_value_heads", None) or heads
@@ -192,3 +192,8 @@ def batch_for_memory(free_bytes: int, config, prompt_len: int, new_tokens: int, 
     per_row = kv + activations + scores
     rows = int(max(1, min(MAX_AUTO_BATCH, FREE_MEMORY_SHARE * free_bytes // per_row)))
     return 1 << (rows.bit_length() - 1)
+
+
+def _text_config(config):
+    """The language model's part of a model config (a multimodal config nests it), else the config itself."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
