@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.flopcast-installed
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo check test test-fast clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +22,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/flopcast run plans/quickstart.toml --out runs/quickstart
 
-test: $(STAMP)
+# ruff, the type check, the import contracts (pyproject's [tool.importlinter]), then every test on 2 workers
+check: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(PY) -m pytest tests
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
-test-fast: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(PY) -m pytest tests -m "not slow"
+test: check
+	$(PY) -m pytest tests -n 2 --dist worksteal --durations=10
+
+test-fast: check
+	$(PY) -m pytest tests -n 2 --dist worksteal -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

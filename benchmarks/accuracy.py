@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flopcast.pipeline import run_plan
-from flopcast.plan import plan_from_dict
+from flopcast.study.plan import plan_from_dict
+from flopcast.study.runner import run_plan
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "lotka_volterra_data.h5"
 REFERENCE = {  # S: (untrained MSE, MAE, initial MSE, MAE, final MSE, MAE)

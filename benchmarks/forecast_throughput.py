@@ -19,22 +19,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flopcast.codec import LLMTimeCodec
 from flopcast.config import CodecConfig, ForecastConfig
-from flopcast.forecast import forecast
-from flopcast.models import load_model
+from flopcast.encoding.codec import LLMTimeCodec
+from flopcast.forecasting.forecast import forecast
+from flopcast.model.load import load_model
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "lotka_volterra_data.h5"
 
 
 def contexts(n: int, steps: int) -> tuple[list[np.ndarray], str]:
     if REAL.is_file():
-        from flopcast.data import load
+        from flopcast.data.io import load
 
         ds, src = load(REAL), "reference dataset"
     else:
         from flopcast.config import SimConfig
-        from flopcast.simulate import simulate
+        from flopcast.data.simulate import simulate
 
         ds, src = simulate(SimConfig(n_systems=n, seed=0)), "simulated"
     return [s[:steps] for s in ds.series[-n:]], src

@@ -1,5 +1,5 @@
 """Decode steps of grouped-query models: transformers' SDPA path, which copies the KV cache out to every query
-head (``repeat_kv``), against flopcast's :func:`flopcast.attention.decode_attention`, which reads it as it is.
+head (``repeat_kv``), against flopcast's :func:`flopcast.model.attention.decode_attention`, which reads it as it is.
 
 transformers takes the copying path in decode steps under ``torch.compile``, and always in releases without its
 ``pack_gqa`` (5.17 among them); the first variant here forces that path (eager, or compiled with ``--compile on``).
@@ -19,11 +19,11 @@ import numpy as np
 from forecast_throughput import contexts  # beside this script
 from study_speed import sync
 
-import flopcast.decode as decode
-import flopcast.forecast as fc
-from flopcast.codec import LLMTimeCodec
+import flopcast.forecasting.decode as decode
+import flopcast.forecasting.forecast as fc
 from flopcast.config import CodecConfig, ForecastConfig
-from flopcast.models import load_model
+from flopcast.encoding.codec import LLMTimeCodec
+from flopcast.model.load import load_model
 
 
 @contextlib.contextmanager

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from study_speed import ROOT, default_data, default_model  # beside this script
 
-from flopcast.api import run_study
-from flopcast.plan import plan_from_dict
+from flopcast.api.study import run_study
+from flopcast.study.plan import plan_from_dict
 
 try:
     import tomllib

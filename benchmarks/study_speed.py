@@ -7,10 +7,11 @@ Prints:
 
 1. the matmul peak this device reaches (bf16 4096^3 on CUDA, fp32 2048^3 on CPU), measured here;
 2. LoRA training ms/step at B=4 for S=512 and S=768 (and S=128, which the context sweep uses), with the
-   reference-count FLOP rate and its fraction of that peak (flopcast's own step, ``flopcast.steps.train_step``,
+   reference-count FLOP rate and its fraction of that peak (flopcast's own step,
+   ``flopcast.training.step.train_step``,
    under ``--compile``; ``--train-only`` stops here);
 3. evaluation windows/s: the seed protocol's windows of ``--eval-series`` test series at every context length
-   of the plan, through flopcast's batched constrained decoder (``evaluation.forecast_windows``);
+   of the plan, through flopcast's batched constrained decoder (``flopcast.evaluation.evaluate.forecast_windows``);
 4. baseline seconds: every baseline of the plan on the seed protocol's windows of ``--baseline-series`` test
    series (the reference protocol's 700 windows at 100 series);
 5. the extrapolated wall time of the whole plan: each run's planned FLOPs (the planner's steps and validations,
@@ -30,19 +31,21 @@ from pathlib import Path
 
 import torch
 
-from flopcast import flops
-from flopcast.accel import compile_body, compile_on, graphs_on, uncompile_body
-from flopcast.adapters import attach_lora
-from flopcast.baselines import run_baseline
-from flopcast.codec import LLMTimeCodec
-from flopcast.config import EvalConfig, LoraSpec
-from flopcast.costs import eval_bound, run_cost
-from flopcast.data import load, split
-from flopcast.evaluation import build_windows, forecast_windows, window_grammar
-from flopcast.heads import lm_loss
-from flopcast.models import load_model
-from flopcast.plan import load_plan
-from flopcast.steps import make_optimizer, train_step
+from flopcast.budget import flops
+from flopcast.budget.costs import generation_bound, run_cost
+from flopcast.config import EvalConfig, ForecastConfig, LoraSpec
+from flopcast.data.dataset import split
+from flopcast.data.io import load
+from flopcast.encoding.codec import LLMTimeCodec
+from flopcast.encoding.windows import build_windows, window_grammar
+from flopcast.evaluation.baselines import run_baseline
+from flopcast.evaluation.evaluate import forecast_windows
+from flopcast.model.compile import compile_body, compile_on, graphs_on, uncompile_body
+from flopcast.model.load import load_model
+from flopcast.model.lora import attach_lora
+from flopcast.model.loss import lm_loss
+from flopcast.study.plan import load_plan
+from flopcast.training.step import Learner, make_optimizer, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -93,8 +96,9 @@ def train_ms(lm, lora: LoraSpec, codec, series, B: int, S: int, steps: int,
     compiled, graphs = compile_on(compile_setting, lm.device), graphs_on(compile_setting, lm.device)
     if compiled:
         compile_body(model, graphs)
-    skip = torch.zeros((), dtype=torch.bool, device=lm.device)
-    step = lambda: train_step(model, opt, batch, lambda b: lm_loss(model, b), 1e-4, 1.0, params=params, skip=skip)  # noqa: E731
+    seen_nonfinite = torch.zeros((), dtype=torch.bool, device=lm.device)
+    learner = Learner(model, opt, params, lambda b: lm_loss(model, b))
+    step = lambda: train_step(learner, batch, 1e-4, 1.0, seen_nonfinite)  # noqa: E731
     n_warm = 3 if compiled else 1
     t = time.perf_counter()
     for _ in range(n_warm):
@@ -130,8 +134,9 @@ def eval_rate(lm, codec, series, cfg: EvalConfig, compile_setting: str | None) -
         if not wins:
             continue
         grammar = window_grammar(wins, lm.tokenizer, codec, wins[0].truth.shape[1])
-        first, second = (_seconds(forecast_windows, lm.model, lm.tokenizer, codec, wins, cfg.horizon, cfg.batch_size,
-                                  int_digits=grammar.max_int, compile=compile_setting) for _ in range(2))
+        fcfg = ForecastConfig(horizon=cfg.horizon, batch_size=cfg.batch_size, max_int_digits=grammar.max_int,
+                              compile=compile_setting)
+        first, second = (_seconds(forecast_windows, lm.model, lm.tokenizer, codec, wins, fcfg) for _ in range(2))
         t, warm[S], n = t + second, max(0.0, first - second), n + len(wins)
     return n / t, n, warm
 
@@ -153,10 +158,10 @@ def compile_seconds(plan, train_warm: dict[int, float], eval_warm: dict[int, flo
     Empty dicts: that part is not compiled."""
     variants, ranks = set(), set()
     for st in plan.stages:
-        for t, lo in st.candidates(plan.train, plan.lora):
-            variants.add((t.seq_len, lo.rank))
+        for run in st.runs(plan.train, plan.lora):
+            variants.add((run.train.seq_len, run.lora.rank))
             if st.evaluate:
-                ranks.add(lo.rank)
+                ranks.add(run.lora.rank)
     tr = sum(train_warm[min(train_warm, key=lambda s: abs(s - S))] for S, _ in variants) if train_warm else 0.0
     ev = (1 + len(ranks)) * sum(eval_warm.values())
     lines = [f"  compiling, training       {tr:8.1f} s  ({len(variants)} (S, rank) variants)"] if train_warm else []
@@ -171,11 +176,12 @@ def plan_seconds(plan, arch, rate_at: dict[int, float], windows: dict[int, int],
     measured S), every evaluation's windows at the measured rate, baselines once; the lines that add up to it."""
     cfg, spent, total, lines = plan.eval, 0, base_s, [f"  baselines once            {base_s:8.1f} s"]
     n_eval = sum(windows.values())
-    ev_flops = sum(eval_bound(arch, n, S, cfg.horizon, grammar) for S, n in windows.items())
+    ev_flops = sum(generation_bound(arch, n, S, grammar.max_tokens(cfg.horizon)) for S, n in windows.items())
     train, lora = plan.train, plan.lora
     for st in plan.stages:
-        runs, secs = st.candidates(train, lora), 0.0  # a stage on a base takes its lr/rank: the plan's stand in
-        for t, lo in runs:
+        runs, secs = st.runs(train, lora), 0.0  # a stage on a base takes its lr/rank: the plan's stand in
+        for run in runs:
+            t, lo = run.train, run.lora
             if st.steps == "remaining":
                 per = run_cost(arch, t, flops.LoraShape(lo.rank), val_chunks).per_step
                 left = plan.budget - spent - ev_flops
@@ -215,7 +221,7 @@ def run(a) -> None:
     if a.data:
         ds = load(a.data)
     else:
-        from flopcast.simulate import simulate
+        from flopcast.data.simulate import simulate
 
         ds = simulate(plan.simulate)
     print(f"data: {a.data or 'simulated'} ({len(ds.series)} series)")

@@ -5,7 +5,7 @@
    tokens/s, achieved FLOP/s by the reference convention (backward = 2 x forward) and by what
    torch actually executes (FlopCounterMode), each as a fraction of the measured peak.
    Each S is measured with the full LM head and with ``head = "numeric"`` (logits and softmax
-   over the series' tokens only, heads.py): the same batch of LLMTime text, side by side.
+   over the series' tokens only, model/heads.py): the same batch of LLMTime text, side by side.
 3. Forecasting series/s, batched constrained decoder vs a naive per-series loop
    (see forecast_throughput.py; ``--forecast`` to include it, it takes a few minutes).
 
@@ -22,14 +22,15 @@ from pathlib import Path
 
 import torch
 
-from flopcast import flops
-from flopcast.adapters import attach_lora
-from flopcast.codec import LLMTimeCodec
+from flopcast.budget import flops
 from flopcast.config import CodecConfig, LoraSpec, SimConfig
-from flopcast.heads import head_ids_for, lm_loss, numeric_head, remap_table
-from flopcast.models import load_model
-from flopcast.simulate import simulate
-from flopcast.steps import train_step
+from flopcast.data.simulate import simulate
+from flopcast.encoding.codec import LLMTimeCodec
+from flopcast.model.heads import head_ids_for, numeric_head, remap_table
+from flopcast.model.load import load_model
+from flopcast.model.lora import attach_lora
+from flopcast.model.loss import lm_loss
+from flopcast.training.step import Learner, train_step
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:
@@ -52,12 +53,13 @@ def llmtime_batch(tokenizer, batch: int, seq: int) -> dict:
 
 
 def train_steps(model, loss_fn, batch: dict, steps: int) -> float:
-    """Seconds per optimizer step of flopcast's own training step (flopcast.train.train_step)."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    train_step(model, opt, batch, loss_fn, lr=1e-4, grad_clip=1.0)  # warm-up
+    """Seconds per optimizer step of flopcast's own training step (flopcast.training.step.train_step)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    learner = Learner(model, torch.optim.AdamW(params, lr=1e-4), params, loss_fn)
+    train_step(learner, batch, lr=1e-4, grad_clip=1.0)  # warm-up
     t = time.perf_counter()
     for _ in range(steps):
-        train_step(model, opt, batch, loss_fn, lr=1e-4, grad_clip=1.0)
+        train_step(learner, batch, lr=1e-4, grad_clip=1.0)
     return (time.perf_counter() - t) / steps
 
 

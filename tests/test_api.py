@@ -8,20 +8,15 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import TINY_PLAN, tiny_plan
 
 import flopcast
 from flopcast import Forecaster
 from flopcast.errors import DataError
 
-PLAN = {
-    "name": "api", "budget": 2e10,
-    "model": {"name": "tiny-qwen2"},
-    "simulate": {"n_systems": 20, "n_steps": 40},
-    "eval": {"contexts": [64, 96], "max_series": 2, "baselines": ["persistence"], "n_boot": 20},
-    "lora": {"rank": 2},
-    "train": {"batch_size": 2, "seq_len": 64, "lr": 3e-3, "eval_every": 3, "checkpoint_every": 3, "wandb": False},
-    "stages": [{"name": "train", "kind": "train", "steps": 4}],
-}
+PLAN = tiny_plan(name="api", eval={**TINY_PLAN["eval"], "contexts": [64, 96]},
+                 train={**TINY_PLAN["train"], "eval_every": 3, "checkpoint_every": 3},
+                 stages=[{"name": "train", "kind": "train", "steps": 4}])
 
 
 @pytest.fixture(scope="module")
@@ -125,23 +120,21 @@ def test_model_card_numbers_are_the_runs_files(study):
     assert "Not evaluated yet" in (run / "adapter" / "README.md").read_text()  # the last adapter was not evaluated
 
 
-def test_run_study_and_evaluate_return_typed_results(study, tmp_path):
-    from flopcast.config import SimConfig
-    from flopcast.data import save_h5
+def test_run_study_and_evaluate_return_typed_results(study, sim_file):
     from flopcast.results import EvalResult, StudyResult
-    from flopcast.simulate import simulate
 
     out, res = study
     assert isinstance(res, StudyResult) and res.stages["train"].test.score(64).n_windows > 0
     again = flopcast.run_study(PLAN, out, progress=False)  # resumes: the same results, nothing redone
     assert again.stages["train"].test.score(64).mse == res.stages["train"].test.score(64).mse
-    data = save_h5(simulate(SimConfig(n_systems=10, n_steps=40)), tmp_path / "d.h5")
-    ev = flopcast.evaluate("tiny-qwen2", data=data, contexts=(64,), max_series=2, baselines=("persistence",), n_boot=10)
+    ev = flopcast.evaluate("tiny-qwen2", data=sim_file, contexts=(64,), max_series=2, baselines=("persistence",),
+                           n_boot=10)
     assert isinstance(ev, EvalResult) and set(ev.contexts[64].scores) == {"model", "persistence"}
 
 
 def test_import_flopcast_is_light_and_exports_the_api():
     code = ("import sys, flopcast; assert 'torch' not in sys.modules; "
             "assert callable(flopcast.evaluate) and callable(flopcast.run_study); "
-            "import flopcast.evaluation; assert flopcast.evaluate.__module__ == 'flopcast.api'")
+            "import flopcast.evaluation; assert flopcast.evaluate.__module__ == 'flopcast.api.study'; "
+            "assert flopcast.Forecaster.__module__ == 'flopcast.api.forecaster'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,8 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from flopcast.codec import LLMTimeCodec, fit_alpha
 from flopcast.config import CodecConfig
+from flopcast.encoding.codec import LLMTimeCodec, fit_alpha
 from flopcast.errors import DataError, FlopcastError
 
 values = arrays(np.float64, st.tuples(st.integers(1, 12), st.integers(1, 4)),

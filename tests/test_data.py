@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from flopcast.config import SimConfig, SplitConfig
-from flopcast.data import Dataset, Split, load, load_csv, load_h5, save_h5, split
+from flopcast.data.dataset import Dataset, Split, split
+from flopcast.data.io import load, load_csv, load_h5, save_h5
 from flopcast.errors import DataError, FlopcastError
 
 
@@ -111,7 +112,7 @@ def test_csv_single_series_and_errors(tmp_path):
 
 
 def test_simulator_resembles_reference():
-    from flopcast.simulate import simulate
+    from flopcast.data.simulate import simulate
 
     x = simulate(SimConfig(n_systems=100, seed=7)).array()
     assert x.shape == (100, 100, 2) and x.min() >= 0 and x.max() <= 15

@@ -3,15 +3,17 @@ import json
 import numpy as np
 import pytest
 
-from flopcast.baselines import linear, lv_ode, persistence, run_baseline
-from flopcast.codec import LLMTimeCodec
+from flopcast.budget.ledger import Ledger
 from flopcast.config import CodecConfig, EvalConfig
+from flopcast.encoding.codec import LLMTimeCodec
+from flopcast.encoding.windows import aligned_windows, seed_windows
 from flopcast.errors import FlopcastError
-from flopcast.evaluation import evaluate
-from flopcast.ledger import Ledger
-from flopcast.metrics import score
-from flopcast.models import tiny_tokenizer
-from flopcast.windows import aligned_windows, seed_windows
+from flopcast.evaluation.baselines import linear, lv_ode, persistence, run_baseline
+from flopcast.evaluation.evaluate import EvalRun, evaluate
+from flopcast.evaluation.metrics import score
+from flopcast.model.load import tiny_tokenizer
+
+ZS = dict(name="zs", model_name="tiny-qwen2", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +78,7 @@ def test_baselines_simple_cases():
 
 def test_lv_ode_recovers_simulated_dynamics():
     from flopcast.config import SimConfig
-    from flopcast.simulate import simulate
+    from flopcast.data.simulate import simulate
 
     ds = simulate(SimConfig(n_systems=6, seed=11))
     dt = ds.time[1] - ds.time[0]
@@ -87,9 +89,9 @@ def test_lv_ode_recovers_simulated_dynamics():
 
 
 def test_lv_ode_batched_and_in_processes_match_one_window_at_a_time(tmp_path):
-    from flopcast.baselines import lv_ode_many, stored_baseline
     from flopcast.config import SimConfig
-    from flopcast.simulate import simulate
+    from flopcast.data.simulate import simulate
+    from flopcast.evaluation.baselines import lv_ode_many, stored_baseline
 
     ds = simulate(SimConfig(n_systems=4, seed=3))
     dt = float(ds.time[1] - ds.time[0])
@@ -110,8 +112,7 @@ def test_evaluate_writes_results_and_charges_ledger(tmp_path, tiny, sim_ds):
     codec = LLMTimeCodec.fit(CodecConfig(), sim_ds.series)
     lg = Ledger(tmp_path / "ledger.db", budget=1e13)
     cfg = EvalConfig(contexts=(64, 128), max_series=3, stride=10, baselines=("persistence", "linear"), n_boot=50)
-    res = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, out_dir=tmp_path / "ev", ledger=lg, name="zs",
-                   model_name="tiny-qwen2", progress=False)
+    res = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, EvalRun(out_dir=tmp_path / "ev", ledger=lg, **ZS))
     for S in (64, 128):
         e = res.contexts[S]
         assert e.model.parse_failure_rate == 0 and e.model.flops > 0
@@ -129,57 +130,55 @@ def test_context_without_windows_is_skipped_not_fatal(tmp_path, tiny, sim_ds):
     codec = LLMTimeCodec.fit(CodecConfig(), sim_ds.series)
     cfg = EvalConfig(protocol="seed", contexts=(64, 100000), max_series=2, baselines=("persistence",), n_boot=20)
     with pytest.warns(UserWarning, match="no windows of 100000 tokens"):
-        res = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, out_dir=tmp_path, progress=False)
+        res = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, EvalRun(out_dir=tmp_path, progress=False))
     assert res.contexts[100000].n_windows == 0 and res.contexts[100000].skipped
     assert res.score(64).n_windows > 0
     with pytest.raises(FlopcastError, match="at any context length"):
         evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, EvalConfig(protocol="seed", contexts=(100000,)),
-                 progress=False)
+                 EvalRun(progress=False))
 
 
 def test_interrupted_evaluation_charges_finished_batches_and_resumes(tmp_path, tiny, sim_ds, monkeypatch):
-    import flopcast.forecast as fc
-    from flopcast.costs import batch_flops
-    from flopcast.flops import Arch
+    from flopcast.budget.costs import batch_flops
+    from flopcast.budget.flops import Arch
 
     codec = LLMTimeCodec.fit(CodecConfig(), sim_ds.series)
     cfg = EvalConfig(contexts=(64, 128), max_series=3, stride=10, batch_size=2, baselines=("persistence",), n_boot=20)
-    ref = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, ledger=Ledger(tmp_path / "ref.db", 1e13), name="zs",
-                   model_name="tiny-qwen2", progress=False)
+    ref = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg,
+                   EvalRun(ledger=Ledger(tmp_path / "ref.db", 1e13), **ZS))
     lg = Ledger(tmp_path / "ledger.db", budget=1e13)
-    real, seen = fc.generate_constrained, []
+    from flopcast.forecasting.decode import Decoder
 
-    def flaky(model, prompts, *a, **k):  # Ctrl-C during the second batch at S=128
+    real, seen = Decoder.generate, []
+
+    def flaky(self, prompts, *a, **k):  # Ctrl-C during the second batch at S=128
         if len(prompts[0]) > 64 and len(seen) == 1:
             raise KeyboardInterrupt
-        out = real(model, prompts, *a, **k)
+        out = real(self, prompts, *a, **k)
         if len(prompts[0]) > 64:
             seen.append({"B": len(prompts), "prompt_len": max(map(len, prompts)), "new_tokens": out.steps})
         return out
 
-    monkeypatch.setattr(fc, "generate_constrained", flaky)
+    monkeypatch.setattr(Decoder, "generate", flaky)
     with pytest.raises(KeyboardInterrupt):
-        evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, out_dir=tmp_path / "ev", ledger=lg, name="zs",
-                 model_name="tiny-qwen2", progress=False)
+        evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, EvalRun(out_dir=tmp_path / "ev", ledger=lg, **ZS))
     rows = {e.name: e for e in lg.entries()}
     assert rows["zs/S=64"].status == "done" and rows["zs/S=128"].status == "failed"
     # work done stays counted
     assert rows["zs/S=128"].flops_used == batch_flops(Arch.from_config(tiny.model.config), seen[0]) > 0
-    monkeypatch.setattr(fc, "generate_constrained", real)
-    res = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, out_dir=tmp_path / "ev", ledger=lg, name="zs",
-                   model_name="tiny-qwen2", progress=False)
+    monkeypatch.setattr(Decoder, "generate", real)
+    res = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, EvalRun(out_dir=tmp_path / "ev", ledger=lg, **ZS))
     assert [e.name for e in lg.entries()] == ["zs/S=64", "zs/S=128", "zs/S=128"]  # S=64 came from its saved result
     for S in (64, 128):
         assert res.score(S).mse == ref.score(S).mse
         assert res.score(S).flops == ref.score(S).flops
     # another model (here: other weights under the same names) is not served from the saved results
-    from flopcast.adapters import attach_lora
     from flopcast.config import LoraSpec
-    from flopcast.models import load_model
+    from flopcast.model.load import load_model
+    from flopcast.model.lora import attach_lora
 
     peft = attach_lora(load_model("tiny-qwen2", seed=0).model, LoraSpec(rank=2))
-    evaluate(peft, tiny.tokenizer, codec, sim_ds, cfg, out_dir=tmp_path / "ev", ledger=lg, name="zs",
-             model_name="tiny-qwen2", progress=False)
+    evaluate(peft, tiny.tokenizer, codec, sim_ds, cfg, EvalRun(out_dir=tmp_path / "ev", ledger=lg, **ZS))
     assert len(lg.entries()) == 5
 
 
@@ -189,7 +188,7 @@ def test_results_round_trip_and_read_older_files(tmp_path, tiny, sim_ds):
 
     codec = LLMTimeCodec.fit(CodecConfig(), sim_ds.series)
     cfg = EvalConfig(contexts=(64,), max_series=2, baselines=("persistence",), n_boot=20)
-    res = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, out_dir=tmp_path, progress=False)
+    res = evaluate(tiny.model, tiny.tokenizer, codec, sim_ds, cfg, EvalRun(out_dir=tmp_path, progress=False))
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["format"] == FORMAT and set(on_disk["contexts"]["64"]) >= {"n_windows", "model", "persistence"}
     assert EvalResult.from_dict(on_disk) == res

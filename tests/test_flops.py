@@ -3,9 +3,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM
 
-from flopcast import flops
+from flopcast.budget import flops
 from flopcast.errors import FlopcastError
-from flopcast.models import tiny_config
+from flopcast.model.load import tiny_config
 
 MATMUL_TERMS = ("q_proj", "k_proj", "v_proj", "o_proj", "attn_scores", "attn_values", "mlp_gate", "mlp_up", "mlp_down",
                 "lm_head")
@@ -95,13 +95,3 @@ def test_arch_from_config_dir(tmp_path):
     assert (a.hidden, a.layers, a.kv_heads, a.qkv_bias) == (64, 2, 2, False)
     with pytest.raises(FlopcastError, match="unknown model"):
         flops.arch_for("no-such-model")
-
-
-def test_stage_cost_rules():
-    from flopcast.costs import RunCost, stage_cost
-
-    runs = [RunCost(10, 2, 100), RunCost(20, 4, 300)]
-    assert stage_cost([], 7) == 7  # an evaluation stage
-    assert stage_cost(runs, 7) == 407  # a grid: every run as planned
-    assert stage_cost(runs, 7, one_of=True) == 107  # built on an earlier stage's best: one of them
-    assert stage_cost(runs, 7, remaining=True) == 17  # 'remaining': one step at least

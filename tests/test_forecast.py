@@ -3,11 +3,12 @@ import re
 
 import numpy as np
 import pytest
+from helpers import lively_tiny
 
-from flopcast.codec import LLMTimeCodec
 from flopcast.config import CodecConfig, ForecastConfig
-from flopcast.forecast import forecast, forecast_flops
-from flopcast.models import load_model
+from flopcast.encoding.codec import LLMTimeCodec
+from flopcast.forecasting.forecast import forecast, forecast_flops
+from flopcast.model.load import load_model
 
 
 def _contexts(rng, n, lo=3, hi=25, scale=3.0):
@@ -33,20 +34,9 @@ def test_constrained_output_always_decodes(seed, codec_cfg):
     assert res.point.shape == (7, 4, 2) and np.isfinite(res.point).all()
 
 
-def _lively_tiny(family="tiny-qwen2", seed=0):
-    """A random tiny model with large weights, so its forecasts depend on the context."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from flopcast.models import tiny_config, tiny_tokenizer
-
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(family, initializer_range=0.3)).eval(), tiny_tokenizer()
-
-
 @pytest.mark.parametrize("family", ["tiny-qwen2", "tiny-llama"])
 def test_batched_equals_one_by_one(family):
-    model, tok = _lively_tiny(family)
+    model, tok = lively_tiny(family)
     codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
     ctx = _contexts(np.random.default_rng(5), 9)
     batched = forecast(model, tok, codec, ctx, ForecastConfig(horizon=5, batch_size=4))
@@ -76,7 +66,7 @@ def test_values_in_original_units(tiny):
 
 
 def test_forecast_flops_counted(tiny):
-    from flopcast import flops
+    from flopcast.budget import flops
 
     codec = LLMTimeCodec(CodecConfig(), alpha=1.0)
     res = forecast(tiny.model, tiny.tokenizer, codec, _contexts(np.random.default_rng(2), 5),
@@ -102,7 +92,7 @@ def _python_grammar_decode(model, tok, prompts, grammar, targets, prefixes):
     """The reference: one Python grammar state per row, a full-vocabulary mask per step, host-side argmax."""
     import torch
 
-    from flopcast.grammar import EOS
+    from flopcast.encoding.grammar import EOS
 
     ids = {c: tok(c, add_special_tokens=False).input_ids[0] for c in grammar.alphabet} | {EOS: tok.eos_token_id}
     chars = {i: c for c, i in ids.items()}
@@ -124,32 +114,27 @@ def _python_grammar_decode(model, tok, prompts, grammar, targets, prefixes):
     return out
 
 
-def _qwen2_tokenizer():
-    from pathlib import Path
-
+def _qwen2_tokenizer(arch_dir):
     from transformers import AutoTokenizer
 
-    d = Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen2.5-0.5b-arch"
-    if not (d / "tokenizer.json").is_file():
-        pytest.skip("../shared/models/qwen2.5-0.5b-arch not present")
-    return AutoTokenizer.from_pretrained(d)
+    return AutoTokenizer.from_pretrained(arch_dir)
 
 
 @pytest.mark.parametrize("style", ["char-level", "qwen2-bpe"])
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_device_grammar_greedy_equals_python_grammar(style, seed):
+def test_device_grammar_greedy_equals_python_grammar(style, seed, request):
     """Random prompts (random codecs, partial last steps, mixed targets and digit caps): the tensor automaton's
     greedy tokens equal the Python grammar's, row by row."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from flopcast.automaton import TokenAutomaton
-    from flopcast.forecast import generate_constrained
-    from flopcast.grammar import LLMTimeGrammar
-    from flopcast.models import tiny_config, tiny_tokenizer
+    from flopcast.encoding.grammar import LLMTimeGrammar
+    from flopcast.forecasting.automaton import TokenAutomaton
+    from flopcast.forecasting.decode import Decoder
+    from flopcast.model.load import tiny_config, tiny_tokenizer
 
     rng = np.random.default_rng(seed)
-    tok = tiny_tokenizer() if style == "char-level" else _qwen2_tokenizer()
+    tok = tiny_tokenizer() if style == "char-level" else _qwen2_tokenizer(request.getfixturevalue("qwen_arch_dir"))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config("tiny-qwen2", vocab_size=len(tok), initializer_range=0.3))
     codec_cfg = [CodecConfig(), CodecConfig(drop_decimal_point=True), CodecConfig(decimals=1)][seed % 3]
@@ -164,7 +149,7 @@ def test_device_grammar_greedy_equals_python_grammar(style, seed):
     grammar = LLMTimeGrammar(codec_cfg, 2, int(rng.integers(2, 5)))
     model.eval()
     ref = _python_grammar_decode(model, tok, prompts, grammar, targets, prefixes)
-    got = generate_constrained(model, prompts, TokenAutomaton(grammar, tok), targets, prefixes, tok.eos_token_id)
+    got = Decoder(model, TokenAutomaton(grammar, tok), tok.eos_token_id).generate(prompts, targets, prefixes)
     assert got.texts == ref
     assert got.steps == max(map(len, ref)) or (got.steps == 1 and not any(ref))
     assert sum(map(len, ref)) > 10  # the rows did generate
@@ -174,9 +159,9 @@ def test_auto_batch_size_from_free_memory():
     """"auto" is 16 rows on the CPU; on a GPU the rows whose KV cache and prefill activations fit in free memory."""
     from types import SimpleNamespace
 
-    from flopcast.decode import CPU_BATCH, MAX_AUTO_BATCH, batch_for_memory, rows_per_batch
+    from flopcast.forecasting.decode import CPU_BATCH, MAX_AUTO_BATCH, batch_for_memory, rows_per_batch
 
-    model, _ = _lively_tiny()
+    model, _ = lively_tiny()
     assert rows_per_batch("auto", model, 768, 60) == CPU_BATCH and rows_per_batch(7, model, 768, 60) == 7
     qwen = SimpleNamespace(num_attention_heads=14, num_key_value_heads=2, hidden_size=896, intermediate_size=4864,
                            num_hidden_layers=24, head_dim=64)
@@ -195,9 +180,9 @@ def test_auto_batch_size_from_free_memory():
 def test_a_failing_compiled_decode_step_warns_and_decodes_eagerly(monkeypatch):
     import torch
 
-    from flopcast.accel import compile_on
+    from flopcast.model.compile import compile_on
 
-    model, tok = _lively_tiny()
+    model, tok = lively_tiny()
     codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
     ctx = _contexts(np.random.default_rng(3), 4)
     eager = forecast(model, tok, codec, ctx, ForecastConfig(horizon=3, compile="off"))
@@ -213,9 +198,9 @@ def test_a_failing_compiled_decode_step_warns_and_decodes_eagerly(monkeypatch):
     assert res.texts == eager.texts
     assert not compile_on("off", "cuda") and compile_on(None, "cuda")
     assert not compile_on("auto", "cpu")
-    from flopcast.accel import graphs_on
     from flopcast.config import TrainConfig
     from flopcast.errors import FlopcastError
+    from flopcast.model.compile import graphs_on
 
     assert compile_on("graphs", "cpu") and not graphs_on("graphs", "cpu")  # CUDA graphs need CUDA: plain compile
     assert graphs_on("graphs", "cuda") and not graphs_on("on", "cuda") and not graphs_on(None, "cuda")
@@ -225,19 +210,29 @@ def test_a_failing_compiled_decode_step_warns_and_decodes_eagerly(monkeypatch):
 
 
 @pytest.mark.slow
-def test_compiled_decode_step_gives_the_eager_tokens():
+def test_compiled_decode_step_gives_the_eager_tokens(monkeypatch):
     """torch.compile of the decode step (static shapes: the mask covers the whole cache) changes no token."""
-    model, tok = _lively_tiny()
+    model, tok = lively_tiny()
     codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
-    ctx = _contexts(np.random.default_rng(4), 6)
-    eager = forecast(model, tok, codec, ctx, ForecastConfig(horizon=4, batch_size=3, compile="off"))
-    compiled = forecast(model, tok, codec, ctx, ForecastConfig(horizon=4, batch_size=3, compile="on"))
+    rng = np.random.default_rng(4)
+    ctx = [rng.random((8, 2)) * 3 for _ in range(4)]  # two batches of one shape: one set of graphs (inductor is slow)
+    import torch
+    from torch._inductor.compile_fx import compile_fx
+
+    eager = forecast(model, tok, codec, ctx, ForecastConfig(horizon=4, batch_size=2, compile="off"))
+    graphs, real_compile = [], torch.compile
+    inductor = lambda gm, example: graphs.append(gm) or compile_fx(gm, example)  # noqa: E731
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": inductor}))
+    torch._dynamo.reset()
+    compiled = forecast(model, tok, codec, ctx, ForecastConfig(horizon=4, batch_size=2, compile="on"))
     assert compiled.texts == eager.texts and len({t[0] for t in eager.texts}) > 1
+    # graphs per batch shape, not per decode step (a step whose shapes changed would compile again each time)
+    assert 0 < len(graphs) < sum(b["new_tokens"] for b in compiled.batches) // 4
 
 
 def test_batches_of_one_shape_share_a_kv_cache_and_forecast_as_one_batch():
     """Batches of one shape share one StaticCache (emptied between them): the same forecasts as one batch."""
-    model, tok = _lively_tiny()
+    model, tok = lively_tiny()
     codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
     rng = np.random.default_rng(7)
     ctx = [rng.random((8, 2)) * 3 for _ in range(5)]  # equal lengths: every batch of one row has the same shape
@@ -253,7 +248,7 @@ def test_grouped_decode_attention_is_transformers_sdpa_without_the_copies():
     import torch
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-    from flopcast.attention import decode_attention
+    from flopcast.model.attention import decode_attention
 
     torch.manual_seed(0)
     module = torch.nn.Module()
@@ -283,7 +278,7 @@ def test_attention_reads_only_the_cache_positions_some_query_sees(monkeypatch):
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from flopcast.attention import decode_attention
+    from flopcast.model.attention import decode_attention
 
     torch.manual_seed(1)
     module = torch.nn.Module()
@@ -311,9 +306,9 @@ def test_decode_steps_do_not_copy_the_kv_cache_per_head(monkeypatch):
 
     import transformers.integrations.sdpa_attention as sa
 
-    import flopcast.forecast as fc
+    import flopcast.forecasting.forecast as fc
 
-    model, tok = _lively_tiny()
+    model, tok = lively_tiny()
     codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
     ctx = _contexts(np.random.default_rng(5), 6)
     cfg = ForecastConfig(horizon=3, batch_size=3, compile="off")
@@ -337,9 +332,9 @@ def test_prefill_chunks_keep_activations_under_the_limit():
     PREFILL_CHUNK_BYTES, in equal chunks; an accelerator prefills the whole prompt at once."""
     import torch
 
-    from flopcast.decode import PREFILL_CHUNK_BYTES, prefill_tokens
+    from flopcast.forecasting.decode import PREFILL_CHUNK_BYTES, prefill_tokens
 
-    model, _ = _lively_tiny()
+    model, _ = lively_tiny()
     width = model.config.intermediate_size
     for rows, length in [(32, 255), (16, 768), (1, 40), (512, 1000)]:
         chunk = prefill_tokens(model, rows, length)
@@ -357,9 +352,9 @@ def test_chunked_prefill_gives_the_whole_prompts_cache_and_forecasts(monkeypatch
     import torch
     from transformers import StaticCache
 
-    import flopcast.decode as dec
+    import flopcast.forecasting.decode as dec
 
-    model, tok = _lively_tiny()
+    model, tok = lively_tiny()
     codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
     ctx = _contexts(np.random.default_rng(8), 8)
     prompts = [tok(codec.encode(c), add_special_tokens=False).input_ids for c in ctx]

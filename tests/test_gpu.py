@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from flopcast.codec import LLMTimeCodec
 from flopcast.config import CodecConfig, ForecastConfig, LoraSpec, ModelSpec, SimConfig, TrainConfig
-from flopcast.decode import CPU_BATCH, rows_per_batch
-from flopcast.forecast import forecast
-from flopcast.models import load_model
-from flopcast.train import train
+from flopcast.encoding.codec import LLMTimeCodec
+from flopcast.forecasting.decode import CPU_BATCH, rows_per_batch
+from flopcast.forecasting.forecast import forecast
+from flopcast.model.load import load_model
+from flopcast.training.engine import train
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -27,7 +27,7 @@ GIB = 1 << 30
 
 @pytest.fixture(scope="module")
 def data():
-    from flopcast.simulate import simulate
+    from flopcast.data.simulate import simulate
 
     ds = simulate(SimConfig(n_systems=24, n_steps=40, seed=2))
     return ds.series[:16], ds.series[16:], LLMTimeCodec.fit(CodecConfig(), ds.series[:16])
@@ -80,8 +80,8 @@ def test_auto_batch_comes_from_free_cuda_memory(data):
 def test_b64_s512_training_fits_in_24_gib(qwen_arch_dir):
     """The reference model's architecture (random weights), bf16, LoRA r=4 on q/v, B=64 x S=512: one forward and
     backward through flopcast's loss (logits in chunks) peaks under 24 GiB."""
-    from flopcast.adapters import attach_lora
-    from flopcast.heads import lm_loss
+    from flopcast.model.lora import attach_lora
+    from flopcast.model.loss import lm_loss
 
     lm = load_model(ModelSpec(f"random:{qwen_arch_dir}", device="cuda"), seed=0)
     model = attach_lora(lm.model, LoraSpec(rank=4, targets=("q_proj", "v_proj")))

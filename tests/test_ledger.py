@@ -3,8 +3,8 @@ import sqlite3
 
 import pytest
 
+from flopcast.budget.ledger import Ledger
 from flopcast.errors import BudgetExceeded, FlopcastError
-from flopcast.ledger import Ledger
 
 
 def test_reserve_settle_release(tmp_path):

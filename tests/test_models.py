@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from flopcast.adapters import attach_lora, load_adapter, lora_from_adapter, save_adapter, trainable_parameters
 from flopcast.config import LoraSpec, ModelSpec
 from flopcast.errors import FlopcastError, ModelNotAvailable
-from flopcast.models import EMBEDDED, load_model, save_model, tiny_config
+from flopcast.model.load import EMBEDDED, load_model, save_model, tiny_config
+from flopcast.model.lora import attach_lora, load_adapter, lora_from_adapter, save_adapter, trainable_parameters
 
 
 def _logits(model, tok, text="0.25,1.50;0.27,1.47;"):

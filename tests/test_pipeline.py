@@ -1,41 +1,65 @@
+"""Studies end to end on tiny models: every stage kind, resuming, reports, seeds, signals."""
 
 import pytest
+from helpers import ROOT, TINY_PLAN, tiny_plan
 
+from flopcast.budget.ledger import Ledger
 from flopcast.cli import main
 from flopcast.config import load_toml
 from flopcast.errors import FlopcastError
-from flopcast.ledger import Ledger
-from flopcast.pipeline import run_plan
-from flopcast.plan import load_plan, plan_from_dict
-
-PLAN = {
-    "name": "tiny", "budget": 2e10,
-    "model": {"name": "tiny-qwen2"},
-    "simulate": {"n_systems": 20, "n_steps": 40},
-    "eval": {"contexts": [64], "max_series": 2, "baselines": ["persistence"], "n_boot": 20},
-    "lora": {"rank": 2},
-    "train": {"batch_size": 2, "seq_len": 64, "lr": 3e-3, "eval_every": 5, "checkpoint_every": 5, "wandb": False},
-    "stages": [
-        {"name": "zero_shot", "kind": "eval"},
-        {"name": "initial", "kind": "train", "steps": 6},
-        {"name": "grid", "kind": "grid", "lr": [1e-3, 3e-3], "rank": [2, 4], "steps": 3, "evaluate": False},
-        {"name": "context", "kind": "context", "base": "grid", "seq_len": [32, 64], "steps": 3, "evaluate": False},
-        {"name": "final_eval", "kind": "eval", "adapter_from": "initial"},
-        {"name": "final", "kind": "train", "base": "context", "steps": "remaining"},
-    ],
-}
+from flopcast.study.plan import load_plan, plan_from_dict
+from flopcast.study.preflight import prepare
+from flopcast.study.runner import run_plan
+from flopcast.study.stages import stage_price
 
 
-def test_run_plan_end_to_end_artifacts(tmp_path, monkeypatch):
-    import flopcast.baselines
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """The tiny plan of every stage kind, run once: (plan, directory, summary, each stage's price before it ran,
+    the baselines computed)."""
+    import flopcast.evaluation.baselines as baselines
 
+    plan, out = plan_from_dict(TINY_PLAN), tmp_path_factory.mktemp("tiny") / "study"
+    before = prepare(plan, out, progress=False)
+    prices = {st.name: stage_price(before, st) for st in plan.stages}
     computed = []
-    real = flopcast.baselines.run_baseline
-    monkeypatch.setattr(flopcast.baselines, "run_baseline",
-                        lambda name, *a, **k: computed.append(name) or real(name, *a, **k))
-    plan = plan_from_dict(PLAN)
-    out = tmp_path / "study"
-    summary = run_plan(plan, out, progress=False)
+    real = baselines.run_baseline
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(baselines, "run_baseline", lambda name, *a, **k: computed.append(name) or real(name, *a, **k))
+        summary = run_plan(plan, out, progress=False)
+    return plan, out, summary, prices, computed
+
+
+def test_priced_flops_bound_the_charged_ones(tiny_study):
+    """What a stage is priced at before it starts (over every start it may get) brackets its price once its base
+    has chosen; a run trained as planned charges exactly its planned FLOPs, an evaluation at most its bound, a
+    stage at most its price."""
+    from flopcast.budget.flops import lora_shape
+    from flopcast.study.stages import eval_price, run_price, stage_work
+
+    plan, out, summary, before, _ = tiny_study
+    study = prepare(plan, out, progress=False)  # every stage done: each priced from its base's actual best
+    rows = [e for e in Ledger(out / "ledger.db").entries() if e.kind != "hold"]
+    for stage in plan.stages:
+        price = stage_price(study, stage)
+        assert before[stage.name].least <= price.least <= price.most <= before[stage.name].most, stage.name
+        charged = {e.name: e.flops_used for e in rows if e.name.startswith(stage.name + "/")}
+        assert 0 < sum(charged.values()) <= price.most, stage.name
+        base = summary.stages[stage.base].best if stage.base else None
+        work = stage_work(plan, stage, base)
+        for run in work.runs if not work.remaining else ():
+            assert charged.pop(f"{stage.name}/{run.name}") == run_price(study, run).planned
+        if work.remaining:
+            assert charged.pop(f"{stage.name}/run") >= run_price(study, work.runs[0]).per_step
+        lora = lora_shape(work.eval_lora) if stage.kind != "eval" else None
+        if stage.adapter_from:
+            lora = lora_shape(stage_work(plan, plan.stage(stage.adapter_from)).eval_lora)
+        assert sum(charged.values()) <= eval_price(study, work.contexts, lora), stage.name
+        assert all(name.startswith(f"{stage.name}/test/") for name in charged)
+
+
+def test_run_plan_end_to_end_artifacts(tiny_study):
+    plan, out, summary, _, computed = tiny_study
     # four stages evaluate on the same windows; the baseline is computed once and stored in the study
     assert computed == ["persistence"] and len(list((out / "baselines").glob("persistence-*.npy"))) == 1
     for f in ("plan.toml", "split.json", "ledger.db", "summary.json", "report.md", "data.h5",
@@ -81,16 +105,14 @@ def test_run_plan_end_to_end_artifacts(tmp_path, monkeypatch):
 
 
 def test_shipped_plans_parse():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1] / "plans"
+    root = ROOT / "plans"
     q, r = load_plan(root / "quickstart.toml"), load_plan(root / "reference.toml")
     assert q.model.name == "smollm2-135m" and q.stages[-1].steps == "remaining"
     assert r.budget == 1e17 and r.eval.protocol == "seed" and r.stage("grid").lr == (1e-5, 5e-5, 1e-4)
     assert r.stage("grid").rank == (2, 4, 8) and r.stage("context").seq_len == (128, 512, 768)
     # the reference's code: q_proj and v_proj, alpha = rank (scaling 1 at every rank of the grid), an LM-head bias
     assert r.lora.targets == ("q_proj", "v_proj") and r.lora.train_lm_head_bias
-    assert [lo.lora_alpha for _, lo in r.stage("grid").candidates(r.train, r.lora)][:3] == [2.0, 4.0, 8.0]
+    assert [run.lora.lora_alpha for run in r.stage("grid").runs(r.train, r.lora)][:3] == [2.0, 4.0, 8.0]
 
 
 @pytest.mark.parametrize("change, match", [
@@ -102,14 +124,14 @@ def test_shipped_plans_parse():
 ])
 def test_bad_plans(change, match):
     with pytest.raises(FlopcastError, match=match):
-        plan_from_dict({**PLAN, **change})
+        plan_from_dict({**TINY_PLAN, **change})
 
 
 def test_cli_run_and_report(tmp_path, capsys):
     import tomli_w
 
     p = tmp_path / "plan.toml"
-    small = {**PLAN, "stages": PLAN["stages"][:2]}
+    small = {**TINY_PLAN, "stages": TINY_PLAN["stages"][:2]}
     p.write_text(tomli_w.dumps(small))
     assert main(["run", str(p), "--out", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
@@ -119,7 +141,7 @@ def test_cli_run_and_report(tmp_path, capsys):
 
 
 def test_same_seed_twice_identical_metrics(tmp_path):
-    small = plan_from_dict({**PLAN, "budget": 5e9, "stages": [PLAN["stages"][0], PLAN["stages"][1]]})
+    small = plan_from_dict({**TINY_PLAN, "budget": 5e9, "stages": [TINY_PLAN["stages"][0], TINY_PLAN["stages"][1]]})
     a = run_plan(small, tmp_path / "a", progress=False).stages
     b = run_plan(small, tmp_path / "b", progress=False).stages
     for stage in ("zero_shot", "initial"):
@@ -131,7 +153,7 @@ def test_same_seed_twice_identical_metrics(tmp_path):
 def test_remaining_budget_buys_more_steps_with_numeric_head(tmp_path):
     steps = {}
     for head in ("full", "numeric"):
-        plan = plan_from_dict({**PLAN, "budget": 3e9, "train": {**PLAN["train"], "head": head},
+        plan = plan_from_dict({**TINY_PLAN, "budget": 3e9, "train": {**TINY_PLAN["train"], "head": head},
                                "stages": [{"name": "only", "kind": "train", "steps": "remaining", "evaluate": False}]})
         st = run_plan(plan, tmp_path / head, progress=False).stages["only"]
         steps[head] = st.runs[0].steps
@@ -151,7 +173,7 @@ def test_sigterm_stops_a_study_with_a_checkpoint_and_exit_143(tmp_path):
 
     from flopcast.config import save_toml
 
-    plan = {**PLAN, "budget": 1e13, "stages": [{"name": "long", "kind": "train", "steps": 5000, "evaluate": False}]}
+    plan = tiny_plan(budget=1e13, stages=[{"name": "long", "kind": "train", "steps": 5000, "evaluate": False}])
     save_toml(plan, tmp_path / "plan.toml")
     out = tmp_path / "study"
     proc = subprocess.Popen([sys.executable, "-m", "flopcast", "run", str(tmp_path / "plan.toml"), "-o", str(out)],
@@ -180,10 +202,7 @@ def test_sigterm_stops_a_study_with_a_checkpoint_and_exit_143(tmp_path):
 def test_settings_that_change_no_result_do_not_change_a_study(tmp_path):
     """Re-running with other compile settings (training and decoding) and sync_every reuses every stage: no
     "changed study" refusal, nothing charged again."""
-    import copy
-
-    plan = copy.deepcopy(PLAN)
-    plan["stages"] = [{"name": "zero_shot", "kind": "eval"}, {"name": "initial", "kind": "train", "steps": 2}]
+    plan = tiny_plan(stages=[{"name": "zero_shot", "kind": "eval"}, {"name": "initial", "kind": "train", "steps": 2}])
     out = tmp_path / "s"
     first = run_plan(plan_from_dict(plan), out, progress=False)
     rows = len(Ledger(out / "ledger.db").entries())

@@ -8,32 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import train_tiny
 
-from flopcast.adapters import attach_lora
-from flopcast.chunks import IGNORE
-from flopcast.codec import LLMTimeCodec
-from flopcast.config import CodecConfig, LoraSpec, SimConfig, TrainConfig
+from flopcast.budget.ledger import Ledger
+from flopcast.config import CodecConfig, LoraSpec
+from flopcast.encoding.chunks import IGNORE
 from flopcast.errors import FlopcastError, ModelNotAvailable
-from flopcast.ledger import Ledger
-from flopcast.models import load_model, resolve_arch, save_model
-from flopcast.train import train
-
-CFG = dict(batch_size=2, seq_len=64, lr=3e-3, eval_every=4, checkpoint_every=5, val_batches=2, wandb=False)
-
-
-@pytest.fixture(scope="module")
-def data():
-    from flopcast.simulate import simulate
-
-    ds = simulate(SimConfig(n_systems=12, n_steps=30, seed=1))
-    return ds.series[:10], ds.series[10:], LLMTimeCodec.fit(CodecConfig(), ds.series[:10])
-
-
-def _train(run_dir, data, steps=3, ledger=None, **kw):
-    tr, va, codec = data
-    lm = load_model("tiny-qwen2", seed=0)
-    return train(lm.model, lm.tokenizer, codec, tr, va, LoraSpec(rank=4), TrainConfig(steps=steps, **{**CFG, **kw}),
-                 run_dir, ledger=ledger, name="t", model_name="tiny-qwen2", progress=False)
+from flopcast.model.load import load_model, resolve_arch, save_model
+from flopcast.model.lora import attach_lora
 
 
 def _losses(run_dir) -> list[float]:
@@ -43,8 +25,8 @@ def _losses(run_dir) -> list[float]:
 
 @pytest.mark.slow
 def test_compiled_steps_give_the_eager_losses(tmp_path, data):
-    _train(tmp_path / "eager", data, steps=4, compile="off")
-    _train(tmp_path / "compiled", data, steps=4, compile="on")
+    train_tiny(tmp_path / "eager", data, steps=4, compile="off")
+    train_tiny(tmp_path / "compiled", data, steps=4, compile="on")
     eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
     assert len(eager) == 5 and np.allclose(eager, compiled, rtol=1e-4, atol=1e-5)
     assert (tmp_path / "compiled" / "adapter" / "adapter_model.safetensors").is_file()
@@ -53,7 +35,8 @@ def test_compiled_steps_give_the_eager_losses(tmp_path, data):
 @pytest.mark.parametrize("head", ["full", "numeric"])
 def test_chunked_cross_entropy_equals_the_whole_batch(data, head):
     """Loss and LoRA gradients are the same whether the head and loss run at once or over sequence chunks."""
-    from flopcast.heads import lm_loss, numeric_head, numeric_token_ids, remap_table
+    from flopcast.model.heads import numeric_head, numeric_token_ids, remap_table
+    from flopcast.model.loss import lm_loss
 
     tr, _, codec = data
     lm = load_model("tiny-qwen2", seed=0)
@@ -85,7 +68,7 @@ def test_chunked_cross_entropy_equals_the_whole_batch(data, head):
 
 
 def test_out_of_memory_is_one_line_naming_the_batch_that_fits(tmp_path, data, monkeypatch):
-    import flopcast.train as T
+    import flopcast.training.engine as T
 
     real = T._loss_fn
 
@@ -101,10 +84,10 @@ def test_out_of_memory_is_one_line_naming_the_batch_that_fits(tmp_path, data, mo
     monkeypatch.setattr(T, "_loss_fn", limited)
     lg = Ledger(tmp_path / "l.db", 1e13)
     with pytest.raises(FlopcastError, match=r"^out of memory .* batch_size 4, seq_len 64 .*: batch_size 1 fits") as e:
-        _train(tmp_path / "run", data, ledger=lg, batch_size=4)
+        train_tiny(tmp_path / "run", data, steps=3, ledger=lg, batch_size=4)
     assert "\n" not in str(e.value)
     (row,) = lg.entries()
-    from flopcast import flops as F
+    from flopcast.budget import flops as F
 
     per_step = F.train_step(F.Arch.from_config(load_model("tiny-qwen2").model.config), 4, 64, F.LoraShape(4)).total
     # the failed step and both probes (batch 2 fails, batch 1 fits) are charged: the ledger never undercounts
@@ -125,7 +108,7 @@ def test_random_dir_builds_the_architecture_without_weights(tmp_path):
 def test_random_dir_of_the_real_qwen_architecture(qwen_arch_dir):
     from dataclasses import replace
 
-    from flopcast.flops import arch_for
+    from flopcast.budget.flops import arch_for
 
     arch = resolve_arch(f"random:{qwen_arch_dir}")
     assert replace(arch, name="") == replace(arch_for("qwen2.5-0.5b"), name="") and arch.vocab == 151936
@@ -139,8 +122,8 @@ def _adapter_tensors(run_dir) -> dict:
 
 def test_loss_read_every_few_steps_changes_nothing(tmp_path, data):
     """Losses left on the device and read every 3 steps (as on a GPU): the same log, the same adapter."""
-    _train(tmp_path / "each", data, steps=7, sync_every=1)
-    _train(tmp_path / "few", data, steps=7, sync_every=3)
+    train_tiny(tmp_path / "each", data, steps=7, sync_every=1)
+    train_tiny(tmp_path / "few", data, steps=7, sync_every=3)
     rows = [[{k: v for k, v in json.loads(ln).items() if k != "time"}
              for ln in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("each", "few")]
     assert rows[0] == rows[1] and len([r for r in rows[0] if "loss" in r]) == 7
@@ -151,9 +134,9 @@ def test_loss_read_every_few_steps_changes_nothing(tmp_path, data):
 def test_divergence_read_late_keeps_the_weights_before_it(tmp_path, data, monkeypatch):
     """A NaN loss at step 3, read only at step 4: step 3 and every step after it are skipped on the device, so
     the adapter is the one after step 2, and the run is diverged with all four steps charged."""
-    import flopcast.train as T
+    import flopcast.training.engine as T
 
-    _train(tmp_path / "two", data, steps=2)
+    train_tiny(tmp_path / "two", data, steps=2)
     real, calls = T._loss_fn, []
 
     def poisoned(*a):
@@ -161,7 +144,7 @@ def test_divergence_read_late_keeps_the_weights_before_it(tmp_path, data, monkey
         return lambda b: calls.append(1) or fn(b) * (float("nan") if len(calls) == 3 else 1.0)
 
     monkeypatch.setattr(T, "_loss_fn", poisoned)
-    res = _train(tmp_path / "late", data, steps=8, sync_every=4, eval_every=100, checkpoint_every=100)
+    res = train_tiny(tmp_path / "late", data, steps=8, sync_every=4, eval_every=100, checkpoint_every=100)
     assert res.status == "diverged" and res.steps == 4 and len(calls) == 4
     losses = _losses(tmp_path / "late")
     assert len(losses) == 4 and np.isnan(losses[2]) and np.isfinite(losses[3])  # step 4 ran on step 2's weights
@@ -170,25 +153,27 @@ def test_divergence_read_late_keeps_the_weights_before_it(tmp_path, data, monkey
 
 
 def test_training_gives_the_shared_base_model_back_uncompiled():
-    from flopcast.accel import _body, compile_body, uncompile_body
+    from flopcast.model.compile import compile_body, uncompile_body
+    from flopcast.model.parts import body
 
     lm = load_model("tiny-qwen2", seed=0)
     model = attach_lora(lm.model, LoraSpec(rank=2))
-    layers = list(_body(lm.model).layers)
+    layers = list(body(lm.model).layers)
     for graphs in (False, True):  # each decoder layer compiled; with CUDA graphs, the whole body
         compile_body(model, graphs=graphs)
-        compiled = [m for m in [_body(lm.model), *layers] if m._compiled_call_impl is not None]
-        assert compiled == ([_body(lm.model)] if graphs else layers)
+        compiled = [m for m in [body(lm.model), *layers] if m._compiled_call_impl is not None]
+        assert compiled == ([body(lm.model)] if graphs else layers)
         uncompile_body(model)
-        assert all(m._compiled_call_impl is None for m in [_body(lm.model), *layers])  # given back as it came
+        assert all(m._compiled_call_impl is None for m in [body(lm.model), *layers])  # given back as it came
 
 
 @pytest.mark.parametrize("head", ["full", "numeric"])
 def test_bf16_model_trains_fp32_lora_weights_and_head_bias(head):
     """As on a GPU: a bf16 base model, LoRA weights and the LM-head bias in fp32. A bf16 bias near 0.5 would not
     move under a 1e-4 update (half a bf16 step there is about 1e-3); the fp32 one does."""
-    from flopcast.heads import lm_loss, numeric_head, numeric_token_ids, remap_table
-    from flopcast.steps import make_optimizer, train_step
+    from flopcast.model.heads import numeric_head, numeric_token_ids, remap_table
+    from flopcast.model.loss import lm_loss
+    from flopcast.training.step import Learner, make_optimizer, train_step
 
     lm = load_model("tiny-qwen2", seed=0)
     base = lm.model.to(torch.bfloat16)
@@ -203,9 +188,10 @@ def test_bf16_model_trains_fp32_lora_weights_and_head_bias(head):
     batch = {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
     ids = numeric_token_ids(lm.tokenizer, CodecConfig()) if head == "numeric" else None
     table = remap_table(ids, base.config.vocab_size, "cpu") if ids else None
-    opt = make_optimizer(list(trainable.values()), 1e-4, 0.0)
+    params = list(trainable.values())
+    learner = Learner(model, make_optimizer(params, 1e-4, 0.0), params, lambda b: lm_loss(model, b, table))
     with numeric_head(base, ids) if ids else torch.enable_grad():
-        loss = train_step(model, opt, batch, lambda b: lm_loss(model, b, table), 1e-4)
+        loss = train_step(learner, batch, 1e-4)
     assert torch.isfinite(loss) and bias.dtype == torch.float32
     moved = (bias - 0.5).abs()
     assert moved.max() > 5e-5 and moved.max() < 2e-4  # one AdamW step of about lr, kept in fp32
@@ -217,8 +203,8 @@ def test_compiled_body_keeps_compiling_past_torchs_default_of_eight_variants(mon
     later ran eagerly; each of 10 fresh models at its own sequence length must get its own compiled graphs."""
     import torch._dynamo
 
-    from flopcast.accel import RECOMPILE_LIMIT, compile_body, recompile_setting, uncompile_body
-    from flopcast.decode import DecodeStep
+    from flopcast.forecasting.decode import DecodeStep
+    from flopcast.model.compile import RECOMPILE_LIMIT, compile_body, recompile_setting, uncompile_body
 
     compiled_graphs = []
 
@@ -228,27 +214,31 @@ def test_compiled_body_keeps_compiling_past_torchs_default_of_eight_variants(mon
 
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": counting_backend}))
+    # set and restored by hand: pytest's monkeypatch would restore torch's config attribute by deleting it, which
+    # hides the setting from every later test in this process
     cfg = torch._dynamo.config
     name = recompile_setting()
-    monkeypatch.setattr(cfg, name, 8)  # torch's default, whatever earlier tests set
+    before = getattr(cfg, name)
+    setattr(cfg, name, 8)  # torch's default, whatever earlier tests set
     torch._dynamo.reset()  # earlier tests' variants of the same code would count toward the limit
     per_shape = []
     try:
         for seq_len in range(8, 48, 4):
             model = load_model("tiny-qwen2", seed=0).model
             compile_body(model)
-            before = len(compiled_graphs)
+            n = len(compiled_graphs)
             with torch.no_grad():
                 model(input_ids=torch.randint(0, 40, (2, seq_len)), use_cache=False)
-            per_shape.append(len(compiled_graphs) - before)
+            per_shape.append(len(compiled_graphs) - n)
             uncompile_body(model)
+        assert per_shape[0] >= 1 and per_shape == per_shape[:1] * 10, per_shape  # the 9th and 10th compiled too
+        assert getattr(cfg, name) == RECOMPILE_LIMIT
+        setattr(cfg, name, 8)
+        DecodeStep(load_model("tiny-qwen2", seed=0).model, compiled=True)  # compiled decoding raises it too
+        assert getattr(cfg, name) == RECOMPILE_LIMIT
     finally:
         torch._dynamo.reset()
-    assert per_shape[0] >= 1 and per_shape == per_shape[:1] * 10, per_shape  # the 9th and 10th compiled too
-    assert getattr(cfg, name) == RECOMPILE_LIMIT
-    monkeypatch.setattr(cfg, name, 8)
-    DecodeStep(load_model("tiny-qwen2", seed=0).model, compiled=True)  # compiled decoding raises it too
-    assert getattr(cfg, name) == RECOMPILE_LIMIT
+        setattr(cfg, name, before)
 
 
 def test_training_and_validation_build_no_kv_cache(monkeypatch, data):
@@ -258,9 +248,9 @@ def test_training_and_validation_build_no_kv_cache(monkeypatch, data):
 
     from transformers import cache_utils
 
-    from flopcast.chunks import Chunks
-    from flopcast.heads import lm_loss
-    from flopcast.steps import validation_loss
+    from flopcast.encoding.chunks import Chunks
+    from flopcast.model.loss import lm_loss
+    from flopcast.training.step import Learner, validation_loss
 
     made = []
     real_init = cache_utils.DynamicCache.__init__
@@ -277,7 +267,8 @@ def test_training_and_validation_build_no_kv_cache(monkeypatch, data):
     lm_loss(model, batch).backward()
     lm_loss(model, batch, max_logits_bytes=0, chunk_bytes=2 * 16 * 64).backward()  # the chunked path
     acc = SimpleNamespace(device="cpu", process_index=0, num_processes=1, reduce=lambda t, reduction: t)
-    val = validation_loss(model, Chunks(x.numpy(), np.ones_like(x.numpy()), x.numpy()), 2, acc)
+    learner = Learner(model, None, [], lambda b: lm_loss(model, b), acc)
+    val = validation_loss(learner, Chunks(x.numpy(), np.ones_like(x.numpy()), x.numpy()), 2)
     assert made == [] and np.isfinite(val)
     with_cache = model(**batch).loss  # what the model does by default
     assert made and torch.allclose(with_cache, lm_loss(model, batch))

@@ -5,15 +5,15 @@ import textwrap
 
 import pytest
 import torch
+from helpers import TESTS, TRAIN_CFG, train_data, train_tiny
 
-from flopcast import flops as F
-from flopcast.chunks import IGNORE, make_chunks
-from flopcast.codec import LLMTimeCodec
-from flopcast.config import CodecConfig, LoraSpec, SimConfig, TrainConfig, load_toml
-from flopcast.ledger import Ledger
-from flopcast.models import load_model
-from flopcast.steps import lr_at
-from flopcast.train import train
+from flopcast.budget import flops as F
+from flopcast.budget.ledger import Ledger
+from flopcast.config import CodecConfig, LoraSpec, TrainConfig, load_toml
+from flopcast.encoding.chunks import IGNORE, make_chunks
+from flopcast.model.load import load_model
+from flopcast.training.engine import RunSpec, train
+from flopcast.training.step import lr_at
 
 
 def test_chunks_every_token_a_target_once():
@@ -36,27 +36,9 @@ def test_lr_schedules():
     assert lr_at(5, TrainConfig(steps=10, lr=1.0, schedule="linear")) == 0.5
 
 
-@pytest.fixture(scope="module")
-def data():
-    from flopcast.simulate import simulate
-
-    ds = simulate(SimConfig(n_systems=12, n_steps=30, seed=1))
-    return ds.series[:10], ds.series[10:], LLMTimeCodec.fit(CodecConfig(), ds.series[:10])
-
-
-CFG = dict(batch_size=2, seq_len=64, lr=3e-3, eval_every=4, checkpoint_every=5, val_batches=2, wandb=False)
-
-
-def _train(tmp, data, steps=12, ledger=None, **kw):
-    tr, va, codec = data
-    lm = load_model("tiny-qwen2", seed=0)
-    return train(lm.model, lm.tokenizer, codec, tr, va, LoraSpec(rank=4), TrainConfig(steps=steps, **{**CFG, **kw}),
-                 tmp, ledger=ledger, name="t", model_name="tiny-qwen2", progress=False)
-
-
 def test_training_artifacts_and_loss_goes_down(tmp_path, data):
     lg = Ledger(tmp_path / "l.db", 1e13)
-    r = _train(tmp_path / "run", data, steps=40, ledger=lg)
+    r = train_tiny(tmp_path / "run", data, steps=40, ledger=lg)
     run = tmp_path / "run"
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     vals = [x["val_loss"] for x in rows if "val_loss" in x]
@@ -79,42 +61,28 @@ def test_stops_before_flop_allotment(tmp_path, data):
     tr, va, codec = data
     arch = F.Arch.from_config(load_model("tiny-qwen2").model.config)
     per = F.train_step(arch, 2, 64, F.LoraShape(4)).total
-    r = _train(tmp_path / "run", (tr, [], codec), steps=50, max_flops=5.5 * per)
+    r = train_tiny(tmp_path / "run", (tr, [], codec), steps=50, max_flops=5.5 * per)
     assert r.status == "stopped_budget" and r.steps == 5 and r.flops == 5 * per <= 5.5 * per
 
 
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {tests!r})
-    from test_train import _train, _data
-    from flopcast.ledger import Ledger
-    import flopcast.train as T
+    from helpers import train_data, train_tiny
+    from flopcast.budget.ledger import Ledger
     def kill(step, loss):
         if step == 7:
             os.kill(os.getpid(), signal.SIGKILL)
-    orig = T.train
-    T.train = lambda *a, **k: orig(*a, **{{**k, "on_step": kill}})
-    import test_train
-    test_train.train = T.train
-    _train({run!r}, _data(), steps=12, ledger=Ledger({db!r}))
+    train_tiny({run!r}, train_data(), steps=12, ledger=Ledger({db!r}), on_step=kill)
 """)
-
-
-def _data():
-    from flopcast.simulate import simulate
-
-    ds = simulate(SimConfig(n_systems=12, n_steps=30, seed=1))
-    return ds.series[:10], ds.series[10:], LLMTimeCodec.fit(CodecConfig(), ds.series[:10])
 
 
 def _reference_and_stopped(tmp_path, data, template: str):
     """An uninterrupted 12-step run, and the same run in a subprocess that ``template`` stops."""
-    from pathlib import Path
-
-    ref = _train(tmp_path / "ref", data, steps=12, ledger=Ledger(tmp_path / "ref.db", 1e13))
+    ref = train_tiny(tmp_path / "ref", data, steps=12, ledger=Ledger(tmp_path / "ref.db", 1e13))
     db = tmp_path / "l.db"
     Ledger(db, 1e13)
-    script = template.format(tests=str(Path(__file__).parent), run=str(tmp_path / "run"), db=str(db))
+    script = template.format(tests=str(TESTS), run=str(tmp_path / "run"), db=str(db))
     return ref, db, subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
 
 
@@ -134,7 +102,7 @@ def test_kill9_then_resume_matches_uninterrupted(tmp_path, data):
     lg = Ledger(db)  # opening the ledger settles the dead process's lease with what it reported: all 7 steps
     (e,) = lg.entries()
     assert e.status == "abandoned" and e.flops_used == state["flops"] + 2 * per_step
-    res = _train(tmp_path / "run", data, steps=12, ledger=lg)  # re-run: resumes and adopts its row
+    res = train_tiny(tmp_path / "run", data, steps=12, ledger=lg)  # re-run: resumes and adopts its row
     assert res.steps == 12 and res.flops_redone == 2 * per_step and res.flops == ref.flops + 2 * per_step
     assert len(lg.entries()) == 1 and lg.used() == res.flops  # steps 6-7 ran twice and are charged twice
     assert lg.entries()[0].status == "done"
@@ -149,18 +117,15 @@ def test_kill9_then_resume_matches_uninterrupted(tmp_path, data):
 TERM_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {tests!r})
-    import test_train
-    from test_train import _data
-    from flopcast.ledger import Ledger
-    import flopcast.train as T
+    from helpers import train_data, train_tiny
+    from flopcast.budget.ledger import Ledger
+    from flopcast.errors import Interrupted
     def term(step, loss):
         if step == 7:
             os.kill(os.getpid(), signal.SIGTERM)  # mid-run, between checkpoints (every 5 steps)
-    orig = T.train
-    test_train.train = lambda *a, **k: orig(*a, **{{**k, "on_step": term}})
     try:
-        test_train._train({run!r}, _data(), steps=12, ledger=Ledger({db!r}))
-    except T.Interrupted as e:
+        train_tiny({run!r}, train_data(), steps=12, ledger=Ledger({db!r}), on_step=term)
+    except Interrupted as e:
         sys.exit(100 + e.signum)
 """)
 
@@ -176,7 +141,7 @@ def test_sigterm_checkpoints_the_step_under_way_then_resume_matches(tmp_path, da
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "interrupted"
     lg = Ledger(db)
     assert lg.entries()[0].status == "interrupted" and lg.entries()[0].flops_used == state["flops"]
-    res = _train(tmp_path / "run", data, steps=12, ledger=lg)
+    res = train_tiny(tmp_path / "run", data, steps=12, ledger=lg)
     assert res.steps == 12 and res.flops == ref.flops and lg.used() == ref.flops and len(lg.entries()) == 1
     assert res.flops_redone == 0  # a graceful stop checkpointed its last step: nothing is done twice
     assert _same_adapter(tmp_path / "ref", tmp_path / "run")
@@ -190,7 +155,8 @@ def test_second_ctrl_c_stops_at_once_with_a_checkpoint(tmp_path, data):
 
     tr, va, codec = data
     lm = load_model("tiny-qwen2", seed=0)
-    prev = signal.getsignal(signal.SIGINT)
+    # Ctrl-C's usual handler, whatever an earlier test in this worker left (a handler over SIG_IGN is never installed)
+    prev = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def twice(step, loss):
         if step == 3:
@@ -198,10 +164,14 @@ def test_second_ctrl_c_stops_at_once_with_a_checkpoint(tmp_path, data):
             signal.raise_signal(signal.SIGINT)  # ... and the second one stops now
             raise AssertionError("not reached")
 
-    with pytest.raises(Interrupted) as ei:
-        train(lm.model, lm.tokenizer, codec, tr, va, LoraSpec(rank=4), TrainConfig(steps=12, **CFG), tmp_path / "run",
-              name="t", model_name="tiny-qwen2", progress=False, on_step=twice)
-    assert ei.value.signum == signal.SIGINT and signal.getsignal(signal.SIGINT) is prev
+    spec = RunSpec(tmp_path / "run", LoraSpec(rank=4), TrainConfig(steps=12, **TRAIN_CFG), codec, tr, va, name="t",
+                   model_name="tiny-qwen2")
+    try:
+        with pytest.raises(Interrupted) as ei:
+            train(lm.model, lm.tokenizer, spec, progress=False, on_step=twice)
+        assert ei.value.signum == signal.SIGINT and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, prev)
     assert torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)["step"] == 3
     per_step = json.loads((tmp_path / "run" / "flops.json").read_text())["per_step"]
     assert json.loads((tmp_path / "run" / "status.json").read_text()) | {"wall_s": 0} == {
@@ -212,23 +182,23 @@ def test_finished_run_is_returned_not_trained_or_charged_again(tmp_path, data):
     from flopcast.errors import FlopcastError
 
     lg = Ledger(tmp_path / "l.db", 1e13)
-    first = _train(tmp_path / "run", data, steps=6, ledger=lg)
+    first = train_tiny(tmp_path / "run", data, steps=6, ledger=lg)
     mtime = (tmp_path / "run" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
-    again = _train(tmp_path / "run", data, steps=6, ledger=lg)
+    again = train_tiny(tmp_path / "run", data, steps=6, ledger=lg)
     assert (again.steps, again.flops, again.best_val_loss, again.status) == (
         first.steps, first.flops, first.best_val_loss, "done")
     assert len(lg.entries()) == 1 and lg.used() == first.flops
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == mtime
     with pytest.raises(FlopcastError, match=r"other train settings \(lr, steps\)"):
-        _train(tmp_path / "run", data, steps=8, lr=1e-3, ledger=lg)
+        train_tiny(tmp_path / "run", data, steps=8, lr=1e-3, ledger=lg)
 
 
 DDP_SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {tests!r})
     from accelerate import PartialState
-    from test_train import _data, _train
-    r = _train({run!r}, _data(), steps=6)
+    from helpers import train_data, train_tiny
+    r = train_tiny({run!r}, train_data(), steps=6)
     if PartialState().is_main_process:
         json.dump({{"steps": r.steps, "flops": r.flops, "world": PartialState().num_processes}}, open({out!r}, "w"))
 """)
@@ -241,8 +211,7 @@ def _launch_two(tmp_path, template: str, out: str) -> list[str]:
     from pathlib import Path
 
     script = tmp_path / "ddp.py"
-    script.write_text(template.format(tests=str(Path(__file__).parent), run=str(tmp_path / "run"),
-                                      out=str(tmp_path / out)))
+    script.write_text(template.format(tests=str(TESTS), run=str(tmp_path / "run"), out=str(tmp_path / out)))
     launcher = Path(sys.executable).parent / "accelerate"
     return [str(launcher) if launcher.exists() else shutil.which("accelerate"), "launch", "--multi_gpu",
             "--num_processes",
@@ -255,7 +224,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["world"] == 2 and r["steps"] == 6
-    single = _train(tmp_path / "single", _data(), steps=6)
+    single = train_tiny(tmp_path / "single", train_data(), steps=6)
     assert r["flops"] == single.flops  # FLOPs are per global batch, whatever the number of processes
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in rows if "loss" in x] == list(range(1, 7))  # only the main process logs
@@ -266,9 +235,9 @@ DDP_TERM_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     from accelerate import PartialState
-    from test_train import _data, _train
+    from helpers import train_data, train_tiny
     try:
-        _train({run!r}, _data(), steps=5000)
+        train_tiny({run!r}, train_data(), steps=5000)
     except KeyboardInterrupt as e:
         open({out!r} + str(PartialState().process_index), "w").write(str(getattr(e, "signum", 0)))
 """)
@@ -318,20 +287,22 @@ def test_wandb_logging_offline_when_not_logged_in(tmp_path, data, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: not logged in
-    _train(tmp_path / "run", data, steps=4, wandb=True)
+    train_tiny(tmp_path / "run", data, steps=4, wandb=True)
     assert calls["init"][0]["mode"] == "offline" and calls["init"][0]["project"] == "flopcast"
     steps = [s for s, row in calls["log"] if "loss" in row]
     assert steps == [1, 2, 3, 4] and any("val_loss" in row for _, row in calls["log"]) and calls["finish"] == 1
 
 
 def test_numeric_head_trains_counts_fewer_flops_and_restores_head(tmp_path, data):
-    from flopcast.heads import SubsetHead, lm_loss, numeric_head, remap_table
+    from flopcast.model.heads import SubsetHead, numeric_head, remap_table
+    from flopcast.model.loss import lm_loss
 
     tr, va, codec = data
     lm = load_model("tiny-qwen2", seed=0)
     head = lm.model.get_output_embeddings()
-    train(lm.model, lm.tokenizer, codec, tr, va, LoraSpec(rank=4), TrainConfig(steps=30, head="numeric", **CFG),
-          tmp_path / "run", name="t", model_name="tiny-qwen2", progress=False)
+    spec = RunSpec(tmp_path / "run", LoraSpec(rank=4), TrainConfig(steps=30, head="numeric", **TRAIN_CFG), codec, tr,
+                   va, name="t", model_name="tiny-qwen2")
+    train(lm.model, lm.tokenizer, spec, progress=False)
     assert lm.model.get_output_embeddings() is head  # the shared base model gets its full head back
     cfg = load_toml(tmp_path / "run" / "config.toml")
     ids = cfg["head_token_ids"]
@@ -361,10 +332,10 @@ def test_numeric_head_trains_counts_fewer_flops_and_restores_head(tmp_path, data
 
 def test_resume_after_checkpoint_swap_cut_short(tmp_path, data):
     run = tmp_path / "run"
-    _train(run, data, steps=12, checkpoint_every=10)
+    train_tiny(run, data, steps=12, checkpoint_every=10)
     (run / "checkpoint").rename(run / "checkpoint.old")  # killed between the two renames of the final checkpoint,
     (run / "status.json").unlink()  # so before status.json was written
-    r = _train(run, data, steps=12, checkpoint_every=10)
+    r = train_tiny(run, data, steps=12, checkpoint_every=10)
     steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(ln)]
     assert r.steps == 12 and steps == list(range(1, 13))
@@ -376,8 +347,8 @@ def test_numeric_head_columns_are_computed_one_way():
     import numpy as np
 
     from flopcast.errors import FlopcastError
-    from flopcast.heads import head_ids_for, numeric_token_ids
-    from flopcast.models import tiny_tokenizer
+    from flopcast.model.heads import head_ids_for, numeric_token_ids
+    from flopcast.model.load import tiny_tokenizer
 
     tok = tiny_tokenizer()
     ids = numeric_token_ids(tok, CodecConfig())

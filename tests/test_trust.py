@@ -10,29 +10,21 @@ import time
 
 import numpy as np
 import pytest
+from helpers import ROOT, lively_tiny, one_stage_plan, train_data, train_tiny
+from helpers import run_cli as run
 
-from flopcast.cli import main
+from flopcast.budget.ledger import Ledger
 from flopcast.config import save_toml
 from flopcast.errors import FlopcastError
-from flopcast.ledger import Ledger
-from flopcast.pipeline import run_plan
-from flopcast.plan import plan_from_dict
+from flopcast.study.plan import plan_from_dict
+from flopcast.study.runner import run_plan
 
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+PLAN = one_stage_plan()
 
 
 @pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    from flopcast.config import SimConfig
-    from flopcast.data import save_h5
-    from flopcast.simulate import simulate
-
-    return save_h5(simulate(SimConfig(n_systems=20, n_steps=40, t_end=80.0, seed=3)),
-                   tmp_path_factory.mktemp("d") / "d.h5")
+def data_file(sim_file):
+    return sim_file
 
 
 def _train_args(data, out, steps=4, lr="1e-3"):
@@ -66,7 +58,7 @@ def test_changed_rerun_stops_and_names_the_keys_then_restart_archives(tmp_path, 
 
 
 def test_changed_data_is_a_changed_setting(tmp_path, capsys, data_file):
-    from flopcast.data import load, save_h5
+    from flopcast.data.io import load, save_h5
 
     out, other = tmp_path / "R", tmp_path / "other.h5"
     ds = load(data_file)
@@ -79,24 +71,22 @@ def test_changed_data_is_a_changed_setting(tmp_path, capsys, data_file):
 
 def test_changed_train_settings_inside_a_run_dir_are_refused(tmp_path):
     """The run directory itself knows its settings (data hash and fingerprint in config.toml)."""
-    from test_train import _data, _train
-
     from flopcast.config import load_toml
     from flopcast.errors import SettingsChanged
 
-    _train(tmp_path / "run", _data(), steps=3)
+    train_tiny(tmp_path / "run", train_data(), steps=3)
     cfg = load_toml(tmp_path / "run" / "config.toml")
     assert len(cfg["fingerprint"]) == 64 and len(cfg["data_sha256"]) == 64
-    tr, va, codec = _data()
+    tr, va, codec = train_data()
     with pytest.raises(SettingsChanged, match="other data"):
-        _train(tmp_path / "run", ([s * 2 for s in tr], va, codec), steps=3)
+        train_tiny(tmp_path / "run", ([s * 2 for s in tr], va, codec), steps=3)
 
 
 # ----------------------------------------------------------------------------- 2. one process per directory
 
 LOCK_HOLDER = textwrap.dedent("""
     import sys, time
-    from flopcast.lock import DirLock
+    from flopcast.budget.lock import DirLock
     with DirLock(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(60)
@@ -119,24 +109,29 @@ def test_second_process_on_a_directory_exits_2_naming_the_pid(tmp_path, capsys, 
 
 def test_two_train_commands_started_apart_train_once(tmp_path, data_file):
     out = tmp_path / "R"
-    cmd = [sys.executable, "-m", "flopcast", *map(str, _train_args(data_file, out, steps=40))]
+    cmd = [sys.executable, "-m", "flopcast", *map(str, _train_args(data_file, out, steps=20))]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / "stages" / "train" / "run" / "metrics.jsonl").is_file() and time.time() < deadline:
-        time.sleep(0.1)
-    second = subprocess.run(cmd, capture_output=True, text=True)
+        time.sleep(0.05)
+    # the first command is paused mid-training, so the second starts while it holds the run, however slow the machine
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
     _, err1 = first.communicate(timeout=300)
     assert second.returncode == 2 and f"is in use by pid {first.pid}" in second.stderr, second.stderr
     assert first.returncode == 0, err1[-2000:]
     rows = [json.loads(x) for x in (out / "stages" / "train" / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 41))
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 21))
 
 
 # ----------------------------------------------------------------------------- 3. leases
 
 RESERVE_AND_DIE = textwrap.dedent("""
     import os, signal, sys
-    from flopcast.ledger import Ledger
+    from flopcast.budget.ledger import Ledger
     lg = Ledger(sys.argv[1])
     i = lg.reserve("eval/S=64", "eval", 500)
     lg.progress(i, 123)
@@ -179,7 +174,7 @@ def test_release_refuses_a_live_owner_on_this_host(tmp_path, capsys):
     lg = Ledger(db, 1000)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys, time
-        from flopcast.ledger import Ledger
+        from flopcast.budget.ledger import Ledger
         Ledger(sys.argv[1]).reserve("x", "eval", 10)
         print("ok", flush=True)
         time.sleep(60)
@@ -205,13 +200,6 @@ def test_budget_set_raises_and_refuses_lowering_below_used(tmp_path, capsys):
     assert run(capsys, "budget", "set", db, "--budget", 600)[0] == 0
 
 
-PLAN = {"name": "t", "budget": 2e10, "model": {"name": "tiny-qwen2"}, "simulate": {"n_systems": 20, "n_steps": 40},
-        "eval": {"contexts": [64], "max_series": 2, "baselines": ["persistence"], "n_boot": 20},
-        "lora": {"rank": 2},
-        "train": {"batch_size": 2, "seq_len": 64, "lr": 3e-3, "eval_every": 5, "checkpoint_every": 5, "wandb": False},
-        "stages": [{"name": "initial", "kind": "train", "steps": 4}]}
-
-
 def test_unaffordable_plan_is_refused_with_numbers_before_anything(tmp_path):
     out = tmp_path / "s"
     with pytest.raises(FlopcastError, match=r"needs at least .* \(initial .*\) but only .* budget are left"):
@@ -222,14 +210,13 @@ def test_unaffordable_plan_is_refused_with_numbers_before_anything(tmp_path):
 def test_training_never_starts_without_its_evaluation_then_raising_the_plan_budget_continues(tmp_path, capsys):
     """A budget that covers the training but not the evaluation after it is refused up front; raising the
     plan's budget on the re-run goes through `budget set` and the study runs."""
-    from flopcast.preflight import eval_cost, stage_min_cost
+    from flopcast.study.preflight import prepare
+    from flopcast.study.stages import eval_price, stage_price
 
     out = tmp_path / "s"
     probe = plan_from_dict(PLAN)
-    from flopcast.pipeline import prepare
-
     study = prepare(probe, tmp_path / "probe", progress=False)
-    need, ev = stage_min_cost(study, probe.stages[0]), eval_cost(study)
+    need, ev = stage_price(study, probe.stages[0]).least, eval_price(study, probe.eval.contexts)
     small = {**PLAN, "budget": need - ev // 2}  # the training fits, its evaluation does not
     save_toml(small, tmp_path / "small.toml")
     code, _, err = run(capsys, "run", tmp_path / "small.toml", "--out", out)
@@ -248,7 +235,7 @@ def test_training_never_starts_without_its_evaluation_then_raising_the_plan_budg
 
 
 def test_stage_holds_its_evaluation_while_training(tmp_path, monkeypatch):
-    import flopcast.pipeline as P
+    import flopcast.study.runner as P
 
     seen = []
     real = P._train_run
@@ -343,7 +330,7 @@ def test_plan_reports_every_problem_at_once():
 
 
 def test_diverged_loss_stops_the_run_and_is_never_done(tmp_path, monkeypatch, capsys, data_file):
-    import flopcast.train as T
+    import flopcast.training.engine as T
 
     real = T._loss_fn
     calls = []
@@ -395,7 +382,7 @@ def test_csv_id_and_time_columns_are_not_variables(tmp_path, capsys):
 
 
 def test_plan_data_table_with_columns(tmp_path):
-    from flopcast.data import load
+    from flopcast.data.io import load
 
     f = tmp_path / "d.csv"
     f.write_text("series,prey,predator\n" + "".join(f"{i % 3},{1 + i % 5},{2 + i % 3}\n" for i in range(90)))
@@ -406,17 +393,15 @@ def test_plan_data_table_with_columns(tmp_path):
 # ----------------------------------------------------------------------------- 9. no ceiling
 
 def test_forecasts_above_999_parse_and_the_cap_is_reported():
-    from test_forecast import _lively_tiny
-
-    from flopcast.codec import LLMTimeCodec
     from flopcast.config import CodecConfig, ForecastConfig
-    from flopcast.forecast import forecast
-    from flopcast.grammar import int_digits_for
+    from flopcast.encoding.codec import LLMTimeCodec
+    from flopcast.encoding.grammar import int_digits_for
+    from flopcast.forecasting.forecast import forecast
 
     codec = LLMTimeCodec(CodecConfig(), alpha=1.0)
     assert int_digits_for(["1.00,2.00;"], codec.config) == 3 and int_digits_for(["12345.00,2.00;"], codec.config) == 6
     assert int_digits_for(["1234,5;"], CodecConfig(drop_decimal_point=True)) == 3  # 12.34: 2 integer digits
-    model, tok = _lively_tiny()
+    model, tok = lively_tiny()
     ctx = [np.full((6, 2), 5000.0) + np.arange(12).reshape(6, 2)]
     res = forecast(model, tok, codec, ctx, ForecastConfig(horizon=3))
     assert res.int_digits == 5 and res.parse_ok.all() and res.capped is not None
@@ -425,19 +410,17 @@ def test_forecasts_above_999_parse_and_the_cap_is_reported():
 
 
 def test_seed_protocol_on_large_values_parses(tmp_path):
-    from test_forecast import _lively_tiny
-
-    from flopcast.codec import LLMTimeCodec
     from flopcast.config import CodecConfig, EvalConfig
-    from flopcast.data import Dataset
-    from flopcast.evaluation import evaluate
+    from flopcast.data.dataset import Dataset
+    from flopcast.encoding.codec import LLMTimeCodec
+    from flopcast.evaluation.evaluate import EvalRun, evaluate
 
     rng = np.random.default_rng(0)
     ds = Dataset([2000 + 500 * rng.random((40, 2)) for _ in range(3)])
-    model, tok = _lively_tiny()
+    model, tok = lively_tiny()
     res = evaluate(model, tok, LLMTimeCodec(CodecConfig(), alpha=1.0), ds,
                    EvalConfig(protocol="seed", contexts=(64,), window_stride_tokens=32, baselines=(), n_boot=10),
-                   progress=False)
+                   EvalRun(progress=False))
     m = res.score(64)
     assert m.n_windows > 3 and m.parse_failure_rate == 0 and m.int_digits == 5
 
@@ -446,6 +429,7 @@ def test_seed_protocol_on_large_values_parses(tmp_path):
 
 def test_mistyped_model_names_fail_at_once(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # a closed local port: the Hub is "unreachable" without leaving here
     for name, match in (("no-such-org/no-such-model-xyz", "local directory"),
                         ("smollm-135", "not a built-in name (smollm2-135m")):
         t = time.time()
@@ -458,9 +442,9 @@ def test_mistyped_model_names_fail_at_once(tmp_path):
 def test_decoding_uses_the_current_cache_api(tiny):
     import warnings
 
-    from flopcast.codec import LLMTimeCodec
     from flopcast.config import CodecConfig, ForecastConfig
-    from flopcast.forecast import forecast
+    from flopcast.encoding.codec import LLMTimeCodec
+    from flopcast.forecasting.forecast import forecast
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -473,13 +457,12 @@ def test_pins_cover_the_installed_versions():
     """The upper bounds in pyproject are versions the tests have seen: the installed ones must satisfy them."""
     import importlib.metadata as md
     import re
-    from pathlib import Path
 
     from packaging.specifiers import SpecifierSet
 
     from flopcast.config import tomllib
 
-    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    pyproject = ROOT / "pyproject.toml"
     deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
     for dep in deps:
         name, spec = re.match(r"([A-Za-z0-9_.-]+)\s*([^;]*)", dep).groups()

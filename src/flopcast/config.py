@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+import tomli_w
 
 from .errors import FlopcastError
 
@@ -25,7 +28,8 @@ T = TypeVar("T")
 SCALE_MODES = ("global", "per_series", "none")
 
 
-def _check(cond: bool, msg: str) -> None:
+def require(cond: bool, msg: str) -> None:
+    """Raise :class:`FlopcastError` with ``msg`` (one line for the user) unless ``cond`` holds."""
     if not cond:
         raise FlopcastError(msg)
 
@@ -37,13 +41,13 @@ def finite(x: float) -> bool:
 
 def check_budget(budget: float, what: str = "budget") -> None:
     """A FLOP budget must be a finite number >= 1."""
-    _check(finite(budget) and budget >= 1, f"{what} must be a finite number of FLOPs >= 1, got {budget}")
+    require(finite(budget) and budget >= 1, f"{what} must be a finite number of FLOPs >= 1, got {budget}")
 
 
-def check_ints(name: str, values, minimum: int = 1) -> None:
+def check_ints(name: str, values: Sequence[Any], minimum: int = 1) -> None:
     """Every value an integer >= ``minimum`` (CLI lists such as --seq 128,512)."""
     bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < minimum]
-    _check(not bad and len(values) > 0, f"{name} must be integers >= {minimum}, got {list(values)}")
+    require(not bad and len(values) > 0, f"{name} must be integers >= {minimum}, got {list(values)}")
 
 
 @dataclass(frozen=True)
@@ -63,16 +67,16 @@ class CodecConfig:
     step_sep: str = ";"
 
     def __post_init__(self) -> None:
-        _check(0 <= self.decimals <= 8, f"decimals must be in [0, 8], got {self.decimals}")
-        _check(self.scale_mode in SCALE_MODES, f"scale_mode must be one of {SCALE_MODES}, got {self.scale_mode!r}")
-        _check(finite(self.percentile) and 0 < self.percentile <= 100,
+        require(0 <= self.decimals <= 8, f"decimals must be in [0, 8], got {self.decimals}")
+        require(self.scale_mode in SCALE_MODES, f"scale_mode must be one of {SCALE_MODES}, got {self.scale_mode!r}")
+        require(finite(self.percentile) and 0 < self.percentile <= 100,
                f"percentile must be in (0, 100], got {self.percentile}")
-        _check(finite(self.target) and self.target > 0, f"target must be a finite number > 0, got {self.target}")
+        require(finite(self.target) and self.target > 0, f"target must be a finite number > 0, got {self.target}")
         for name in ("var_sep", "step_sep"):
             sep = getattr(self, name)
-            _check(len(sep) == 1 and not sep.isdigit() and sep not in ".-",
+            require(len(sep) == 1 and not sep.isdigit() and sep not in ".-",
                    f"{name} must be one non-digit character other than '.' and '-', got {sep!r}")
-        _check(self.var_sep != self.step_sep, "var_sep and step_sep must differ")
+        require(self.var_sep != self.step_sep, "var_sep and step_sep must differ")
 
 
 @dataclass(frozen=True)
@@ -88,11 +92,11 @@ class LoraSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
-        _check(self.rank >= 1, f"LoRA rank must be >= 1, got {self.rank}")
-        _check(self.alpha == "rank" or (not isinstance(self.alpha, str) and finite(self.alpha) and self.alpha > 0),
+        require(self.rank >= 1, f"LoRA rank must be >= 1, got {self.rank}")
+        require(self.alpha == "rank" or (not isinstance(self.alpha, str) and finite(self.alpha) and self.alpha > 0),
                f"LoRA alpha must be a finite number > 0 or \"rank\" (alpha = rank), got {self.alpha!r}")
-        _check(finite(self.dropout) and 0 <= self.dropout < 1, f"LoRA dropout must be in [0, 1), got {self.dropout}")
-        _check(len(self.targets) > 0, "LoRA needs at least one target module")
+        require(finite(self.dropout) and 0 <= self.dropout < 1, f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        require(len(self.targets) > 0, "LoRA needs at least one target module")
 
     @property
     def lora_alpha(self) -> float:
@@ -111,8 +115,8 @@ class ModelSpec:
     revision: str | None = None
 
     def __post_init__(self) -> None:
-        _check(bool(self.name), "model name must not be empty")
-        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"),
+        require(bool(self.name), "model name must not be empty")
+        require(self.dtype in ("auto", "float32", "bfloat16", "float16"),
                f"dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
 
 
@@ -130,7 +134,7 @@ class DataSpec:
     time_column: str | None = None
 
     def __post_init__(self) -> None:
-        _check(bool(self.path), "data path must not be empty")
+        require(bool(self.path), "data path must not be empty")
 
 
 @dataclass(frozen=True)
@@ -143,10 +147,10 @@ class SimConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.n_systems >= 1, f"n_systems must be >= 1, got {self.n_systems}")
-        _check(self.n_steps >= 2, f"n_steps must be >= 2, got {self.n_steps}")
-        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
-        _check(finite(self.t_end) and self.t_end > 0, f"t_end must be a finite number > 0, got {self.t_end}")
+        require(self.n_systems >= 1, f"n_systems must be >= 1, got {self.n_systems}")
+        require(self.n_steps >= 2, f"n_steps must be >= 2, got {self.n_steps}")
+        require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        require(finite(self.t_end) and self.t_end > 0, f"t_end must be a finite number > 0, got {self.t_end}")
 
 
 @dataclass(frozen=True)
@@ -160,21 +164,21 @@ class SplitConfig:
 
     def __post_init__(self) -> None:
         parts = (self.train, self.val, self.test)
-        _check(all(finite(p) and p >= 0 for p in parts), f"split fractions must be finite and >= 0, got {parts}")
-        _check(abs(sum(parts) - 1.0) < 1e-6, f"split fractions must sum to 1, got {sum(parts):.6g}")
-        _check(self.seed >= 0, f"split seed must be >= 0, got {self.seed}")
+        require(all(finite(p) and p >= 0 for p in parts), f"split fractions must be finite and >= 0, got {parts}")
+        require(abs(sum(parts) - 1.0) < 1e-6, f"split fractions must sum to 1, got {sum(parts):.6g}")
+        require(self.seed >= 0, f"split seed must be >= 0, got {self.seed}")
 
 
 COMPILE = ("auto", "on", "off", "graphs")  # "graphs": compiled, with CUDA graphs on CUDA
 
 
-def _check_batch(batch_size, what: str = "batch_size") -> None:
+def _check_batch(batch_size: object, what: str = "batch_size") -> None:
     ok = batch_size == "auto" or (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1)
-    _check(ok, f"{what} must be >= 1 or \"auto\" (from free GPU memory), got {batch_size!r}")
+    require(ok, f"{what} must be >= 1 or \"auto\" (from free GPU memory), got {batch_size!r}")
 
 
-def _check_compile(setting) -> None:
-    _check(setting is None or setting in COMPILE, f"compile must be one of {COMPILE}, got {setting!r}")
+def _check_compile(setting: object) -> None:
+    require(setting is None or setting in COMPILE, f"compile must be one of {COMPILE}, got {setting!r}")
 
 
 @dataclass(frozen=True)
@@ -192,16 +196,16 @@ class ForecastConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantiles", tuple(self.quantiles))
-        _check(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
+        require(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
         _check_batch(self.batch_size)
         _check_compile(self.compile)
-        _check(self.n_samples >= 1, f"n_samples must be >= 1, got {self.n_samples}")
-        _check(finite(self.temperature) and self.temperature > 0,
+        require(self.n_samples >= 1, f"n_samples must be >= 1, got {self.n_samples}")
+        require(finite(self.temperature) and self.temperature > 0,
                f"temperature must be a finite number > 0, got {self.temperature}")
-        _check(all(finite(q) and 0 < q < 1 for q in self.quantiles),
+        require(all(finite(q) and 0 < q < 1 for q in self.quantiles),
                f"quantiles must be in (0, 1), got {self.quantiles}")
-        _check(self.max_int_digits is None or self.max_int_digits >= 1, "max_int_digits must be >= 1")
-        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        require(self.max_int_digits is None or self.max_int_digits >= 1, "max_int_digits must be >= 1")
+        require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
 
     @property
     def greedy(self) -> bool:
@@ -240,19 +244,19 @@ class EvalConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "contexts", tuple(int(c) for c in self.contexts))
         object.__setattr__(self, "baselines", tuple(self.baselines))
-        _check(self.protocol in PROTOCOLS, f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
-        _check(len(self.contexts) > 0 and all(c >= 8 for c in self.contexts),
+        require(self.protocol in PROTOCOLS, f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        require(len(self.contexts) > 0 and all(c >= 8 for c in self.contexts),
                f"context lengths must be >= 8 tokens, got {self.contexts}")
-        _check(self.horizon >= 1 and self.stride >= 1 and self.min_context_steps >= 1,
+        require(self.horizon >= 1 and self.stride >= 1 and self.min_context_steps >= 1,
                "horizon, stride and min_context_steps must be >= 1")
-        _check(self.window_stride_tokens >= 1, "window_stride_tokens must be >= 1")
-        _check(self.split in ("train", "val", "test"), f"split must be train, val or test, got {self.split!r}")
-        _check(self.max_series is None or self.max_series >= 1, f"max_series must be >= 1, got {self.max_series}")
+        require(self.window_stride_tokens >= 1, "window_stride_tokens must be >= 1")
+        require(self.split in ("train", "val", "test"), f"split must be train, val or test, got {self.split!r}")
+        require(self.max_series is None or self.max_series >= 1, f"max_series must be >= 1, got {self.max_series}")
         _check_batch(self.batch_size, "eval batch_size")
         _check_compile(self.compile)
-        _check(self.n_boot >= 0 and self.seed >= 0, f"n_boot and seed must be >= 0, got {self.n_boot}, {self.seed}")
+        require(self.n_boot >= 0 and self.seed >= 0, f"n_boot and seed must be >= 0, got {self.n_boot}, {self.seed}")
         unknown = set(self.baselines) - set(BASELINES)
-        _check(not unknown, f"unknown baseline(s) {sorted(unknown)} ({', '.join(BASELINES)})")
+        require(not unknown, f"unknown baseline(s) {sorted(unknown)} ({', '.join(BASELINES)})")
 
 
 SCHEDULES = ("constant", "cosine", "linear")
@@ -285,25 +289,25 @@ class TrainConfig:
     sync_every: int | None = None      # steps between reads of the loss from the device (None: 1 on CPU, 16 on GPU)
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _check(self.seq_len >= 8, f"seq_len must be >= 8, got {self.seq_len}")
-        _check(self.stride is None or 1 <= self.stride <= self.seq_len,
+        require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        require(self.seq_len >= 8, f"seq_len must be >= 8, got {self.seq_len}")
+        require(self.stride is None or 1 <= self.stride <= self.seq_len,
                f"stride must be in [1, seq_len], got {self.stride}")
-        _check(finite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}")
-        _check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        _check(self.warmup_steps >= 0 and finite(self.grad_clip) and self.grad_clip >= 0
+        require(finite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}")
+        require(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        require(self.warmup_steps >= 0 and finite(self.grad_clip) and self.grad_clip >= 0
                and finite(self.weight_decay) and self.weight_decay >= 0,
                f"warmup_steps, grad_clip and weight_decay must be finite and >= 0, got {self.warmup_steps}, "
                f"{self.grad_clip}, {self.weight_decay}")
-        _check(self.eval_every >= 1 and self.checkpoint_every >= 1 and self.val_batches >= 0,
+        require(self.eval_every >= 1 and self.checkpoint_every >= 1 and self.val_batches >= 0,
                "eval_every and checkpoint_every must be >= 1")
-        _check(self.max_flops is None or (finite(self.max_flops) and self.max_flops > 0),
+        require(self.max_flops is None or (finite(self.max_flops) and self.max_flops > 0),
                f"max_flops must be a finite number > 0, got {self.max_flops}")
-        _check(self.head in HEADS, f"head must be one of {HEADS}, got {self.head!r}")
+        require(self.head in HEADS, f"head must be one of {HEADS}, got {self.head!r}")
         _check_compile(self.compile)
-        _check(self.sync_every is None or self.sync_every >= 1, f"sync_every must be >= 1, got {self.sync_every}")
-        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        require(self.sync_every is None or self.sync_every >= 1, f"sync_every must be >= 1, got {self.sync_every}")
+        require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
 
 
 # ----------------------------------------------------------------------------- serialisation
@@ -335,7 +339,7 @@ def result_settings(cfg: Any) -> dict[str, Any]:
 def type_problems(cls: type, data: dict[str, Any]) -> list[str]:
     """Values whose type does not fit the field's annotation (``steps = 3.5``, ``lr = "fast"``)."""
     out = []
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):
         if f.name not in data:
             continue
         v, kinds = data[f.name], [k.strip() for k in str(f.type).split("|")]
@@ -353,9 +357,9 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Build ``cls`` from a dict, rejecting unknown keys and mistyped values with a clear message."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
-    _check(not unknown, f"unknown key(s) for {cls.__name__}: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    require(not unknown, f"unknown key(s) for {cls.__name__}: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
     bad = type_problems(cls, data)
-    _check(not bad, f"{cls.__name__}: {'; '.join(bad)}")
+    require(not bad, f"{cls.__name__}: {'; '.join(bad)}")
     try:
         return cls(**data)
     except TypeError as e:
@@ -373,8 +377,6 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def save_toml(data: dict[str, Any], path: str | Path) -> None:
-    import tomli_w
-
     Path(path).write_text(tomli_w.dumps(data))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 
-def number(x, missing: str = "-", digits: int = 4) -> str:
+def number(x: object, missing: str = "-", digits: int = 4) -> str:
     """``digits`` significant digits, scientific notation for very large or small values and for large
     integers (FLOP counts); ``missing`` for None and NaN."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):

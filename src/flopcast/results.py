@@ -17,7 +17,7 @@ FORMAT = 1
 BASELINE_ORDER = ("persistence", "linear", "lv_ode")
 
 
-def _known(cls, d: dict) -> dict:
+def _known(cls: Any, d: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in d.items() if k in names}
 

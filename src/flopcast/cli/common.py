@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,9 +11,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..config import CodecConfig, EvalConfig, ForecastConfig, LoraSpec, ModelSpec, SimConfig, SplitConfig, TrainConfig
+from ..config import (
+    CodecConfig,
+    DataSpec,
+    EvalConfig,
+    ForecastConfig,
+    LoraSpec,
+    ModelSpec,
+    SimConfig,
+    SplitConfig,
+    TrainConfig,
+)
 from ..display import number
 from ..errors import FlopcastError
+from .verbosity import NORMAL, QUIET, VERBOSE, set_verbosity
 
 app = typer.Typer(help="flopcast: FLOP-budgeted LoRA forecasting of numeric time series with small LMs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -39,10 +51,9 @@ RESTART_HELP = ("comma-separated stages to run again from scratch: their files m
 @app.callback()
 def _verbosity(quiet: bool = typer.Option(False, "--quiet", "-q", help="results and errors only: no progress bars, "
                                           "no warnings"),
-               verbose: bool = typer.Option(False, "--verbose", "-v", help="library warnings and info logs too")):
+               verbose: bool = typer.Option(False, "--verbose", "-v", help="library warnings and info logs too")
+               ) -> None:
     """Global options: how much flopcast and the libraries it uses print."""
-    from ..verbosity import NORMAL, QUIET, VERBOSE, set_verbosity
-
     set_verbosity(QUIET if quiet else VERBOSE if verbose else NORMAL)
 
 
@@ -86,7 +97,7 @@ def floats(text: str) -> list[float]:
     return vals
 
 
-def csv_list(values) -> str:
+def csv_list(values: Iterable[object]) -> str:
     return ",".join(str(v) for v in values)
 
 
@@ -94,9 +105,11 @@ def names(text: Optional[str]) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip()) if text else ()
 
 
-def data_spec(path: Optional[Path], id_column: Optional[str], time_column: Optional[str]):
-    from ..config import DataSpec
+def file_spec(path: Path, id_column: Optional[str], time_column: Optional[str]) -> DataSpec:
+    return DataSpec(str(path), id_column, time_column)
 
+
+def data_spec(path: Optional[Path], id_column: Optional[str], time_column: Optional[str]) -> DataSpec | None:
     return DataSpec(str(path), id_column, time_column) if path is not None else None
 
 

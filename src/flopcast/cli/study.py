@@ -1,14 +1,19 @@
-"""``flopcast run``, ``flopcast train``, ``flopcast sweep`` and ``flopcast report``."""
+"""``flopcast run``, ``flopcast train``, ``flopcast sweep`` and ``flopcast report``: studies.
+
+``train`` and ``sweep`` are one-stage studies: their flags become a plan (:func:`_one_stage`) that
+:func:`flopcast.api.study.run_study` runs, as ``run`` runs a plan file.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
-from ..errors import FlopcastError
+from ..study.plan import load_plan
+from ..study.report import write_report
 from .common import (
     LORA,
     MODEL,
@@ -40,17 +45,16 @@ def run_cmd(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (default runs/<plan name>)"),
     only: Optional[str] = typer.Option(None, help="comma-separated stages to run"),
     restart: Optional[str] = typer.Option(None, help=RESTART_HELP),
-):
+) -> None:
     """Run (or resume) a whole study: every stage inside one FLOP budget, then the report."""
-    from ..pipeline import run_plan
-    from ..plan import load_plan
+    from ..api.study import run_study
 
     p = load_plan(plan)
     d = out_dir or Path("runs") / p.name
-    _show_study(run_plan(p, d, only=list(names(only)) or None, restart=names(restart)), d)
+    _show_study(run_study(p, d, only=list(names(only)) or None, restart=names(restart)), d)
 
 
-def _show_study(summary, d: Path) -> None:
+def _show_study(summary: Any, d: Path) -> None:
     rows = []
     for name, st in summary.stages.items():
         best = json.dumps({"lr": st.best.lr, "rank": st.best.rank, "seq_len": st.best.seq_len}) if st.best else ""
@@ -82,15 +86,15 @@ def train_cmd(
     restart: bool = typer.Option(False, "--restart", help="archive this directory's earlier run and train again"),
     id_column: IdColumn = None,
     time_column: TimeColumn = None,
-):
+) -> None:
     """Train one LoRA adapter (resumable), then evaluate it on the test split."""
-    from ..pipeline import run_plan
-    from ..plan import one_stage_plan
+    from ..api.study import run_study
 
-    p = one_stage_plan("train", {"name": "train", "kind": "train", "steps": steps}, model, data, budget,
-                       {"lr": lr, "seq_len": seq_len, "batch_size": batch_size, "schedule": schedule, "head": head},
-                       {"rank": rank}, ints(context), max_series, id_column, time_column)
-    _show_study(run_plan(p, out_dir, restart=("train",) if restart else ()), out_dir)
+    plan = _one_stage("train", {"name": "train", "kind": "train", "steps": steps}, model, budget,
+                      _data_table(data, id_column, time_column), _eval_table(context, max_series),
+                      train={"lr": lr, "seq_len": seq_len, "batch_size": batch_size, "schedule": schedule,
+                             "head": head}, lora={"rank": rank})
+    _show_study(run_study(plan, out_dir, restart=("train",) if restart else ()), out_dir)
 
 
 @app.command("sweep")
@@ -109,23 +113,35 @@ def sweep_cmd(
     restart: bool = typer.Option(False, "--restart", help="archive this directory's earlier grid and run it again"),
     id_column: IdColumn = None,
     time_column: TimeColumn = None,
-):
+) -> None:
     """LR x rank grid (lowest validation loss wins), then test evaluation of the best run."""
-    from ..pipeline import run_plan
-    from ..plan import one_stage_plan
+    from ..api.study import run_study
 
-    p = one_stage_plan("sweep", {"name": "grid", "kind": "grid", "lr": floats(lr), "rank": ints(rank), "steps": steps},
-                       model, data, budget, {"seq_len": seq_len,
-                                             "batch_size": batch_size}, {}, ints(context), max_series,
-                       id_column, time_column)
-    _show_study(run_plan(p, out_dir, restart=("grid",) if restart else ()), out_dir)
+    plan = _one_stage("sweep", {"name": "grid", "kind": "grid", "lr": floats(lr), "rank": ints(rank), "steps": steps},
+                      model, budget, _data_table(data, id_column, time_column), _eval_table(context, max_series),
+                      train={"seq_len": seq_len, "batch_size": batch_size})
+    _show_study(run_study(plan, out_dir, restart=("grid",) if restart else ()), out_dir)
+
+
+def _one_stage(name: str, stage: dict[str, Any], model: str, budget: float, data: dict[str, Any] | None,
+               evaluation: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
+    """The plan behind ``train`` and ``sweep``: one stage, the plan's defaults elsewhere."""
+    plan = {"name": name, "budget": budget, "model": {"name": model}, "eval": evaluation, "stages": [stage], **sections}
+    return {**plan, "data": data} if data is not None else plan
+
+
+def _data_table(path: Optional[Path], id_column: Optional[str], time_column: Optional[str]) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    columns = {"id_column": id_column, "time_column": time_column}
+    return {"path": str(path), **{k: v for k, v in columns.items() if v is not None}}
+
+
+def _eval_table(context: str, max_series: Optional[int]) -> dict[str, Any]:
+    return {"contexts": ints(context), **({"max_series": max_series} if max_series is not None else {})}
 
 
 @app.command("report")
-def report_cmd(run_dir: Path = typer.Argument(..., help="study directory written by `flopcast run`")):
+def report_cmd(run_dir: Path = typer.Argument(..., help="study directory written by `flopcast run`")) -> None:
     """(Re)write RUN_DIR/report.md with tables and figures."""
-    from ..report import write_report
-
-    if not (run_dir / "summary.json").is_file():
-        raise FlopcastError(f"{run_dir}: no summary.json (run `flopcast run PLAN.toml --out {run_dir}` first)")
     out.print(f"wrote {write_report(run_dir)}")

@@ -1,0 +1,204 @@
+"""A forecaster for notebooks and scripts, on the conventions of the tools forecasting users know: PEFT's and
+litgpt's ``from_pretrained``, Chronos-2's ``predict_df`` on long DataFrames.
+
+    from flopcast import Forecaster
+
+    fc = Forecaster.from_pretrained("runs/quickstart/stages/final/run/adapter_best")  # the adapter names its base
+    df = fc.predict(long_df, horizon=5, samples=20, id_column="id", timestamp_column="timestamp")
+
+Forecasts use the batched, grammar-constrained decoder that evaluations use; with a ledger, their FLOPs are
+reserved before and charged batch by batch. ``flopcast forecast`` is :func:`forecast_file`, a thin layer over
+:class:`Forecaster`.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..budget.costs import charge_batches, charged, generation_bound, model_shape
+from ..budget.ledger import Ledger
+from ..config import CodecConfig, DataSpec, ForecastConfig, ModelSpec, check_ints
+from ..data.dataset import Dataset
+from ..data.frames import series_from, to_frame
+from ..data.io import load
+from ..encoding.codec import LLMTimeCodec
+from ..encoding.grammar import LLMTimeGrammar, int_digits_for
+from ..encoding.windows import Window
+from ..errors import FlopcastError
+from ..evaluation.plots import plot_forecasts
+from ..forecasting.forecast import ForecastResult, Prompts, forecast_prompts
+from ..model.load import EMBEDDED
+from ..model.lora import ADAPTER_META, load_for_inference, read_adapter_meta
+from .tools import ensure_writable, fitted_codec
+
+
+class Forecaster:
+    """A base model (plus an optional LoRA adapter) and the codec it reads and writes numbers with."""
+
+    def __init__(self, model: Any, tokenizer: Any, model_name: str, codec: LLMTimeCodec | None = None,
+                 adapter: str | Path | None = None, ledger: Ledger | None = None):
+        self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
+        self.codec = codec or LLMTimeCodec(CodecConfig(scale_mode="per_series"))
+        self.adapter = Path(adapter) if adapter else None
+        self.ledger = ledger
+
+    @classmethod
+    def from_pretrained(cls, model_or_adapter: str | Path = EMBEDDED, adapter: str | Path | None = None,
+                        device: str = "auto", dtype: str = "auto", ledger: str | Path | Ledger | None = None,
+                        budget: float | None = None) -> "Forecaster":
+        """A model name (built-in, local directory, Hub id), optionally with ``adapter``; or an adapter directory
+        alone, whose metadata names the base model and the codec it was trained with. With ``ledger`` (a path or
+        a :class:`Ledger`; ``budget`` creates one) every forecast's FLOPs are charged to it."""
+        name = str(model_or_adapter)
+        if adapter is None and (Path(name) / ADAPTER_META).is_file():
+            adapter, name = Path(name), read_adapter_meta(name).get("base_model") or ""
+            if not name:
+                raise FlopcastError(f"{adapter}: its metadata names no base model; pass it: "
+                                    f"Forecaster.from_pretrained(BASE_MODEL, adapter={str(adapter)!r})")
+        lm = load_for_inference(ModelSpec(name=name, device=device, dtype=dtype), adapter)
+        state = read_adapter_meta(adapter).get("codec") if adapter else None
+        if isinstance(ledger, (str, Path)):
+            ledger = Ledger(ledger, budget)
+        return cls(lm.model, lm.tokenizer, name, LLMTimeCodec.from_state(state) if state else None, adapter, ledger)
+
+    def forecast(self, series: list[np.ndarray], horizon: int = 5, samples: int = 1,
+                 quantiles: tuple[float, ...] = (0.1, 0.5, 0.9), context_tokens: int | None = None, seed: int = 0,
+                 batch_size: int = 16, temperature: float = 1.0, name: str = "forecast",
+                 progress: bool = False) -> ForecastResult:
+        """Forecast ``horizon`` steps after each ``(T_i, V)`` array; a
+        :class:`~flopcast.forecasting.forecast.ForecastResult`
+        (original units; ``contexts`` holds what each series was cut to by ``context_tokens``)."""
+        fcfg = ForecastConfig(horizon=horizon, batch_size=batch_size, n_samples=samples, temperature=temperature,
+                              quantiles=tuple(quantiles), seed=seed)  # bad numbers stop here, before any work
+        if context_tokens is not None:
+            check_ints("context_tokens", [context_tokens])
+        contexts = [fit_context(np.asarray(s, float), self.codec, self.tokenizer, context_tokens) for s in series]
+        alphas = np.array([self.codec.series_alpha(c) for c in contexts])
+        texts = [self.codec.encode(c, a) for c, a in zip(contexts, alphas)]
+        prompts = [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+        n_vars = contexts[0].shape[1]
+        grammar = LLMTimeGrammar(self.codec.config, n_vars, int_digits_for(texts, self.codec.config))
+        fcfg = replace(fcfg, max_int_digits=grammar.max_int)
+        arch, lora = model_shape(self.model)
+        bound = generation_bound(arch, len(prompts) * samples, max(map(len, prompts)), grammar.max_tokens(horizon),
+                                 lora)
+        with charged(self.ledger, name, "forecast", bound, model=self.model_name) as charge:
+            res = forecast_prompts(self.model, self.tokenizer, self.codec, Prompts(prompts, alphas, n_vars), fcfg,
+                                   progress=progress, on_batch=charge_batches(charge, self.model))
+        res.contexts = contexts
+        return res
+
+    def predict(self, data: Any, horizon: int = 5, samples: int = 1, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9),
+                context_tokens: int | None = None, *, id_column: str = "id", timestamp_column: str = "timestamp",
+                target_columns: list[str] | None = None, seed: int = 0, batch_size: int = 16) -> Any:
+        """Forecast ``data`` -- an array (T, V), a list of arrays, or a long DataFrame (``id_column``,
+        ``timestamp_column``, one column per variable) -- and return a DataFrame: id, timestamp, the point forecast
+        per variable (greedy; the median of ``samples`` > 1) and, when sampled, ``<variable>_q<level>`` per quantile."""
+        batch = series_from(data, id_column, timestamp_column, target_columns)
+        res = self.forecast(batch.values, horizon, samples, quantiles, context_tokens, seed, batch_size)
+        return to_frame(batch, res.point, res.quantiles)
+
+    def __repr__(self) -> str:
+        return f"Forecaster({self.model_name!r}, adapter={str(self.adapter) if self.adapter else None!r})"
+
+
+def fit_context(s: np.ndarray, codec: LLMTimeCodec, tokenizer: Any, max_tokens: int | None) -> np.ndarray:
+    """The longest suffix of whole steps whose encoding fits in ``max_tokens`` tokens (all of ``s`` for None)."""
+    if max_tokens is None:
+        return s
+    lo, hi = 1, len(s)
+    while lo < hi:  # binary search on the number of steps
+        mid = (lo + hi + 1) // 2
+        if len(tokenizer(codec.encode(s[-mid:]), add_special_tokens=False).input_ids) <= max_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return s[-lo:]
+
+
+# ----------------------------------------------------------------------------- flopcast forecast
+
+@dataclass(frozen=True)
+class ForecastJob:
+    """What ``flopcast forecast`` does: forecast ``steps`` steps after every series of a file.
+
+    Attributes:
+        data: the CSV or HDF5 file (whole series as context), with its id and time columns.
+        model: the base model's name; adapter: a LoRA adapter directory on it.
+        steps: steps to forecast; samples: > 1 samples that many forecasts (median and 10/50/90% quantiles).
+        context_tokens: keep only the last whole steps of each series that fit in this many tokens.
+        seed: of the sampling.
+        out: the forecast as CSV; plot: a PNG of context and forecast.
+        ledger: charge the FLOPs to this ledger (``budget`` creates it).
+        codec: how numbers are written when there is no adapter (default: scaled per series).
+    """
+
+    data: DataSpec
+    model: str = EMBEDDED
+    adapter: Path | None = None
+    steps: int = 5
+    samples: int = 1
+    context_tokens: int | None = None
+    seed: int = 0
+    out: Path | None = None
+    plot: Path | None = None
+    ledger: Path | None = None
+    budget: float | None = None
+    codec: CodecConfig | None = None
+
+    def __post_init__(self) -> None:
+        ForecastConfig(horizon=self.steps, n_samples=self.samples, seed=self.seed)  # bad numbers stop here
+        if self.context_tokens is not None:
+            check_ints("context_tokens", [self.context_tokens])
+
+
+def forecast_file(job: ForecastJob) -> dict[str, Any]:
+    """Forecast every series of ``job.data`` through :class:`Forecaster` (its FLOPs charged when ``job.ledger`` is
+    set); the forecast rows, written to ``job.out`` and plotted to ``job.plot`` when asked."""
+    for p in (job.out, job.plot):
+        ensure_writable(p)
+    ledger = Ledger(job.ledger, job.budget) if job.ledger else None
+    ds = load(job.data)
+    fc = Forecaster.from_pretrained(job.model, job.adapter, ledger=ledger)
+    if job.codec is not None and job.adapter is None:
+        fc.codec = fitted_codec(None, job.codec)
+    res = fc.forecast(ds.series, job.steps, job.samples, context_tokens=job.context_tokens, seed=job.seed,
+                      name=f"forecast/{Path(job.data.path).name}", progress=len(ds.series) > 16)
+    rows = _forecast_rows(ds, res, job.steps)
+    if job.out:
+        _write_csv(rows, job.out)
+    if job.plot:
+        _plot_forecast(ds, res, job.steps, job.plot)
+    return {"rows": rows, "parse_failure_rate": res.parse_failure_rate, "capped_rate": res.capped_rate,
+            "int_digits": res.int_digits, "texts": res.texts}
+
+
+def _forecast_rows(ds: Dataset, res: ForecastResult, steps: int) -> list[dict[str, Any]]:
+    rows = []
+    for i, s in enumerate(ds.series):
+        for h in range(steps):
+            row: dict[str, Any] = {"series": ds.ids[i] if ds.ids else i, "step": len(s) + h}
+            row.update({v: float(res.point[i, h, j]) for j, v in enumerate(ds.variables)})
+            for q, arr in res.quantiles.items():
+                row.update({f"{v}_q{q:g}": float(arr[i, h, j]) for j, v in enumerate(ds.variables)})
+            rows.append(row)
+    return rows
+
+
+def _write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _plot_forecast(ds: Dataset, res: ForecastResult, steps: int, path: str | Path) -> None:
+    wins = [Window(i, len(ds.series[i]), c, np.full((steps, ds.n_vars), np.nan), a, [])
+            for i, (c, a) in enumerate(zip(res.contexts or ds.series, res.alphas))]
+    plot_forecasts(wins, {"model": res.point}, path, variables=ds.variables, quantiles=res.quantiles or None)

@@ -1,0 +1,78 @@
+"""Studies and evaluations as functions: :func:`run_study` is ``flopcast run``, :func:`evaluate` is
+``flopcast eval`` and :func:`score_baselines` is ``flopcast baselines``; each returns typed results
+(:mod:`flopcast.results`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..budget.ledger import Ledger
+from ..config import CodecConfig, DataSpec, EvalConfig, SplitConfig, from_dict, to_dict
+from ..data.dataset import Dataset, split
+from ..encoding.codec import LLMTimeCodec
+from ..errors import DataError
+from ..evaluation.evaluate import EvalRun
+from ..evaluation.evaluate import evaluate as evaluate_model
+from ..model.load import EMBEDDED, load_tokenizer
+from ..model.lora import load_for_inference, read_adapter_meta
+from ..results import EvalResult, StudyResult
+from ..study.plan import Plan, load_plan, plan_from_dict
+from ..study.runner import run_plan
+from .tools import dataset_or_simulated, ensure_writable, fitted_codec
+
+
+def run_study(plan: Plan | dict[str, Any] | str | Path, out_dir: str | Path, progress: bool = True,
+              restart: tuple[str, ...] = (), only: list[str] | None = None) -> StudyResult:
+    """Run a study plan (a TOML path, a dict, or a :class:`~flopcast.study.plan.Plan`) in ``out_dir``, resuming
+    what is there: what ``flopcast run PLAN --out DIR`` does. Returns every stage's typed results."""
+    if isinstance(plan, dict):
+        plan = plan_from_dict(plan)
+    elif not isinstance(plan, Plan):
+        plan = load_plan(plan)
+    return run_plan(plan, Path(out_dir), progress=progress, restart=tuple(restart), only=only)
+
+
+def evaluate(model: str = EMBEDDED, data: DataSpec | str | Path | None = None, adapter: str | Path | None = None,
+             config: EvalConfig | None = None, out_dir: str | Path | None = None,
+             ledger: str | Path | None = None, budget: float | None = None, codec: CodecConfig | None = None,
+             **settings: Any) -> EvalResult:
+    """Score a model (optionally with an adapter) and the baselines on a split of ``data`` (an HDF5/CSV path or
+    a :class:`~flopcast.config.DataSpec`; None simulates): what ``flopcast eval`` does. ``settings`` override
+    fields of ``config`` (``contexts=(128, 512)``, ``max_series=20``, ...). With ``ledger`` (``budget`` creates
+    it) the forecasts' FLOPs are charged to it."""
+    cfg = from_dict(EvalConfig, {**to_dict(config or EvalConfig()), **settings})
+    ensure_writable(out_dir, directory=True)
+    led = Ledger(ledger, budget) if ledger else None
+    ds = dataset_or_simulated(_spec(data))
+    state = read_adapter_meta(adapter).get("codec") if adapter is not None else None
+    enc = LLMTimeCodec.from_state(state) if state else fitted_codec(ds, codec or CodecConfig())
+    subset = _split(ds, cfg.split)
+    lm = load_for_inference(model, adapter)
+    run = EvalRun(name="eval", model_name=model if not adapter else f"{model}+{adapter}",
+                  out_dir=Path(out_dir) if out_dir is not None else None, ledger=led)
+    return evaluate_model(lm.model, lm.tokenizer, enc, subset, cfg, run)
+
+
+def score_baselines(data: DataSpec | str | Path | None = None, config: EvalConfig | None = None,
+                    out_dir: str | Path | None = None, tokenizer: str = EMBEDDED, codec: CodecConfig | None = None,
+                    **settings: Any) -> EvalResult:
+    """Score only the baselines on the windows ``flopcast eval`` would use (``tokenizer``'s token counts define
+    them): what ``flopcast baselines`` does. No model is loaded and no FLOP is charged."""
+    cfg = from_dict(EvalConfig, {**to_dict(config or EvalConfig()), **settings})
+    ensure_writable(out_dir, directory=True)
+    ds = dataset_or_simulated(_spec(data))
+    enc, subset = fitted_codec(ds, codec or CodecConfig()), _split(ds, cfg.split)
+    run = EvalRun(name="eval", model_name=tokenizer, out_dir=Path(out_dir) if out_dir is not None else None)
+    return evaluate_model(None, load_tokenizer(tokenizer), enc, subset, cfg, run)
+
+
+def _spec(data: DataSpec | str | Path | None) -> DataSpec | None:
+    return DataSpec(str(data)) if isinstance(data, (str, Path)) else data
+
+
+def _split(ds: Dataset, name: str, split_cfg: SplitConfig | None = None) -> Dataset:
+    idx = split(ds.n_series, split_cfg or SplitConfig()).indices(name)
+    if len(idx) == 0:
+        raise DataError(f"split {name!r} is empty for {ds.n_series} series")
+    return ds.subset(idx)

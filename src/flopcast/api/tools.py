@@ -1,0 +1,155 @@
+"""The library calls behind flopcast's data, encoding, FLOP and budget commands; each returns plain data.
+
+Every check that can run before work starts runs first: bad numbers, unreadable data, output paths that cannot
+be written. None of these commands loads a model's weights or imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..budget import flops
+from ..budget.ledger import Ledger
+from ..budget.planner import affordable
+from ..config import CodecConfig, DataSpec, SimConfig, SplitConfig, check_budget, check_ints
+from ..data.dataset import Dataset, split
+from ..data.io import load, save_h5
+from ..data.simulate import simulate
+from ..encoding.codec import LLMTimeCodec
+from ..errors import DataError, FlopcastError
+from ..evaluation.plots import plot_series
+from ..model.load import load_tokenizer, resolve_arch
+
+FLOP_MODES = ("train", "forward", "prefill", "generate")
+
+
+def ensure_writable(path: str | Path | None, directory: bool = False) -> None:
+    """Fail now (one line) if ``path`` (a file, or a directory to create) cannot be written."""
+    if path is None:
+        return
+    p = Path(path)
+    target = p if directory else p.parent
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    can_create = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+    if not can_create or (p.exists() and not os.access(p, os.W_OK)):
+        raise FlopcastError(f"{p}: cannot write here (no permission, or {existing} is not a directory)")
+    if not directory and p.is_dir():
+        raise FlopcastError(f"{p}: is a directory, expected a file name")
+
+
+# ----------------------------------------------------------------------------- data
+
+def simulate_to_file(path: str | Path, config: SimConfig) -> Path:
+    """``flopcast data simulate``: simulated damped Lotka-Volterra systems, written as HDF5."""
+    ensure_writable(path)
+    return save_h5(simulate(config), path)
+
+
+def inspect_file(spec: DataSpec, plot: str | Path | None = None, n_plot: int = 4) -> dict[str, Any]:
+    """``flopcast data inspect``: a dataset's summary (and a plot of its first series)."""
+    check_ints("n_plot", [n_plot])
+    ensure_writable(plot)
+    ds = load(spec)
+    info = ds.summary()
+    if plot is not None:
+        info["plot"] = str(plot_series(ds, plot, n=n_plot))
+    return info
+
+
+def split_file(spec: DataSpec, out: str | Path, config: SplitConfig) -> dict[str, int]:
+    """``flopcast data split``: a seeded split by series, written as JSON; the sizes of the three parts."""
+    ensure_writable(out)
+    sp = split(load(spec).n_series, config)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(sp.to_json())
+    return {"train": len(sp.train), "val": len(sp.val), "test": len(sp.test)}
+
+
+def dataset_or_simulated(data: DataSpec | str | Path | None, n: int = 100, seed: int = 0) -> Dataset:
+    """The data file, or ``n`` simulated systems without one."""
+    return load(data) if data is not None else simulate(SimConfig(n_systems=n, seed=seed))
+
+
+def fitted_codec(ds: Dataset | None, config: CodecConfig, split_cfg: SplitConfig | None = None) -> LLMTimeCodec:
+    """A codec for ``ds``: its global alpha fitted on the train split (scale mode ``global``), else per series or
+    none."""
+    if config.scale_mode != "global" or ds is None:
+        return LLMTimeCodec(config, 1.0 if config.scale_mode == "none" else None)
+    return LLMTimeCodec.fit(config, ds.subset(split(ds.n_series, split_cfg or SplitConfig()).train).series)
+
+
+def encode_preview(data: DataSpec | None, series: int, steps: int, model: str,
+                   codec_cfg: CodecConfig) -> dict[str, Any]:
+    """``flopcast encode``: text, tokens and ids for the first ``steps`` timesteps of one series."""
+    check_ints("steps", [steps])
+    ds = dataset_or_simulated(data, n=50)
+    if not 0 <= series < ds.n_series:
+        raise DataError(f"series index {series} out of range (dataset has {ds.n_series})")
+    codec = LLMTimeCodec.fit(codec_cfg, ds.subset(split(ds.n_series, SplitConfig()).train).series)
+    s = ds.series[series]
+    alpha = codec.series_alpha(s)
+    text = codec.encode(s[:steps], alpha)
+    tok = load_tokenizer(model)
+    ids = tok(text, add_special_tokens=False).input_ids
+    return {
+        "alpha": alpha, "scale_mode": codec_cfg.scale_mode, "values": np.round(s[:steps], 4).tolist(), "text": text,
+        "tokens": [tok.decode([i]) for i in ids], "ids": ids, "n_tokens": len(ids),
+        "series_tokens": len(tok(codec.encode(s, alpha), add_special_tokens=False).input_ids),
+    }
+
+
+# ----------------------------------------------------------------------------- FLOPs and budget
+
+def flops_breakdown(model: str, seq: int, batch: int, rank: int, targets: tuple[str, ...], mode: str,
+                    new_tokens: int = 50, gqa: str = "full") -> tuple[flops.Breakdown, flops.Arch]:
+    """``flopcast flops``: FLOPs per component of one training step, forward, prefill or generation."""
+    check_ints("seq", [seq])
+    check_ints("batch", [batch])
+    check_ints("rank", [rank], minimum=0)
+    check_ints("new_tokens", [new_tokens])
+    if mode not in FLOP_MODES:
+        raise DataError(f"unknown mode {mode!r} ({', '.join(FLOP_MODES)})")
+    arch = resolve_arch(model)
+    lora = flops.LoraShape(rank, targets) if rank > 0 else None
+    if mode == "train":
+        return flops.train_step(arch, batch, seq, lora, gqa), arch
+    if mode == "forward":
+        return flops.forward(arch, batch, seq, lora=lora, gqa=gqa), arch
+    if mode == "prefill":
+        return flops.prefill(arch, batch, seq, lora, gqa), arch
+    return flops.generate(arch, batch, seq, new_tokens, lora, gqa), arch
+
+
+def plan_table(model: str, budget: float, seqs: list[int], batches: list[int], ranks: list[int],
+               eval_windows: int = 0) -> list[dict[str, Any]]:
+    """``flopcast plan``: affordable training steps per (S, B, r) under a budget."""
+    return [r.as_dict() for r in affordable(resolve_arch(model), budget, seqs, batches, ranks,
+                                            eval_windows=eval_windows)]
+
+
+def init_ledger(path: str | Path, budget: float) -> Ledger:
+    """``flopcast budget init``: a new ledger with ``budget`` (an existing one must have the same budget)."""
+    check_budget(budget)
+    return Ledger(path, budget)
+
+
+def open_ledger(path: str | Path) -> Ledger:
+    """An existing ledger (one line when there is none)."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no ledger here (create one with `flopcast budget init {path} --budget 1e17`)")
+    return Ledger(path)
+
+
+def export_ledger(path: str | Path, out: str | Path | None) -> str:
+    """``flopcast budget export``: the ledger as CSV, written to ``out`` (returned as text when ``out`` is None)."""
+    text = open_ledger(path).to_csv()
+    if out is not None:
+        ensure_writable(out)
+        Path(out).write_text(text)
+    return text

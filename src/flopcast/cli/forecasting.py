@@ -1,0 +1,146 @@
+"""``flopcast eval``, ``flopcast baselines`` and ``flopcast forecast``: the commands that forecast, either the
+evaluation windows of a split (scored against the baselines) or your own series."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..config import EvalConfig
+from ..errors import FlopcastError
+from .common import (
+    CODEC,
+    EVAL,
+    FORECAST,
+    MODEL,
+    MODEL_HELP,
+    Baselines,
+    Contexts,
+    DataOpt,
+    Decimals,
+    Horizon,
+    IdColumn,
+    MaxSeries,
+    ModelOpt,
+    NoPoint,
+    Protocol,
+    Scale,
+    SplitOpt,
+    Stride,
+    TimeColumn,
+    app,
+    codec_cfg,
+    csv_list,
+    data_spec,
+    err,
+    file_spec,
+    ints,
+    out,
+    print_table,
+)
+
+
+def _eval_cfg(context: str, protocol: str, horizon: int, split: str, max_series: Optional[int], stride: int,
+              baselines: str, batch_size: str | int) -> EvalConfig:
+    if batch_size != "auto":
+        if not str(batch_size).strip().isdigit():
+            raise FlopcastError(f"--batch-size takes one integer or 'auto', got {batch_size!r}")
+        batch_size = int(batch_size)
+    return EvalConfig(protocol=protocol, contexts=tuple(ints(context)), horizon=horizon, split=split,
+                      max_series=max_series, stride=stride, batch_size=batch_size,
+                      baselines=tuple(b for b in baselines.split(",") if b))
+
+
+def _show_eval(results: Any, out_dir: Path) -> None:
+    print_table(f"{results.model or 'baselines'} -- protocol {results.protocol}", results.rows())
+    out.print(f"results: {out_dir}/metrics.json, windows.csv, plots")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: ModelOpt = MODEL,
+    adapter: Optional[Path] = typer.Option(None, help="LoRA adapter directory"),
+    data: DataOpt = None,
+    split: SplitOpt = EVAL.split,
+    context: Contexts = csv_list(EVAL.contexts),
+    protocol: Protocol = EVAL.protocol,
+    horizon: Horizon = EVAL.horizon,
+    stride: Stride = EVAL.stride,
+    max_series: MaxSeries = None,
+    baselines: Baselines = csv_list(EVAL.baselines),
+    batch_size: str = typer.Option(str(EVAL.batch_size), help="windows forecast together, or 'auto' (as many as "
+                                   "fit in a GPU's free memory; 16 on a CPU)"),
+    decimals: Decimals = CODEC.decimals,
+    scale: Scale = CODEC.scale_mode,
+    no_point: NoPoint = False,
+    out_dir: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="results directory"),
+    ledger: Optional[Path] = typer.Option(None, help="charge the FLOPs to this ledger"),
+    budget: Optional[float] = typer.Option(None, help="budget (FLOPs) when creating the ledger"),
+    id_column: IdColumn = None,
+    time_column: TimeColumn = None,
+) -> None:
+    """Evaluate a model (and baselines) on a split: MSE/MAE with CIs, parse failures, FLOPs, plots."""
+    from ..api.study import evaluate
+
+    cfg = _eval_cfg(context, protocol, horizon, split, max_series, stride, baselines, batch_size)
+    res = evaluate(model, data_spec(data, id_column, time_column), adapter, cfg, out_dir, ledger, budget,
+                   codec_cfg(decimals, scale, no_point))
+    _show_eval(res, out_dir)
+
+
+@app.command("baselines")
+def baselines_cmd(
+    data: DataOpt = None,
+    split: SplitOpt = EVAL.split,
+    context: Contexts = csv_list(EVAL.contexts),
+    protocol: Protocol = EVAL.protocol,
+    horizon: Horizon = EVAL.horizon,
+    stride: Stride = EVAL.stride,
+    max_series: MaxSeries = None,
+    baselines: Baselines = csv_list(EVAL.baselines),
+    tokenizer: str = typer.Option(MODEL, help=f"whose tokenizer defines the windows: {MODEL_HELP}"),
+    decimals: Decimals = CODEC.decimals,
+    scale: Scale = CODEC.scale_mode,
+    no_point: NoPoint = False,
+    out_dir: Path = typer.Option(Path("runs/baselines"), "--out", "-o", help="results directory"),
+    id_column: IdColumn = None,
+    time_column: TimeColumn = None,
+) -> None:
+    """Score the persistence / linear-drift / Lotka-Volterra-ODE baselines on the same windows as eval."""
+    from ..api.study import score_baselines
+
+    cfg = _eval_cfg(context, protocol, horizon, split, max_series, stride, baselines, EVAL.batch_size)
+    res = score_baselines(data_spec(data, id_column, time_column), cfg, out_dir, tokenizer,
+                          codec_cfg(decimals, scale, no_point))
+    _show_eval(res, out_dir)
+
+
+@app.command("forecast")
+def forecast_cmd(
+    input: Path = typer.Option(..., "--input", "-i", help="series as CSV (one column per variable) or .h5"),
+    model: ModelOpt = MODEL,
+    adapter: Optional[Path] = typer.Option(None, help="LoRA adapter directory"),
+    steps: int = typer.Option(FORECAST.horizon, help="timesteps to forecast"),
+    samples: int = typer.Option(FORECAST.n_samples, help=">1: sample n forecasts -> median and 10/50/90% quantiles"),
+    context_tokens: Optional[int] = typer.Option(None, help="keep only the last whole steps fitting in N tokens"),
+    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="write the forecast as CSV"),
+    plot: Optional[Path] = typer.Option(None, help="save a PNG of context + forecast"),
+    seed: int = typer.Option(FORECAST.seed, help="random seed of the sampling"),
+    ledger: Optional[Path] = typer.Option(None, help="charge the FLOPs to this ledger"),
+    budget: Optional[float] = typer.Option(None, help="budget (FLOPs) when creating the ledger"),
+    id_column: IdColumn = None,
+    time_column: TimeColumn = None,
+) -> None:
+    """Forecast the next steps of your own series."""
+    from ..api.forecaster import ForecastJob, forecast_file
+
+    res = forecast_file(ForecastJob(file_spec(input, id_column, time_column), model, adapter, steps, samples,
+                                    context_tokens, seed, out_file, plot, ledger, budget))
+    print_table(f"forecast ({model})", res["rows"])
+    if res["parse_failure_rate"]:
+        err.print(f"warning: {100 * res['parse_failure_rate']:.1f}% of forecasts did not parse completely")
+    if res["capped_rate"]:
+        err.print(f"warning: {100 * res['capped_rate']:.1f}% of forecasts reached the decoder's cap of "
+                  f"{res['int_digits']} integer digits (10x the largest value in their context)")

@@ -1,0 +1,209 @@
+"""Evaluate a model (and baselines) on a split under the ``seed`` or ``aligned`` protocol.
+
+For every context length ``S``: build windows (:mod:`flopcast.encoding.windows`), forecast them in batches
+(charging the FLOPs to the ledger when one is given, batch by batch), score model and baselines with the same
+metrics, and write ``metrics.json``, ``windows.csv`` and plots to the results directory. Each finished context's
+forecasts are kept in ``contexts/`` there (keyed by settings, windows and adapter weights), so an interrupted
+evaluation, run again, neither redoes nor re-charges them.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..budget.costs import charge_batches, charged, generation_bound, model_shape
+from ..budget.ledger import Charge, Ledger
+from ..config import EvalConfig, ForecastConfig, result_settings, to_dict
+from ..data.dataset import Dataset
+from ..encoding.codec import LLMTimeCodec
+from ..encoding.windows import Window, build_windows, window_grammar
+from ..errors import FlopcastError
+from ..forecasting.forecast import ForecastResult, Prompts, forecast_prompts
+from ..results import ContextScore, EvalResult, Score
+from .baselines import stored_baseline
+from .metrics import per_window, score
+from .plots import plot_error_vs_horizon, plot_forecasts
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    """Where an evaluation reports, and under which names.
+
+    Attributes:
+        name: its name in the ledger (``name/S=128``) and in the results.
+        model_name: the model's name in the results.
+        out_dir: the results directory (None: nothing written, no finished contexts kept).
+        ledger: the ledger its FLOPs are charged to (None: not charged).
+        baseline_store: where baseline forecasts are kept and reused (default ``out_dir/baselines``).
+        fingerprint: of the settings behind it (see :mod:`flopcast.study.fingerprint`), stored with the results.
+        progress: show a progress bar per context length.
+    """
+
+    name: str = "eval"
+    model_name: str = ""
+    out_dir: Path | None = None
+    ledger: Ledger | None = None
+    baseline_store: Path | None = None
+    fingerprint: str | None = None
+    progress: bool = True
+
+    @property
+    def baselines(self) -> Path | None:
+        return self.baseline_store or (self.out_dir / "baselines" if self.out_dir is not None else None)
+
+
+def evaluate(model: Any, tokenizer: Any, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig,
+             run: EvalRun | None = None) -> EvalResult:
+    """Score ``model`` (None: baselines only) and ``cfg.baselines`` on every context length of ``cfg``."""
+    run = run or EvalRun()
+    series = ds.series[: cfg.max_series] if cfg.max_series else ds.series
+    result = EvalResult(run.name, run.model_name, cfg.protocol, to_dict(cfg), codec.state(), len(series), {},
+                        run.fingerprint)
+    rows: list[dict[str, Any]] = []
+    examples: dict[int, tuple[list[Window], dict[str, np.ndarray]]] = {}
+    for S in cfg.contexts:
+        wins = build_windows(series, codec, tokenizer, S, cfg)
+        if not wins:  # e.g. the seed protocol at an S longer than the series' text
+            reason = f"no windows of {S} tokens: series too short for protocol {cfg.protocol!r} (horizon {cfg.horizon})"
+            warnings.warn(reason, stacklevel=2)
+            result.contexts[S] = ContextScore(S, 0, skipped=reason)
+            continue
+        preds: dict[str, np.ndarray] = {}
+        info: dict[str, Any] = {}
+        if model is not None:
+            info = _model_forecasts(model, tokenizer, codec, wins, S, cfg, run)
+            preds["model"] = info.pop("point")
+        for b in cfg.baselines:
+            if b != "lv_ode" or wins[0].truth.shape[1] == 2:
+                preds[b] = stored_baseline(b, [w.context for w in wins], cfg.horizon, _dt(ds), run.baselines)
+        truth = np.stack([w.truth for w in wins])
+        result.contexts[S] = _context_score(S, wins, truth, preds, cfg, info)
+        rows += _window_rows(S, wins, truth, preds)
+        examples[S] = (wins, preds)
+    if not examples:
+        raise FlopcastError(f"no evaluation windows at any context length {list(cfg.contexts)}: "
+                            f"series too short for protocol {cfg.protocol!r} (horizon {cfg.horizon})")
+    if run.out_dir is not None:
+        write_results(result, rows, examples, run.out_dir, ds)
+    return result
+
+
+def forecast_windows(model: Any, tokenizer: Any, codec: LLMTimeCodec, windows: list[Window], cfg: ForecastConfig,
+                     progress: bool = False, charge: Charge | None = None) -> ForecastResult:
+    """Forecast every window; with ``charge`` (a ledger :class:`~flopcast.budget.ledger.Charge`), FLOPs are added
+    batch by batch, so an interrupted forecast still counts the batches it finished."""
+    prompts = Prompts([w.prompt for w in windows], np.array([w.alpha for w in windows]), windows[0].truth.shape[1],
+                      [w.prefix for w in windows], skip_first_partial=True)
+    on_batch = charge_batches(charge, model) if charge is not None else None
+    return forecast_prompts(model, tokenizer, codec, prompts, cfg, progress=progress, on_batch=on_batch)
+
+
+def _dt(ds: Dataset) -> float:
+    return float(ds.time[1] - ds.time[0]) if ds.time is not None and len(ds.time) > 1 else 1.0
+
+
+def _model_forecasts(model: Any, tokenizer: Any, codec: LLMTimeCodec, wins: list[Window], S: int, cfg: EvalConfig,
+                     run: EvalRun) -> dict[str, Any]:
+    """The model's forecasts at one context length: the saved ones when they exist, else generated and charged."""
+    key = _context_key(model, run, cfg, codec, wins) if run.out_dir is not None else None
+    done = _cached_context(run.out_dir, S, key) if run.out_dir is not None and key else None
+    if done is None:
+        done = _forecast_context(model, tokenizer, codec, wins, S, cfg, run)
+        if run.out_dir is not None and key:
+            _cache_context(run.out_dir, S, key, done)
+    if done.get("capped_rate"):
+        warnings.warn(f"S={S}: {100 * done['capped_rate']:.1f}% of forecasts reached the decoder's cap of "
+                      f"{done['int_digits']} integer digits", stacklevel=3)
+    return done
+
+
+def _forecast_context(model: Any, tokenizer: Any, codec: LLMTimeCodec, wins: list[Window], S: int, cfg: EvalConfig,
+                      run: EvalRun) -> dict[str, Any]:
+    """Forecast one context length's windows, charging the ledger batch by batch."""
+    t0 = time.time()
+    grammar = window_grammar(wins, tokenizer, codec, wins[0].truth.shape[1])
+    arch, lora = model_shape(model)
+    bound = generation_bound(arch, len(wins), S, grammar.max_tokens(cfg.horizon), lora)
+    batch = cfg.batch_size if isinstance(cfg.batch_size, int) else None  # "auto": chosen per batch of rows
+    fcfg = ForecastConfig(horizon=cfg.horizon, batch_size=cfg.batch_size, max_int_digits=grammar.max_int,
+                          compile=cfg.compile)
+    with charged(run.ledger, f"{run.name}/S={S}", "eval", bound, model=run.model_name, seq=S, batch=batch) as charge:
+        fr = forecast_windows(model, tokenizer, codec, wins, fcfg, run.progress, charge)
+    return {"point": fr.point, "flops": int(charge.used), "wall_s": time.time() - t0, "capped_rate": fr.capped_rate,
+            "int_digits": grammar.max_int}
+
+
+# ----------------------------------------------------------------------------- finished contexts, kept
+
+def _context_key(model: Any, run: EvalRun, cfg: EvalConfig, codec: LLMTimeCodec, windows: list[Window]) -> str:
+    """What a kept context result depends on: names, settings, windows and the adapter's weights."""
+    adapter = sum(float(p.detach().double().sum()) for n, p in model.named_parameters() if "lora_" in n)
+    key = {"name": run.name, "model": run.model_name, "config": result_settings(cfg), "codec": codec.state(),
+           "adapter": adapter, "windows": [[int(w.series), int(w.cut), len(w.prompt)] for w in windows]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cached_context(out_dir: Path, S: int, key: str) -> dict[str, Any] | None:
+    meta, arr = out_dir / "contexts" / f"S={S}.json", out_dir / "contexts" / f"S={S}.npy"
+    if not (meta.is_file() and arr.is_file()):
+        return None
+    m = json.loads(meta.read_text())
+    return {**m, "point": np.load(arr, allow_pickle=False)} if m.get("key") == key else None
+
+
+def _cache_context(out_dir: Path, S: int, key: str, done: dict[str, Any]) -> None:
+    """Keep a finished context's forecasts: re-running an interrupted evaluation neither redoes nor re-charges it."""
+    d = out_dir / "contexts"
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / f"S={S}.npy.part", "wb") as fh:
+        np.save(fh, done["point"], allow_pickle=False)
+    (d / f"S={S}.npy.part").replace(d / f"S={S}.npy")
+    (d / f"S={S}.json.part").write_text(json.dumps({"key": key, **{k: v for k, v in done.items() if k != "point"}}))
+    (d / f"S={S}.json.part").replace(d / f"S={S}.json")  # written last: a .json means a complete entry
+
+
+# ----------------------------------------------------------------------------- scores and files
+
+def _context_score(S: int, wins: list[Window], truth: np.ndarray, preds: dict[str, np.ndarray], cfg: EvalConfig,
+                   model_info: dict[str, Any]) -> ContextScore:
+    alphas = np.array([w.alpha for w in wins])
+    scores = {m: Score.from_dict({**score(p, truth, alphas, cfg.n_boot, cfg.seed),
+                                  **(model_info if m == "model" else {})})
+              for m, p in preds.items()}
+    return ContextScore(S, len(wins), scores, float(np.mean([len(w.context) for w in wins])),
+                        float(np.mean([len(w.prompt) for w in wins])))
+
+
+def _window_rows(S: int, wins: list[Window], truth: np.ndarray, preds: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    rows = []
+    for method, p in preds.items():
+        mse, mae = per_window(p, truth)
+        rows += [{"S": S, "method": method, "series": w.series, "cut": w.cut, "mse": m, "mae": a,
+                  "parsed": bool(np.isfinite(m))} for w, m, a in zip(wins, mse, mae)]
+    return rows
+
+
+def write_results(result: EvalResult, rows: list[dict[str, Any]],
+                  examples: dict[int, tuple[list[Window], dict[str, np.ndarray]]], out_dir: Path, ds: Dataset) -> Path:
+    """``metrics.json``, ``windows.csv``, forecasts at the longest context, and error against horizon."""
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2))
+    with (d / "windows.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["S", "method", "series", "cut", "mse", "mae", "parsed"])
+        w.writeheader()
+        w.writerows(rows)
+    S = max(examples)
+    wins, preds = examples[S]
+    plot_forecasts(wins, preds, d / f"forecasts_S{S}.png", variables=ds.variables)
+    plot_error_vs_horizon(result, d / "error_vs_horizon.png")
+    return d

@@ -1,0 +1,101 @@
+"""What a study checks before it spends a FLOP or writes a file, in :func:`prepare`:
+
+1. every stage's resolved settings against the fingerprints on disk (a changed stage stops the study with the
+   keys that differ, unless it is restarted: :mod:`flopcast.study.fingerprint`);
+2. the data: it loads, there is training data, and the evaluation has windows at some context length;
+3. the budget: a changed budget follows the rules of ``flopcast budget set``, and the least every unfinished
+   stage costs (:func:`flopcast.study.stages.stage_price`: its runs as planned, or one step for
+   ``steps = "remaining"``, plus its evaluation's bound) fits in what the budget leaves.
+
+Only then are ``plan.toml`` and ``split.json`` written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+
+from ..budget.ledger import Ledger
+from ..config import save_toml, to_dict
+from ..data.dataset import Dataset, split
+from ..data.io import load, save_h5
+from ..data.simulate import simulate
+from ..encoding.codec import LLMTimeCodec
+from ..errors import BudgetExceeded, DataError
+from . import fingerprint
+from .plan import Plan, Stage
+from .stages import stage_price
+from .state import Study
+
+
+def prepare(plan: Plan, out_dir: str | Path, progress: bool = True, restart: tuple[str, ...] = (),
+            only: list[str] | None = None) -> Study:
+    """Check the plan against the study directory, then its data, stages and budget; only then write anything."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = fingerprint.stage_settings(plan, fingerprint.data_settings(plan))
+    fingerprint.check_fingerprints(out, settings, tuple(restart))
+    fingerprint.archive_stages(out, tuple(restart))
+    ds = _dataset(plan, out)
+    sp = split(ds.n_series, plan.split)
+    train = ds.subset(sp.train)
+    study = Study(plan, out, _open_ledger(out, plan.budget), train, ds.subset(sp.val), ds.subset(sp.test),
+                  LLMTimeCodec.fit(plan.codec, train.series), settings, progress)
+    todo = [st for st in plan.stages if (not only or st.name in only) and not study.stage_done(st.name)]
+    check_data(study, todo)
+    study.ledger.check_budget_change(plan.budget)
+    check_affordable(study, todo, plan.budget)
+    if study.ledger.budget != int(plan.budget):
+        study.ledger.set_budget(plan.budget)  # raising is always allowed; lowering below what is used is refused
+    save_toml(plan.to_dict(), out / "plan.toml")
+    (out / "split.json").write_text(sp.to_json())
+    return study
+
+
+def _open_ledger(out: Path, budget: float) -> Ledger:
+    """The study's ledger; its budget stays as it is until the plan has passed its checks."""
+    path = out / "ledger.db"
+    return Ledger(path) if path.is_file() else Ledger(path, budget)
+
+
+def _dataset(plan: Plan, out: Path) -> Dataset:
+    """The plan's data file, or its simulated systems (kept in ``data.h5``, made again when the settings change)."""
+    if plan.data:
+        return load(plan.data)
+    path = out / "data.h5"
+    if not path.is_file() or _sim_settings(path) != to_dict(plan.simulate):
+        save_h5(simulate(plan.simulate), path, attrs={"simulate": json.dumps(to_dict(plan.simulate))})
+    return load(path)
+
+
+def _sim_settings(path: Path) -> dict | None:
+    """The simulation settings a study's data.h5 was made with (None for a file without them)."""
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs["simulate"]) if "simulate" in f.attrs else None
+
+
+def check_affordable(study: Study, stages: list[Stage], budget: float) -> None:
+    """Refuse, with the numbers, a plan whose unfinished stages cannot all fit in what ``budget`` leaves."""
+    ledger = study.ledger
+    left = int(budget) - (ledger.budget - ledger.left())
+    needs = {st.name: max(0, stage_price(study, st).least - ledger.committed_under(st.name + "/")) for st in stages}
+    total = sum(needs.values())
+    if total > left:
+        parts = ", ".join(f"{n} {v:.3e}" for n, v in needs.items() if v)
+        raise BudgetExceeded(f"plan {study.plan.name!r} needs at least {total:.3e} FLOPs to finish ({parts}) but only "
+                             f"{max(left, 0):.3e} of its {budget:.3e} budget are left; raise the plan's budget")
+
+
+def check_data(study: Study, stages: list[Stage]) -> None:
+    """Training data exists, and the evaluation has windows at some context length."""
+    if any(st.kind != "eval" for st in stages) and not study.train.series:
+        raise DataError(f"the train split is empty ({study.plan.split}); there is nothing to train on")
+    if any(st.kind == "eval" or st.evaluate for st in stages):
+        wins = study.eval_windows
+        if not any(w for w, _ in wins.values()):
+            cfg = study.plan.eval
+            raise DataError(f"no evaluation windows at any context length {list(cfg.contexts)}: the {cfg.split} "
+                            f"series are too short for protocol {cfg.protocol!r} (horizon {cfg.horizon}); use shorter "
+                            "contexts or longer series")

@@ -1,0 +1,142 @@
+"""Run a study plan: every stage inside one ledger budget, resumable after a kill.
+
+``out_dir`` layout::
+
+    plan.toml  data.h5 (when simulated)  split.json  ledger.db  summary.json  report.md  .flopcast.lock
+    stages/<stage>/fingerprint.json                the resolved settings the stage was started with
+    stages/<stage>/stage.json                      status + results of a finished stage
+    stages/<stage>/<run>/...                       training run directories (see flopcast.training.engine)
+    stages/<stage>/eval/metrics.json, windows.csv, plots
+    baselines/                                     each baseline's forecasts, computed once for every stage
+    archive/<stage>-<time>/                        files of stages run again with ``restart``
+
+A re-run reuses every finished stage whose settings are unchanged and continues an unfinished one (finished runs
+and evaluated context lengths inside it are read back, not charged again); :mod:`flopcast.study.preflight` checks
+everything before anything is written. What each stage trains and evaluates is :func:`flopcast.study.stages
+.stage_work`'s answer, the same the preflight priced.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..budget.flops import lora_shape
+from ..budget.lock import DirLock
+from ..errors import FlopcastError
+from ..evaluation.evaluate import EvalRun, evaluate
+from ..model.load import load_model
+from ..model.lora import load_adapter
+from ..results import EvalResult, RunResult, StageResult, StudyResult
+from ..training.card import write_card
+from ..training.engine import RunSpec, train
+from ..training.rundir import finished_run
+from . import fingerprint
+from .plan import Plan, RunPlan, Stage
+from .preflight import prepare
+from .report import write_report
+from .stages import StageWork, eval_price, remaining_run, stage_work
+from .state import Study
+
+
+def run_plan(plan: Plan, out_dir: str | Path, progress: bool = True, only: list[str] | None = None,
+             restart: tuple[str, ...] = ()) -> StudyResult:
+    """Execute (or continue) every stage; finished stages with unchanged settings are reused."""
+    with DirLock(out_dir):  # a second process on this study stops here
+        study = prepare(plan, out_dir, progress, restart, only)
+        results = {}
+        for stage in plan.stages:
+            if only and stage.name not in only:
+                continue
+            fp = fingerprint.fingerprint_file(study.out, stage.name)
+            if not fp.is_file():  # before any work: the stage is tied to these settings from now on
+                fingerprint.save(fp, study.settings[stage.name])
+            if study.stage_done(stage.name):
+                results[stage.name] = study.stage_result(stage.name)
+                continue
+            t0 = time.time()
+            res = run_stage(study, stage)
+            res.wall_s, res.fingerprint = time.time() - t0, fingerprint.digest(study.settings[stage.name])
+            study.save_stage_result(stage.name, res)
+            results[stage.name] = res
+        summary = StudyResult(plan.name, plan.budget, study.ledger.summary(), results)
+        (study.out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
+        write_report(study.out)
+    return summary
+
+
+def run_stage(study: Study, stage: Stage) -> StageResult:
+    """One stage: an evaluation of the base model or of another stage's adapter, or the training runs
+    :func:`~flopcast.study.stages.stage_work` gives (from the best run of ``base`` when it has one), then the
+    evaluation of the best of them."""
+    if stage.kind == "eval":
+        adapter = None
+        if stage.adapter_from:
+            adapter = Path(_best_of(study, stage.adapter_from).dir) / "adapter_best"
+        return StageResult(stage.kind, test=_evaluate(study, stage, adapter))
+    base_best = _best_of(study, stage.base) if stage.base else None
+    work = stage_work(study.plan, stage, base_best)
+    done = _train_runs(study, stage, work)
+    best = _best(stage, done)
+    test = _evaluate(study, stage, Path(best.dir) / "adapter_best") if work.contexts else None
+    if test is not None:
+        write_card(Path(best.dir) / "adapter_best", best.dir, test)
+    return StageResult(stage.kind, done, best, test)
+
+
+def _best_of(study: Study, stage: str) -> RunResult:
+    best = study.stage_result(stage).best
+    if best is None:
+        raise FlopcastError(f"stage {stage!r} trained no run that later stages could start from")
+    return best
+
+
+def _train_runs(study: Study, stage: Stage, work: StageWork) -> list[RunResult]:
+    """Train the stage's runs while its evaluation's FLOPs (for its widest adapter) are held aside, so a stage never
+    trains what it cannot then evaluate. A ``remaining`` run takes its steps once the hold is in place."""
+    hold = None
+    pending = any(finished_run(study.stage_dir(stage.name) / r.name) is None for r in work.runs)
+    if work.contexts and pending:
+        lora = lora_shape(work.eval_lora) if work.eval_lora is not None else None
+        hold = study.ledger.hold(f"{stage.name}/{study.plan.eval.split} (held)",
+                                 eval_price(study, work.contexts, lora))
+    try:
+        runs = []
+        for run in work.runs:
+            run_dir = study.stage_dir(stage.name) / run.name
+            runs.append(_train_run(study, stage, remaining_run(study, stage, run, run_dir) if work.remaining else run))
+        return runs
+    finally:
+        study.ledger.drop_hold(hold)
+
+
+def _train_run(study: Study, stage: Stage, run: RunPlan) -> RunResult:
+    lm = load_model(study.plan.model, seed=study.plan.seed)
+    d = study.stage_dir(stage.name) / run.name
+    spec = RunSpec(d, run.lora, run.train, study.codec, study.train.series, study.val.series,
+                   name=f"{stage.name}/{run.name}", model_name=study.plan.model.name)
+    r = train(lm.model, lm.tokenizer, spec, ledger=study.ledger, progress=study.progress)
+    return RunResult(run.name, str(d), run.train.lr, run.lora.rank, run.train.seq_len, r.steps, r.flops,
+                     r.best_val_loss, r.status, r.wall_s)
+
+
+def _best(stage: Stage, runs: list[RunResult]) -> RunResult:
+    """The run with the lowest validation loss; diverged runs never win, and a stage of only diverged runs fails."""
+    ok = [r for r in runs if r.status != "diverged"]
+    if not ok:
+        r = runs[-1]
+        raise FlopcastError(f"stage {stage.name!r}: training diverged (loss became NaN or infinite) at step {r.steps} "
+                            f"of {r.dir}; lower the learning rate (lr={r.lr:g})")
+    scored = [r for r in ok if r.val_loss is not None]
+    return min(scored, key=lambda r: r.val_loss or 0.0) if scored else ok[-1]
+
+
+def _evaluate(study: Study, stage: Stage, adapter: Path | None) -> EvalResult:
+    lm = load_model(study.plan.model, seed=study.plan.seed)
+    model = load_adapter(lm.model, adapter).eval() if adapter else lm.model
+    run = EvalRun(name=f"{stage.name}/{study.plan.eval.split}", model_name=study.plan.model.name,
+                  out_dir=study.stage_dir(stage.name) / "eval", ledger=study.ledger,
+                  baseline_store=study.out / "baselines", fingerprint=fingerprint.digest(study.settings[stage.name]),
+                  progress=study.progress)
+    return evaluate(model, lm.tokenizer, study.codec, study.eval_data, study.plan.eval, run)

@@ -1,0 +1,93 @@
+"""A study in progress: its plan, directory, ledger, data splits and codec, and what is derived from them once.
+
+:class:`Study` is what the preflight checks, the pricing of stages and the stage runner all read. The tokenizer,
+the validation series' tokens, the FLOP-count architecture and the evaluation windows are computed on first use
+and kept, so a study builds each once. The results of finished stages live in ``stages/<stage>/stage.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ..budget.flops import Arch
+from ..budget.ledger import Ledger
+from ..config import TrainConfig
+from ..data.dataset import Dataset
+from ..encoding.chunks import series_token_ids
+from ..encoding.codec import LLMTimeCodec
+from ..encoding.grammar import LLMTimeGrammar
+from ..encoding.windows import Window, build_windows, window_grammar
+from ..errors import FlopcastError
+from ..model.heads import numeric_token_ids
+from ..model.load import load_tokenizer, resolve_arch
+from ..results import StageResult
+from .plan import Plan
+
+
+@dataclasses.dataclass
+class Study:
+    """A study directory opened with a plan that passed its checks."""
+
+    plan: Plan
+    out: Path
+    ledger: Ledger
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    codec: LLMTimeCodec
+    settings: dict[str, dict[str, Any]]   # each stage's resolved settings (see flopcast.study.fingerprint)
+    progress: bool = True
+
+    @property
+    def eval_data(self) -> Dataset:
+        """The split the plan evaluates on (``eval.split``)."""
+        data: Dataset = getattr(self, self.plan.eval.split)
+        return data
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        return load_tokenizer(self.plan.model.name)
+
+    @cached_property
+    def val_token_ids(self) -> list[list[int]]:
+        """The validation series as token ids (once per study; each run length chunks them its own way)."""
+        return series_token_ids(self.val.series, self.codec, self.tokenizer)
+
+    @cached_property
+    def arch(self) -> Arch:
+        return resolve_arch(self.plan.model.name)
+
+    def head_tokens(self, t: TrainConfig) -> int | None:
+        """Columns of the numeric head (the series' alphabet, as training computes them), None for the full head."""
+        return len(numeric_token_ids(self.tokenizer, self.plan.codec)) if t.head == "numeric" else None
+
+    @cached_property
+    def eval_windows(self) -> dict[int, tuple[list[Window], LLMTimeGrammar | None]]:
+        """Evaluation windows and decoding grammar per context length (built once per study)."""
+        cfg, ds = self.plan.eval, self.eval_data
+        series = ds.series[: cfg.max_series] if cfg.max_series else ds.series
+        out: dict[int, tuple[list[Window], LLMTimeGrammar | None]] = {}
+        for S in cfg.contexts:
+            wins = build_windows(series, self.codec, self.tokenizer, S, cfg)
+            out[S] = (wins, window_grammar(wins, self.tokenizer, self.codec, ds.n_vars) if wins else None)
+        return out
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.out / "stages" / stage
+
+    def stage_done(self, stage: str) -> bool:
+        f = self.stage_dir(stage) / "stage.json"
+        return f.is_file() and json.loads(f.read_text()).get("status") == "done"
+
+    def stage_result(self, stage: str) -> StageResult:
+        p = self.stage_dir(stage) / "stage.json"
+        if not p.is_file():
+            raise FlopcastError(f"stage {stage!r} has no results yet")
+        return StageResult.from_dict(json.loads(p.read_text()))
+
+    def save_stage_result(self, stage: str, result: StageResult) -> None:
+        (self.stage_dir(stage) / "stage.json").write_text(json.dumps(result.to_dict(), indent=2))

@@ -1,0 +1,46 @@
+"""A training step that runs out of device memory: find the largest batch that fits, and say so in one line.
+
+The batch is halved until a forward and backward of its leading rows fit; each probe is work done, so the caller
+charges it (the ledger never counts less than the work done).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..errors import FlopcastError
+
+
+def free_device_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def largest_batch(loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], batch: dict[str, torch.Tensor],
+                  zero_grad: Callable[[], None]) -> tuple[int, list[int]]:
+    """The largest leading slice of ``batch`` (halving from half of it) whose forward and backward fit in memory,
+    0 if none, and every size probed. ``zero_grad`` clears gradients before each probe."""
+    probed, b = [], batch["input_ids"].shape[0] // 2
+    while b >= 1:
+        zero_grad()
+        free_device_memory()
+        probed.append(b)
+        try:
+            loss_fn({k: v[:b] for k, v in batch.items()}).backward()
+            return b, probed
+        except torch.OutOfMemoryError:
+            b //= 2
+    return 0, probed
+
+
+def out_of_memory(batch_size: int, seq_len: int, device: Any, fits: int) -> FlopcastError:
+    """The one-line error: the batch that failed, and the largest that fits (``fits``, over every process)."""
+    hint = (f"batch_size {fits} fits (probed); set train.batch_size = {fits}" if fits else
+            "not even batch_size 1 fits; lower train.seq_len")
+    return FlopcastError(f"out of memory in a training step at batch_size {batch_size}, seq_len {seq_len} on "
+                         f"{device}: {hint}")
