@@ -30,7 +30,7 @@ from flopcast.model.heads import head_ids_for, numeric_head, remap_table
 from flopcast.model.load import load_model
 from flopcast.model.lora import attach_lora
 from flopcast.model.loss import lm_loss
-from flopcast.training.step import Learner, train_step
+from flopcast.training.step import Learner, make_optimizer, train_step
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:
@@ -55,7 +55,7 @@ def llmtime_batch(tokenizer, batch: int, seq: int) -> dict:
 def train_steps(model, loss_fn, batch: dict, steps: int) -> float:
     """Seconds per optimizer step of flopcast's own training step (flopcast.training.step.train_step)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    learner = Learner(model, torch.optim.AdamW(params, lr=1e-4), params, loss_fn)
+    learner = Learner(model, make_optimizer(params, 1e-4, 0.0), params, loss_fn)  # the fused AdamW training uses
     train_step(learner, batch, lr=1e-4, grad_clip=1.0)  # warm-up
     t = time.perf_counter()
     for _ in range(steps):
