@@ -166,3 +166,23 @@ def test_quiet_normal_verbose_output(tmp_path, sim_file):
     assert "MSE" in qout and "Warning" not in qerr and "%|" not in qerr  # no warnings, no progress bars
     _, verr = train("-v", out=tmp_path / "verbose")
     assert "Warning" in verr  # the libraries' own warnings (filtered above) are shown
+
+
+@pytest.mark.parametrize("args, match", [
+    (["data", "simulate", "-o", "x.h5", "--n", "2.5"], "Invalid value for '--n'"),
+    (["train", "--model", "tiny-qwen2", "--steps", "2.5"], "Invalid value for '--steps'"),
+    (["budget", "release", "l.db", "-1"], "No such option: -1"),
+    (["data", "simulate"], "Missing option '--out'"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["data", "simulate", "-o", "x.h5", "--bogus", "1"], "No such option: --bogus"),
+])
+def test_mistyped_options_and_values_are_one_line(tmp_path, capsys, monkeypatch, args, match):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *args)
+    assert code == 2 and err.count("\n") == 1 and match in err and "--help`" in err, err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_bare_command_prints_its_help(capsys):
+    code, out, _ = run(capsys)
+    assert code == 2 and "Usage: flopcast" in out and "forecast" in out

@@ -1,5 +1,7 @@
 """Studies end to end on tiny models: every stage kind, resuming, reports, seeds, signals."""
 
+import json
+
 import pytest
 from helpers import ROOT, TINY_PLAN, tiny_plan
 
@@ -121,6 +123,12 @@ def test_shipped_plans_parse():
     ({"stages": [{"name": "g", "kind": "grid", "lr": [1e-4]}]}, "needs lr"),
     ({"budget": -1}, "budget"),
     ({"train": {"stepz": 3}}, "unknown key"),
+    ({"stages": [{"name": "z", "kind": "eval"}, {"name": "e", "kind": "eval", "adapter_from": "z"}]},
+     "an eval stage: it trains no adapter"),
+    ({"stages": [{"name": "z", "kind": "eval"}, {"name": "t", "kind": "train", "base": "z", "steps": 2}]},
+     "an eval stage: it trains no adapter"),
+    ({"stages": [{"name": "a", "kind": "train", "steps": "remaining"},
+                 {"name": "b", "kind": "train", "steps": "remaining"}]}, "only one stage may spend the remaining"),
 ])
 def test_bad_plans(change, match):
     with pytest.raises(FlopcastError, match=match):
@@ -210,3 +218,33 @@ def test_settings_that_change_no_result_do_not_change_a_study(tmp_path):
     again = run_plan(plan_from_dict(plan), out, progress=False)
     assert len(Ledger(out / "ledger.db").entries()) == rows
     assert again.stages["zero_shot"].test.score(64).mse == first.stages["zero_shot"].test.score(64).mse
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--only", "nosuch"], "--only nosuch: no such stage"),
+    (["--restart", "nosuch"], "--restart nosuch: no such stage"),
+    (["--only", "zero_shot", "--restart", "initial"], "--only leaves it out"),
+    (["--only", "final_eval"], "builds on 'initial', which has not run"),
+])
+def test_stage_selection_mistakes_stop_before_anything_is_written(tmp_path, capsys, args, match):
+    from flopcast.config import save_toml
+
+    save_toml(TINY_PLAN, tmp_path / "tiny.toml")
+    out = tmp_path / "study"
+    code = main(["run", str(tmp_path / "tiny.toml"), "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and match in err, err
+    assert not (out / "stages").exists() and not (out / "ledger.db").exists() if "has not run" in match \
+        else not out.exists()
+
+
+def test_only_one_stage_of_a_finished_study_keeps_the_others_in_its_summary(tiny_study, tmp_path):
+    import shutil
+
+    plan, out, summary, _, _ = tiny_study
+    copy = shutil.copytree(out, tmp_path / "study")
+    used = Ledger(copy / "ledger.db").used()
+    again = run_plan(plan, copy, progress=False, only=["initial"])
+    assert list(again.stages) == list(summary.stages) and Ledger(copy / "ledger.db").used() == used
+    written = json.loads((copy / "summary.json").read_text())
+    assert list(written["stages"]) == [s.name for s in plan.stages]

@@ -127,6 +127,31 @@ def test_two_train_commands_started_apart_train_once(tmp_path, data_file):
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 21))
 
 
+def test_a_budget_changes_only_when_asked(tmp_path, capsys, data_file):
+    """Running `train` again without --budget keeps the directory's budget; a plan run again keeps a budget set
+    since by `budget set` while the plan's own value stays the same, and a changed plan value is applied and said."""
+    from flopcast.config import save_toml
+
+    out = tmp_path / "R"
+    assert run(capsys, *_train_args(data_file, out))[0] == 0  # --budget 1e12
+    args = [a for a in _train_args(data_file, out)]
+    del args[args.index("--budget"):args.index("--budget") + 2]
+    assert run(capsys, *args)[0] == 0
+    assert Ledger(out / "ledger.db").budget == 1e12
+
+    plan = one_stage_plan(budget=2e10)
+    save_toml(plan, tmp_path / "p.toml")
+    study = tmp_path / "S"
+    assert run(capsys, "run", tmp_path / "p.toml", "--out", study)[0] == 0
+    assert run(capsys, "budget", "set", study / "ledger.db", "--budget", 3e10)[0] == 0
+    assert run(capsys, "run", tmp_path / "p.toml", "--out", study)[0] == 0
+    assert Ledger(study / "ledger.db").budget == 3e10  # the plan's 2e10 is not put back
+    save_toml({**plan, "budget": 4e10}, tmp_path / "p.toml")
+    with pytest.warns(UserWarning, match=r"3\.000e\+10 -> 4\.000e\+10 FLOPs, as the plan now says"):
+        assert run(capsys, "run", tmp_path / "p.toml", "--out", study)[0] == 0
+    assert Ledger(study / "ledger.db").budget == 4e10
+
+
 # ----------------------------------------------------------------------------- 3. leases
 
 RESERVE_AND_DIE = textwrap.dedent("""

@@ -29,12 +29,13 @@ from ..data.io import load
 from ..encoding.codec import LLMTimeCodec
 from ..encoding.grammar import LLMTimeGrammar, int_digits_for
 from ..encoding.windows import Window
-from ..errors import FlopcastError
 from ..evaluation.plots import plot_forecasts
 from ..forecasting.forecast import ForecastResult, Prompts, forecast_prompts
+from ..model.adapter_files import ADAPTER_META, adapter_base, read_adapter_meta
 from ..model.load import EMBEDDED
-from ..model.lora import ADAPTER_META, load_for_inference, read_adapter_meta
-from .tools import ensure_writable, fitted_codec
+from ..model.lora import load_for_inference
+from .outputs import PLOT_SUFFIXES, Output, check_outputs, write_atomic
+from .tools import fitted_codec
 
 
 class Forecaster:
@@ -48,18 +49,17 @@ class Forecaster:
         self.ledger = ledger
 
     @classmethod
-    def from_pretrained(cls, model_or_adapter: str | Path = EMBEDDED, adapter: str | Path | None = None,
+    def from_pretrained(cls, model_or_adapter: str | Path | None = None, adapter: str | Path | None = None,
                         device: str = "auto", dtype: str = "auto", ledger: str | Path | Ledger | None = None,
                         budget: float | None = None) -> "Forecaster":
-        """A model name (built-in, local directory, Hub id), optionally with ``adapter``; or an adapter directory
-        alone, whose metadata names the base model and the codec it was trained with. With ``ledger`` (a path or
-        a :class:`Ledger`; ``budget`` creates one) every forecast's FLOPs are charged to it."""
-        name = str(model_or_adapter)
-        if adapter is None and (Path(name) / ADAPTER_META).is_file():
-            adapter, name = Path(name), read_adapter_meta(name).get("base_model") or ""
-            if not name:
-                raise FlopcastError(f"{adapter}: its metadata names no base model; pass it: "
-                                    f"Forecaster.from_pretrained(BASE_MODEL, adapter={str(adapter)!r})")
+        """A model name (built-in, local directory, Hub id; default: the embedded model), optionally with
+        ``adapter``; or an adapter directory alone, whose metadata names the base model and the codec it was
+        trained with. An adapter goes on its own base model only. With ``ledger`` (a path or a :class:`Ledger`;
+        ``budget`` creates one) every forecast's FLOPs are charged to it."""
+        model = None if model_or_adapter is None else str(model_or_adapter)
+        if adapter is None and model is not None and (Path(model) / ADAPTER_META).is_file():
+            adapter, model = Path(model), None
+        name = adapter_base(adapter, model) if adapter is not None else (model or EMBEDDED)
         lm = load_for_inference(ModelSpec(name=name, device=device, dtype=dtype), adapter)
         state = read_adapter_meta(adapter).get("codec") if adapter else None
         if isinstance(ledger, (str, Path)):
@@ -129,17 +129,19 @@ class ForecastJob:
 
     Attributes:
         data: the CSV or HDF5 file (whole series as context), with its id and time columns.
-        model: the base model's name; adapter: a LoRA adapter directory on it.
+        model: the base model's name (default: the adapter's base, else the embedded model); adapter: a LoRA
+            adapter directory on it.
         steps: steps to forecast; samples: > 1 samples that many forecasts (median and 10/50/90% quantiles).
         context_tokens: keep only the last whole steps of each series that fit in this many tokens.
         seed: of the sampling.
-        out: the forecast as CSV; plot: a PNG of context and forecast.
+        out: the forecast as CSV; plot: a plot of context and forecast (PNG, PDF, SVG or JPEG).
         ledger: charge the FLOPs to this ledger (``budget`` creates it).
         codec: how numbers are written when there is no adapter (default: scaled per series).
+        force: replace ``out`` and ``plot`` when they exist (never an input, nor a ledger).
     """
 
     data: DataSpec
-    model: str = EMBEDDED
+    model: str | None = None
     adapter: Path | None = None
     steps: int = 5
     samples: int = 1
@@ -150,6 +152,7 @@ class ForecastJob:
     ledger: Path | None = None
     budget: float | None = None
     codec: CodecConfig | None = None
+    force: bool = False
 
     def __post_init__(self) -> None:
         ForecastConfig(horizon=self.steps, n_samples=self.samples, seed=self.seed)  # bad numbers stop here
@@ -160,8 +163,9 @@ class ForecastJob:
 def forecast_file(job: ForecastJob) -> dict[str, Any]:
     """Forecast every series of ``job.data`` through :class:`Forecaster` (its FLOPs charged when ``job.ledger`` is
     set); the forecast rows, written to ``job.out`` and plotted to ``job.plot`` when asked."""
-    for p in (job.out, job.plot):
-        ensure_writable(p)
+    check_outputs([Output(Path(job.out), (".csv",), "forecast") if job.out else None,
+                   Output(Path(job.plot), PLOT_SUFFIXES, "plot") if job.plot else None],
+                  [job.data.path, job.adapter, job.ledger], job.force)
     ledger = Ledger(job.ledger, job.budget) if job.ledger else None
     ds = load(job.data)
     fc = Forecaster.from_pretrained(job.model, job.adapter, ledger=ledger)
@@ -191,11 +195,13 @@ def _forecast_rows(ds: Dataset, res: ForecastResult, steps: int) -> list[dict[st
 
 
 def _write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+    write_atomic(path, write)
 
 
 def _plot_forecast(ds: Dataset, res: ForecastResult, steps: int, path: str | Path) -> None:

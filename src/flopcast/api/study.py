@@ -14,12 +14,15 @@ from ..encoding.codec import LLMTimeCodec
 from ..errors import DataError
 from ..evaluation.evaluate import EvalRun
 from ..evaluation.evaluate import evaluate as evaluate_model
+from ..model.adapter_files import adapter_base, read_adapter_meta
 from ..model.load import EMBEDDED, load_tokenizer
-from ..model.lora import load_for_inference, read_adapter_meta
+from ..model.lora import load_for_inference
 from ..results import EvalResult, StudyResult
 from ..study.plan import Plan, load_plan, plan_from_dict
 from ..study.runner import run_plan
-from .tools import dataset_or_simulated, ensure_writable, fitted_codec
+from ..study.state import recorded_budget as _recorded_budget
+from .outputs import ensure_writable
+from .tools import dataset_or_simulated, fitted_codec
 
 
 def run_study(plan: Plan | dict[str, Any] | str | Path, out_dir: str | Path, progress: bool = True,
@@ -33,16 +36,18 @@ def run_study(plan: Plan | dict[str, Any] | str | Path, out_dir: str | Path, pro
     return run_plan(plan, Path(out_dir), progress=progress, restart=tuple(restart), only=only)
 
 
-def evaluate(model: str = EMBEDDED, data: DataSpec | str | Path | None = None, adapter: str | Path | None = None,
+def evaluate(model: str | None = None, data: DataSpec | str | Path | None = None, adapter: str | Path | None = None,
              config: EvalConfig | None = None, out_dir: str | Path | None = None,
              ledger: str | Path | None = None, budget: float | None = None, codec: CodecConfig | None = None,
              **settings: Any) -> EvalResult:
-    """Score a model (optionally with an adapter) and the baselines on a split of ``data`` (an HDF5/CSV path or
+    """Score a model (default: the adapter's base, else the embedded model; an adapter goes on its own base only)
+    and the baselines on a split of ``data`` (an HDF5/CSV path or
     a :class:`~flopcast.config.DataSpec`; None simulates): what ``flopcast eval`` does. ``settings`` override
     fields of ``config`` (``contexts=(128, 512)``, ``max_series=20``, ...). With ``ledger`` (``budget`` creates
     it) the forecasts' FLOPs are charged to it."""
     cfg = from_dict(EvalConfig, {**to_dict(config or EvalConfig()), **settings})
     ensure_writable(out_dir, directory=True)
+    model = adapter_base(adapter, model) if adapter is not None else (model or EMBEDDED)
     led = Ledger(ledger, budget) if ledger else None
     ds = dataset_or_simulated(_spec(data))
     state = read_adapter_meta(adapter).get("codec") if adapter is not None else None
@@ -76,3 +81,8 @@ def _split(ds: Dataset, name: str, split_cfg: SplitConfig | None = None) -> Data
     if len(idx) == 0:
         raise DataError(f"split {name!r} is empty for {ds.n_series} series")
     return ds.subset(idx)
+
+
+def recorded_budget(out_dir: str | Path) -> float | None:
+    """The FLOP budget the study in ``out_dir`` last ran with (None where none has run)."""
+    return _recorded_budget(Path(out_dir))

@@ -6,7 +6,6 @@ be written. None of these commands loads a model's weights or imports torch.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,41 +19,28 @@ from ..data.dataset import Dataset, split
 from ..data.io import load, save_h5
 from ..data.simulate import simulate
 from ..encoding.codec import LLMTimeCodec
-from ..errors import DataError, FlopcastError
+from ..errors import DataError
 from ..evaluation.plots import plot_series
 from ..model.load import load_tokenizer, resolve_arch
+from .outputs import PLOT_SUFFIXES, Output, check_outputs, write_atomic
 
 FLOP_MODES = ("train", "forward", "prefill", "generate")
 
 
-def ensure_writable(path: str | Path | None, directory: bool = False) -> None:
-    """Fail now (one line) if ``path`` (a file, or a directory to create) cannot be written."""
-    if path is None:
-        return
-    p = Path(path)
-    target = p if directory else p.parent
-    existing = target
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    can_create = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
-    if not can_create or (p.exists() and not os.access(p, os.W_OK)):
-        raise FlopcastError(f"{p}: cannot write here (no permission, or {existing} is not a directory)")
-    if not directory and p.is_dir():
-        raise FlopcastError(f"{p}: is a directory, expected a file name")
-
-
 # ----------------------------------------------------------------------------- data
 
-def simulate_to_file(path: str | Path, config: SimConfig) -> Path:
-    """``flopcast data simulate``: simulated damped Lotka-Volterra systems, written as HDF5."""
-    ensure_writable(path)
+def simulate_to_file(path: str | Path, config: SimConfig, force: bool = False) -> Path:
+    """``flopcast data simulate``: simulated damped Lotka-Volterra systems, written as HDF5 (an existing file is
+    replaced only with ``force``)."""
+    check_outputs([Output(Path(path), (".h5", ".hdf5"), "dataset")], force=force)
     return save_h5(simulate(config), path)
 
 
-def inspect_file(spec: DataSpec, plot: str | Path | None = None, n_plot: int = 4) -> dict[str, Any]:
+def inspect_file(spec: DataSpec, plot: str | Path | None = None, n_plot: int = 4,
+                 force: bool = False) -> dict[str, Any]:
     """``flopcast data inspect``: a dataset's summary (and a plot of its first series)."""
     check_ints("n_plot", [n_plot])
-    ensure_writable(plot)
+    check_outputs([Output(Path(plot), PLOT_SUFFIXES, "plot") if plot else None], [spec.path], force)
     ds = load(spec)
     info = ds.summary()
     if plot is not None:
@@ -62,12 +48,11 @@ def inspect_file(spec: DataSpec, plot: str | Path | None = None, n_plot: int = 4
     return info
 
 
-def split_file(spec: DataSpec, out: str | Path, config: SplitConfig) -> dict[str, int]:
+def split_file(spec: DataSpec, out: str | Path, config: SplitConfig, force: bool = False) -> dict[str, int]:
     """``flopcast data split``: a seeded split by series, written as JSON; the sizes of the three parts."""
-    ensure_writable(out)
+    check_outputs([Output(Path(out), (".json",), "split")], [spec.path], force)
     sp = split(load(spec).n_series, config)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(sp.to_json())
+    write_atomic(out, lambda tmp: tmp.write_text(sp.to_json()))
     return {"train": len(sp.train), "val": len(sp.val), "test": len(sp.test)}
 
 
@@ -146,10 +131,11 @@ def open_ledger(path: str | Path) -> Ledger:
     return Ledger(path)
 
 
-def export_ledger(path: str | Path, out: str | Path | None) -> str:
+def export_ledger(path: str | Path, out: str | Path | None, force: bool = False) -> str:
     """``flopcast budget export``: the ledger as CSV, written to ``out`` (returned as text when ``out`` is None)."""
+    if out is not None:
+        check_outputs([Output(Path(out), (".csv",), "ledger export")], [path], force)
     text = open_ledger(path).to_csv()
     if out is not None:
-        ensure_writable(out)
-        Path(out).write_text(text)
+        write_atomic(out, lambda tmp: tmp.write_text(text))
     return text

@@ -16,7 +16,7 @@ from types import FrameType
 
 from ..errors import FlopcastError, Interrupted
 from . import budget, data, forecasting, study  # noqa: F401  (they register their commands)
-from .common import app, err
+from .common import Stopped, app, err
 from .verbosity import ENV
 
 
@@ -33,18 +33,24 @@ def main(argv: list[str] | None = None) -> int:
     if own_term:  # SIGTERM unwinds like Ctrl-C: ledger rows settle, training checkpoints (training.signals.StopRequest)
         signal.signal(signal.SIGTERM, raise_interrupted)
     try:
-        app(args=argv, prog_name="flopcast")  # standalone: usage errors print and raise SystemExit
-        return 0
+        rc = app(args=argv, prog_name="flopcast", standalone_mode=False)  # usage errors come here, raised
+        return rc if isinstance(rc, int) else 0
     except SystemExit as e:
-        stop = _interrupt_behind(e)  # typer turns Ctrl-C/SIGTERM (KeyboardInterrupt) into exit 130
-        if stop is not None:
-            return _interrupted(stop)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except Stopped as e:
+        return _interrupted(e.interrupt)
     except FlopcastError as e:  # a user error: one line; anything else is a bug and shows its traceback
         if os.environ.get("FLOPCAST_DEBUG"):
             raise
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
+    except Exception as e:  # typer's and click's own: a usage error, or Abort (Ctrl-C/SIGTERM)
+        if not type(e).__module__.startswith(("click", "typer")):
+            raise
+        stop = _interrupt_behind(e)
+        if stop is not None:
+            return _interrupted(stop)
+        return _usage_error(e)
     except KeyboardInterrupt as e:
         return _interrupted(e)
     finally:
@@ -55,6 +61,18 @@ def main(argv: list[str] | None = None) -> int:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _usage_error(e: Exception) -> int:
+    """A mistyped command, option or value: one line naming the command's help, like every user error (the bare
+    ``flopcast`` or ``flopcast data``: their help). Returns the exit code (2)."""
+    message = e.format_message() if hasattr(e, "format_message") else str(e)
+    if type(e).__name__ == "NoArgsIsHelpError":  # typer has printed the help already
+        return 2
+    ctx = getattr(e, "ctx", None)
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    err.print(f"error: {message}{where}", markup=False, highlight=False, soft_wrap=True)
+    return int(getattr(e, "exit_code", 2))
 
 
 def _interrupt_behind(e: BaseException) -> KeyboardInterrupt | None:

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from .common import LORA, MODEL, MODEL_HELP, app, budget_app, csv_list, err, ints, out, print_table
+from .common import LORA, MODEL, MODEL_HELP, Force, app, budget_app, csv_list, err, ints, out, print_table
 
 
 @app.command("flops")
@@ -96,12 +96,12 @@ def budget_show(ledger: Path = typer.Argument(...)) -> None:
 
 @budget_app.command("export")
 def budget_export(ledger: Path = typer.Argument(...),
-                  out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV file (default: stdout)")
-                  ) -> None:
+                  out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV file (default: stdout)"),
+                  force: Force = False) -> None:
     """Export the ledger as CSV (stdout or --out)."""
     from ..api.tools import export_ledger
 
-    text = export_ledger(ledger, out_file)
+    text = export_ledger(ledger, out_file, force)
     if out_file:
         err.print(f"wrote {out_file}")
     else:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from ..config import (
     CodecConfig,
@@ -26,8 +27,26 @@ from ..display import number
 from ..errors import FlopcastError
 from .verbosity import NORMAL, QUIET, VERBOSE, set_verbosity
 
+
+class Stopped(Exception):
+    """Carries Ctrl-C or SIGTERM (the ``KeyboardInterrupt`` in ``interrupt``) out of typer to :func:`main`, which
+    exits 128 + its signal: typer itself turns any ``KeyboardInterrupt`` into exit code 130."""
+
+    def __init__(self, interrupt: KeyboardInterrupt) -> None:
+        super().__init__(str(interrupt))
+        self.interrupt = interrupt
+
+
+class _Group(TyperGroup):
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            raise Stopped(e) from e
+
+
 app = typer.Typer(help="flopcast: FLOP-budgeted LoRA forecasting of numeric time series with small LMs.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=_Group)
 data_app = typer.Typer(help="Create, inspect and split datasets.", no_args_is_help=True)
 budget_app = typer.Typer(help="The FLOP budget ledger of a study.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -59,6 +78,8 @@ def _verbosity(quiet: bool = typer.Option(False, "--quiet", "-q", help="results 
 
 # options several commands share (typer reads the default from the parameter, the rest from here)
 ModelOpt = Annotated[str, typer.Option(help=MODEL_HELP)]
+AdapterBase = Annotated[Optional[str], typer.Option(
+    "--model", help=f"{MODEL_HELP} (default: the --adapter's base model, else {MODEL})")]
 DataOpt = Annotated[Optional[Path], typer.Option(help=".h5/.csv (default: simulated systems)")]
 IdColumn = Annotated[Optional[str], typer.Option(help=ID_HELP)]
 TimeColumn = Annotated[Optional[str], typer.Option(help=TIME_HELP)]
@@ -74,7 +95,7 @@ MaxSeries = Annotated[Optional[int], typer.Option(help="evaluate only the first 
 Baselines = Annotated[str, typer.Option(help="baselines, comma-separated ('' for none)")]
 SeqLen = Annotated[int, typer.Option(help="training sequence length S in tokens")]
 BatchSize = Annotated[int, typer.Option(help="sequences per optimizer step")]
-BudgetOpt = Annotated[float, typer.Option(help="ledger budget (FLOPs)")]
+Force = Annotated[bool, typer.Option("--force", help="replace an existing output file (never an input or a ledger)")]
 
 
 def ints(text: str) -> list[int]:

@@ -16,6 +16,7 @@ from .common import (
     SIM,
     SPLIT,
     Decimals,
+    Force,
     IdColumn,
     NoPoint,
     Scale,
@@ -37,26 +38,28 @@ def data_simulate(
     steps: int = typer.Option(SIM.n_steps, help="timesteps per series"),
     t_end: float = typer.Option(SIM.t_end, help="simulated time at the last step (time units)"),
     seed: int = typer.Option(SIM.seed, help="random seed of the parameters"),
+    force: Force = False,
 ) -> None:
     """Simulate damped Lotka-Volterra systems into the HDF5 format."""
     from ..api.tools import simulate_to_file
 
-    p = simulate_to_file(out_file, SimConfig(n_systems=n, n_steps=steps, t_end=t_end, seed=seed))
+    p = simulate_to_file(out_file, SimConfig(n_systems=n, n_steps=steps, t_end=t_end, seed=seed), force)
     out.print(f"wrote {n} systems x {steps} steps to {p}")
 
 
 @data_app.command("inspect")
 def data_inspect(
     file: Path = typer.Argument(..., help=".h5 or .csv"),
-    plot: Optional[Path] = typer.Option(None, help="save a PNG of a few series"),
+    plot: Optional[Path] = typer.Option(None, help="save a plot of a few series (.png, .pdf, .svg, .jpg)"),
     n_plot: int = typer.Option(4, help="series to plot"),
     id_column: IdColumn = None,
     time_column: TimeColumn = None,
+    force: Force = False,
 ) -> None:
     """Validate a dataset and print its shape, value ranges and recognised id/time columns."""
     from ..api.tools import inspect_file
 
-    info = inspect_file(file_spec(file, id_column, time_column), plot, n_plot)
+    info = inspect_file(file_spec(file, id_column, time_column), plot, n_plot, force)
     print_table(f"{file}",
                 [{"field": k, "value": json.dumps(v) if isinstance(v, list) else v} for k, v in info.items()])
 
@@ -71,11 +74,13 @@ def data_split(
     seed: int = typer.Option(SPLIT.seed, help="random seed of the split"),
     id_column: IdColumn = None,
     time_column: TimeColumn = None,
+    force: Force = False,
 ) -> None:
     """Seeded train/val/test split by system; writes indices as JSON."""
     from ..api.tools import split_file
 
-    counts = split_file(file_spec(file, id_column, time_column), out_file, SplitConfig(train, val, test, seed))
+    counts = split_file(file_spec(file, id_column, time_column), out_file, SplitConfig(train, val, test, seed),
+                        force)
     out.print(f"wrote {out_file}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 

@@ -16,14 +16,15 @@ from .common import (
     FORECAST,
     MODEL,
     MODEL_HELP,
+    AdapterBase,
     Baselines,
     Contexts,
     DataOpt,
     Decimals,
+    Force,
     Horizon,
     IdColumn,
     MaxSeries,
-    ModelOpt,
     NoPoint,
     Protocol,
     Scale,
@@ -60,7 +61,7 @@ def _show_eval(results: Any, out_dir: Path) -> None:
 
 @app.command("eval")
 def eval_cmd(
-    model: ModelOpt = MODEL,
+    model: AdapterBase = None,
     adapter: Optional[Path] = typer.Option(None, help="LoRA adapter directory"),
     data: DataOpt = None,
     split: SplitOpt = EVAL.split,
@@ -120,25 +121,26 @@ def baselines_cmd(
 @app.command("forecast")
 def forecast_cmd(
     input: Path = typer.Option(..., "--input", "-i", help="series as CSV (one column per variable) or .h5"),
-    model: ModelOpt = MODEL,
+    model: AdapterBase = None,
     adapter: Optional[Path] = typer.Option(None, help="LoRA adapter directory"),
     steps: int = typer.Option(FORECAST.horizon, help="timesteps to forecast"),
     samples: int = typer.Option(FORECAST.n_samples, help=">1: sample n forecasts -> median and 10/50/90% quantiles"),
     context_tokens: Optional[int] = typer.Option(None, help="keep only the last whole steps fitting in N tokens"),
     out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="write the forecast as CSV"),
-    plot: Optional[Path] = typer.Option(None, help="save a PNG of context + forecast"),
+    plot: Optional[Path] = typer.Option(None, help="save a plot of context + forecast (.png, .pdf, .svg, .jpg)"),
     seed: int = typer.Option(FORECAST.seed, help="random seed of the sampling"),
     ledger: Optional[Path] = typer.Option(None, help="charge the FLOPs to this ledger"),
     budget: Optional[float] = typer.Option(None, help="budget (FLOPs) when creating the ledger"),
     id_column: IdColumn = None,
     time_column: TimeColumn = None,
+    force: Force = False,
 ) -> None:
     """Forecast the next steps of your own series."""
     from ..api.forecaster import ForecastJob, forecast_file
 
     res = forecast_file(ForecastJob(file_spec(input, id_column, time_column), model, adapter, steps, samples,
-                                    context_tokens, seed, out_file, plot, ledger, budget))
-    print_table(f"forecast ({model})", res["rows"])
+                                    context_tokens, seed, out_file, plot, ledger, budget, force=force))
+    print_table(f"forecast ({model or adapter or MODEL})", res["rows"])
     if res["parse_failure_rate"]:
         err.print(f"warning: {100 * res['parse_failure_rate']:.1f}% of forecasts did not parse completely")
     if res["capped_rate"]:

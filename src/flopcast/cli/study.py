@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -20,7 +20,6 @@ from .common import (
     RESTART_HELP,
     TRAIN,
     BatchSize,
-    BudgetOpt,
     DataOpt,
     IdColumn,
     MaxSeries,
@@ -37,6 +36,9 @@ from .common import (
 
 QUICK_CONTEXTS = "128,512"  # train and sweep evaluate at two context lengths unless told otherwise
 SWEEP_STEPS = 500
+ONE_STAGE_BUDGET = 1e17  # a new train or sweep directory's budget unless --budget says otherwise
+OneStageBudget = Annotated[Optional[float], typer.Option(
+    help="ledger budget (FLOPs); default: what the directory's study last ran with, 1e17 for a new one")]
 
 
 @app.command("run")
@@ -78,7 +80,7 @@ def train_cmd(
     seq_len: SeqLen = TRAIN.seq_len,
     batch_size: BatchSize = TRAIN.batch_size,
     schedule: str = typer.Option(TRAIN.schedule, help="constant | cosine | linear"),
-    budget: BudgetOpt = 1e17,
+    budget: OneStageBudget = None,
     head: str = typer.Option(TRAIN.head, help="LM head in training: full | numeric (softmax over the series' tokens)"),
     context: str = typer.Option(QUICK_CONTEXTS, help="test evaluation context lengths S in tokens, comma-separated"),
     max_series: MaxSeries = None,
@@ -90,7 +92,7 @@ def train_cmd(
     """Train one LoRA adapter (resumable), then evaluate it on the test split."""
     from ..api.study import run_study
 
-    plan = _one_stage("train", {"name": "train", "kind": "train", "steps": steps}, model, budget,
+    plan = _one_stage("train", {"name": "train", "kind": "train", "steps": steps}, model, budget_for(out_dir, budget),
                       _data_table(data, id_column, time_column), _eval_table(context, max_series),
                       train={"lr": lr, "seq_len": seq_len, "batch_size": batch_size, "schedule": schedule,
                              "head": head}, lora={"rank": rank})
@@ -106,7 +108,7 @@ def sweep_cmd(
     steps: int = typer.Option(SWEEP_STEPS, help="optimizer steps per run"),
     seq_len: SeqLen = TRAIN.seq_len,
     batch_size: BatchSize = TRAIN.batch_size,
-    budget: BudgetOpt = 1e17,
+    budget: OneStageBudget = None,
     context: str = typer.Option(QUICK_CONTEXTS, help="test evaluation context lengths S in tokens, comma-separated"),
     max_series: MaxSeries = None,
     out_dir: Path = typer.Option(Path("runs/sweep"), "--out", "-o", help="study directory"),
@@ -118,9 +120,20 @@ def sweep_cmd(
     from ..api.study import run_study
 
     plan = _one_stage("sweep", {"name": "grid", "kind": "grid", "lr": floats(lr), "rank": ints(rank), "steps": steps},
-                      model, budget, _data_table(data, id_column, time_column), _eval_table(context, max_series),
-                      train={"seq_len": seq_len, "batch_size": batch_size})
+                      model, budget_for(out_dir, budget), _data_table(data, id_column, time_column),
+                      _eval_table(context, max_series), train={"seq_len": seq_len, "batch_size": batch_size})
     _show_study(run_study(plan, out_dir, restart=("grid",) if restart else ()), out_dir)
+
+
+def budget_for(out_dir: Path, budget: Optional[float]) -> float:
+    """The budget given, else the one the directory's study last ran with, else :data:`ONE_STAGE_BUDGET`: running
+    ``train`` or ``sweep`` again without ``--budget`` never changes a study's budget."""
+    from ..api.study import recorded_budget
+
+    if budget is not None:
+        return budget
+    recorded = recorded_budget(out_dir)
+    return ONE_STAGE_BUDGET if recorded is None else recorded
 
 
 def _one_stage(name: str, stage: dict[str, Any], model: str, budget: float, data: dict[str, Any] | None,

@@ -1,4 +1,5 @@
-"""LoRA adapters (PEFT): attach one to a model, save it with its metadata, load it back.
+"""LoRA adapters (PEFT): attach one to a model, save it with its metadata, load it back (checked first by
+:mod:`~flopcast.model.adapter_files`).
 
 A saved adapter directory holds PEFT's files, ``flopcast_adapter.json`` (base model, LoRA settings, codec state)
 and, when the LM-head bias was trained, ``lm_head_bias.safetensors`` (not a PEFT weight). Its model card
@@ -20,10 +21,10 @@ from safetensors.torch import load_file, save_file
 
 from ..config import LoraSpec, from_dict, to_dict
 from ..errors import FlopcastError
+from .adapter_files import ADAPTER_META, check_adapter, read_adapter_meta
 from .heads import Fp32BiasHead
 from .load import LoadedModel, load_model
 
-ADAPTER_META = "flopcast_adapter.json"
 LM_HEAD_BIAS_FILE = "lm_head_bias.safetensors"
 
 
@@ -91,17 +92,10 @@ def save_adapter(peft_model: Any, directory: str | Path, lora: LoraSpec, base_na
     return d
 
 
-def read_adapter_meta(directory: str | Path) -> dict[str, Any]:
-    """An adapter's ``flopcast_adapter.json`` (base model, LoRA settings, codec state); ``{}`` without one."""
-    p = Path(directory) / ADAPTER_META
-    return json.loads(p.read_text()) if p.is_file() else {}
-
-
 def load_adapter(model: Any, directory: str | Path, trainable: bool = False) -> Any:
     """Load a saved adapter onto a base model (restoring the LM-head bias when present)."""
     d = Path(directory)
-    if not (d / "adapter_config.json").is_file():
-        raise FlopcastError(f"{d}: not an adapter directory (no adapter_config.json)")
+    check_adapter(d)
     if (d / LM_HEAD_BIAS_FILE).is_file():
         add_lm_head_bias(model)
         bias = load_file(str(d / LM_HEAD_BIAS_FILE))["lm_head.bias"]

@@ -122,10 +122,17 @@ class Plan:
         check_budget(self.budget)
         names = [s.name for s in self.stages]
         require(len(names) == len(set(names)), f"stage names must be unique: {names}")
+        kinds = {s.name: s.kind for s in self.stages}
         for i, s in enumerate(self.stages):
             for ref in (s.base, s.adapter_from):
                 require(ref is None or ref in names[:i],
                        f"stage {s.name!r} refers to {ref!r}, which is not an earlier stage")
+                require(ref is None or kinds[ref] != "eval",
+                        f"stage {s.name!r} builds on {ref!r}, an eval stage: it trains no adapter; name a train, "
+                        "grid or context stage")
+        remaining = [s.name for s in self.stages if s.steps == "remaining"]
+        require(len(remaining) <= 1, f"only one stage may spend the remaining budget (steps = 'remaining'); "
+                                     f"{', '.join(remaining)} all do")
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)

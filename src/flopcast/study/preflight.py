@@ -13,6 +13,7 @@ Only then are ``plan.toml`` and ``split.json`` written.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import h5py
@@ -23,17 +24,19 @@ from ..data.dataset import Dataset, split
 from ..data.io import load, save_h5
 from ..data.simulate import simulate
 from ..encoding.codec import LLMTimeCodec
-from ..errors import BudgetExceeded, DataError
+from ..errors import BudgetExceeded, DataError, FlopcastError
 from . import fingerprint
 from .plan import Plan, Stage
 from .stages import stage_price
-from .state import Study
+from .state import Study, recorded_budget, stage_done
 
 
 def prepare(plan: Plan, out_dir: str | Path, progress: bool = True, restart: tuple[str, ...] = (),
             only: list[str] | None = None) -> Study:
     """Check the plan against the study directory, then its data, stages and budget; only then write anything."""
+    check_selection(plan, only, restart)
     out = Path(out_dir)
+    _check_bases_run(plan, out, only, restart)
     out.mkdir(parents=True, exist_ok=True)
     settings = fingerprint.stage_settings(plan, fingerprint.data_settings(plan))
     fingerprint.check_fingerprints(out, settings, tuple(restart))
@@ -45,13 +48,50 @@ def prepare(plan: Plan, out_dir: str | Path, progress: bool = True, restart: tup
                   LLMTimeCodec.fit(plan.codec, train.series), settings, progress)
     todo = [st for st in plan.stages if (not only or st.name in only) and not study.stage_done(st.name)]
     check_data(study, todo)
-    study.ledger.check_budget_change(plan.budget)
-    check_affordable(study, todo, plan.budget)
-    if study.ledger.budget != int(plan.budget):
-        study.ledger.set_budget(plan.budget)  # raising is always allowed; lowering below what is used is refused
+    target = _budget_change(plan, out, study.ledger)
+    check_affordable(study, todo, study.ledger.budget if target is None else target)
+    if target is not None:
+        old = study.ledger.set_budget(target)  # raising is always allowed; lowering below what is used is refused
+        warnings.warn(f"budget of {out}: {old:.3e} -> {target:.3e} FLOPs, as the plan now says", stacklevel=2)
     save_toml(plan.to_dict(), out / "plan.toml")
     (out / "split.json").write_text(sp.to_json())
     return study
+
+
+def _budget_change(plan: Plan, out: Path, ledger: Ledger) -> float | None:
+    """The budget the ledger should change to, or None. It changes only where the plan's budget is new: a study's
+    first run, or a plan whose budget differs from the one the study last ran with. A budget changed since by
+    ``flopcast budget set`` stays as it is while the plan's value stays the same."""
+    recorded = recorded_budget(out)
+    if (recorded is not None and recorded == plan.budget) or ledger.budget == int(plan.budget):
+        return None
+    ledger.check_budget_change(plan.budget)
+    return plan.budget
+
+
+def check_selection(plan: Plan, only: list[str] | None, restart: tuple[str, ...]) -> None:
+    """``only`` and ``restart`` name stages of the plan, and a stage run again is one that runs this time."""
+    names = [s.name for s in plan.stages]
+    for option, given in (("--only", only or []), ("--restart", restart)):
+        unknown = [n for n in given if n not in names]
+        if unknown:
+            raise FlopcastError(f"{option} {', '.join(unknown)}: no such stage in plan {plan.name!r} "
+                                f"(its stages: {', '.join(names)})")
+    left_out = [n for n in restart if only and n not in only]
+    if left_out:
+        raise FlopcastError(f"--restart {', '.join(left_out)}: --only leaves it out, so it would be archived and not "
+                            "run again; name it in --only too")
+
+
+def _check_bases_run(plan: Plan, out: Path, only: list[str] | None, restart: tuple[str, ...]) -> None:
+    """Every stage to run builds on stages that are done (and not run again) or that run before it this time."""
+    done = {s.name for s in plan.stages if stage_done(out, s.name) and s.name not in restart}
+    running = {s.name for s in plan.stages if (not only or s.name in only) and s.name not in done}
+    for st in plan.stages:
+        for ref in (st.base, st.adapter_from) if st.name in running else ():
+            if ref and ref not in running | done:
+                raise FlopcastError(f"stage {st.name!r} builds on {ref!r}, which has not run; run it first "
+                                    f"(--only {ref},{st.name})")
 
 
 def _open_ledger(out: Path, budget: float) -> Ledger:

@@ -34,7 +34,7 @@ from ..training.engine import RunSpec, train
 from ..training.rundir import finished_run
 from . import fingerprint
 from .plan import Plan, RunPlan, Stage
-from .preflight import prepare
+from .preflight import check_selection, prepare
 from .report import write_report
 from .stages import StageWork, eval_price, remaining_run, stage_work
 from .state import Study
@@ -43,11 +43,14 @@ from .state import Study
 def run_plan(plan: Plan, out_dir: str | Path, progress: bool = True, only: list[str] | None = None,
              restart: tuple[str, ...] = ()) -> StudyResult:
     """Execute (or continue) every stage; finished stages with unchanged settings are reused."""
+    check_selection(plan, only, restart)  # before the directory is made
     with DirLock(out_dir):  # a second process on this study stops here
         study = prepare(plan, out_dir, progress, restart, only)
         results = {}
         for stage in plan.stages:
-            if only and stage.name not in only:
+            if only and stage.name not in only:  # left out this time; the summary still shows it when done
+                if study.stage_done(stage.name):
+                    results[stage.name] = study.stage_result(stage.name)
                 continue
             fp = fingerprint.fingerprint_file(study.out, stage.name)
             if not fp.is_file():  # before any work: the stage is tied to these settings from now on

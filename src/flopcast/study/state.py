@@ -15,7 +15,7 @@ from typing import Any
 
 from ..budget.flops import Arch
 from ..budget.ledger import Ledger
-from ..config import TrainConfig
+from ..config import TrainConfig, load_toml
 from ..data.dataset import Dataset
 from ..encoding.chunks import series_token_ids
 from ..encoding.codec import LLMTimeCodec
@@ -26,6 +26,18 @@ from ..model.heads import numeric_token_ids
 from ..model.load import load_tokenizer, resolve_arch
 from ..results import StageResult
 from .plan import Plan
+
+
+def recorded_budget(out: Path) -> float | None:
+    """The budget of the plan the study in ``out`` last ran with (None where none has run)."""
+    p = out / "plan.toml"
+    return float(load_toml(p)["budget"]) if p.is_file() else None
+
+
+def stage_done(out: Path, stage: str) -> bool:
+    """Whether the study in ``out`` has finished ``stage``."""
+    f = out / "stages" / stage / "stage.json"
+    return f.is_file() and json.loads(f.read_text()).get("status") == "done"
 
 
 @dataclasses.dataclass
@@ -80,8 +92,7 @@ class Study:
         return self.out / "stages" / stage
 
     def stage_done(self, stage: str) -> bool:
-        f = self.stage_dir(stage) / "stage.json"
-        return f.is_file() and json.loads(f.read_text()).get("status") == "done"
+        return stage_done(self.out, stage)
 
     def stage_result(self, stage: str) -> StageResult:
         p = self.stage_dir(stage) / "stage.json"
