@@ -248,3 +248,40 @@ def test_only_one_stage_of_a_finished_study_keeps_the_others_in_its_summary(tiny
     assert list(again.stages) == list(summary.stages) and Ledger(copy / "ledger.db").used() == used
     written = json.loads((copy / "summary.json").read_text())
     assert list(written["stages"]) == [s.name for s in plan.stages]
+
+
+@pytest.mark.parametrize("damaged, match", [
+    ("stages/initial/stage.json", "--restart initial"),
+    ("stages/grid/fingerprint.json", "--restart grid"),
+    ("stages/initial/run/status.json", "--restart initial"),
+    ("summary.json", "run the study again to write it anew"),
+])
+def test_a_damaged_study_file_is_one_line_naming_it_and_the_way_out(tiny_study, tmp_path, capsys, damaged, match):
+    import shutil
+
+    _, out, _, _, _ = tiny_study
+    copy = shutil.copytree(out, tmp_path / "study")
+    (copy / damaged).write_text('{"cut sho')
+    if damaged.endswith("run/status.json"):  # read when its stage has not finished
+        (copy / "stages" / "initial" / "stage.json").unlink()
+    used = Ledger(copy / "ledger.db").used()
+    args = ["report", str(copy)] if damaged == "summary.json" else ["run", str(copy / "plan.toml"), "--out", str(copy)]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"{damaged}: damaged" in err and match in err, err
+    assert Ledger(copy / "ledger.db").used() == used
+
+
+def test_a_damaged_checkpoint_is_one_line(tmp_path):
+    from flopcast.training.checkpoint import CheckpointManager
+
+    ckpt = CheckpointManager(tmp_path / "stages" / "final" / "run")
+    ckpt.dir.mkdir(parents=True)
+    (ckpt.dir / "state.pt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(FlopcastError, match=r"state.pt: damaged checkpoint .*--restart final"):
+        ckpt.load()
+
+
+def test_the_plan_a_study_keeps_runs_again_as_it_is(tiny_study):
+    plan, out, _, _, _ = tiny_study
+    assert load_plan(out / "plan.toml") == plan

@@ -9,9 +9,13 @@ strings in JSON.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from .errors import FlopcastError
 
 FORMAT = 1
 BASELINE_ORDER = ("persistence", "linear", "lv_ode")
@@ -195,3 +199,23 @@ class StudyResult:
     @classmethod
     def from_dict(cls, d: dict) -> "StudyResult":
         return cls(d["plan"], d["budget"], d["ledger"], {n: StageResult.from_dict(s) for n, s in d["stages"].items()})
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file flopcast wrote (a result, status, fingerprint or summary). A damaged one -- cut short by a full
+    disk, edited by hand -- is one line naming it and the way out, not a traceback."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FlopcastError(f"{p}: damaged ({type(e).__name__}); {way_out(p)}") from e
+
+
+def way_out(path: Path) -> str:
+    """How to get past a damaged file of a study: run its stage again (the stage is the directory below
+    ``stages/``), or write the study's summary again."""
+    parts = path.parts
+    if "stages" in parts[:-2]:
+        stage = parts[parts.index("stages") + 1]
+        return f"run the study again with --restart {stage} (it archives the stage's files and runs it anew)"
+    return "run the study again to write it anew, or delete it"

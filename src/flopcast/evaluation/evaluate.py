@@ -28,7 +28,7 @@ from ..encoding.codec import LLMTimeCodec
 from ..encoding.windows import Window, build_windows, window_grammar
 from ..errors import FlopcastError
 from ..forecasting.forecast import ForecastResult, Prompts, forecast_prompts
-from ..results import ContextScore, EvalResult, Score
+from ..results import ContextScore, EvalResult, Score, read_json
 from .baselines import stored_baseline
 from .metrics import per_window, score
 from .plots import plot_error_vs_horizon, plot_forecasts
@@ -156,7 +156,7 @@ def _cached_context(out_dir: Path, S: int, key: str) -> dict[str, Any] | None:
     meta, arr = out_dir / "contexts" / f"S={S}.json", out_dir / "contexts" / f"S={S}.npy"
     if not (meta.is_file() and arr.is_file()):
         return None
-    m = json.loads(meta.read_text())
+    m = read_json(meta)
     return {**m, "point": np.load(arr, allow_pickle=False)} if m.get("key") == key else None
 
 

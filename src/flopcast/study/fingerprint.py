@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import result_settings, to_dict
 from ..errors import DataError, FlopcastError, SettingsChanged
+from ..results import read_json
 from .plan import Plan
 
 
@@ -57,7 +58,7 @@ def save(path: Path, settings: dict[str, Any]) -> None:
 
 
 def load(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text())["settings"] if path.is_file() else None
+    return read_json(path)["settings"] if path.is_file() else None
 
 
 # ----------------------------------------------------------------------------- a study's stages

@@ -138,9 +138,16 @@ class Plan:
         return next(s for s in self.stages if s.name == name)
 
     def to_dict(self) -> dict[str, Any]:
+        """The plan as a table :func:`plan_from_dict` reads back: each stage with only the fields its kind takes
+        that are set (the ``plan.toml`` a study keeps runs again as it is)."""
         d = to_dict(self)
-        d["stages"] = [to_dict(s) for s in self.stages]
+        d["stages"] = [_stage_table(s) for s in self.stages]
         return d
+
+
+def _stage_table(stage: Stage) -> dict[str, Any]:
+    return {k: v for k, v in to_dict(stage).items()
+            if k in ("name", "kind") or (k in KIND_FIELDS[stage.kind] and v not in (None, [], (), {}))}
 
 
 SECTIONS = {"model": ModelSpec, "simulate": SimConfig, "split": SplitConfig, "codec": CodecConfig,

@@ -12,7 +12,7 @@ from ..config import BASELINES, load_toml
 from ..display import number
 from ..errors import FlopcastError
 from ..evaluation.plots import save_figure, subplots
-from ..results import RunResult, Score, StageResult, StudyResult
+from ..results import RunResult, Score, StageResult, StudyResult, read_json
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -155,7 +155,7 @@ def write_report(run_dir: str | Path) -> Path:
     d = Path(run_dir)
     if not (d / "summary.json").is_file():
         raise FlopcastError(f"{d}: no summary.json (run `flopcast run PLAN.toml --out {d}` first)")
-    summary = StudyResult.from_dict(json.loads((d / "summary.json").read_text()))
+    summary = StudyResult.from_dict(read_json(d / "summary.json"))
     plan = load_toml(d / "plan.toml") if (d / "plan.toml").is_file() else {}
     led, ev = summary.ledger, plan.get("eval", {})
     lines = [f"# flopcast report: {summary.plan}", "",

@@ -24,7 +24,7 @@ from ..encoding.windows import Window, build_windows, window_grammar
 from ..errors import FlopcastError
 from ..model.heads import numeric_token_ids
 from ..model.load import load_tokenizer, resolve_arch
-from ..results import StageResult
+from ..results import StageResult, read_json
 from .plan import Plan
 
 
@@ -37,7 +37,7 @@ def recorded_budget(out: Path) -> float | None:
 def stage_done(out: Path, stage: str) -> bool:
     """Whether the study in ``out`` has finished ``stage``."""
     f = out / "stages" / stage / "stage.json"
-    return f.is_file() and json.loads(f.read_text()).get("status") == "done"
+    return f.is_file() and read_json(f).get("status") == "done"
 
 
 @dataclasses.dataclass
@@ -98,7 +98,7 @@ class Study:
         p = self.stage_dir(stage) / "stage.json"
         if not p.is_file():
             raise FlopcastError(f"stage {stage!r} has no results yet")
-        return StageResult.from_dict(json.loads(p.read_text()))
+        return StageResult.from_dict(read_json(p))
 
     def save_stage_result(self, stage: str, result: StageResult) -> None:
         (self.stage_dir(stage) / "stage.json").write_text(json.dumps(result.to_dict(), indent=2))

@@ -7,11 +7,10 @@ context length, once the stage's best adapter has been evaluated.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..config import load_toml
-from ..results import EvalResult
+from ..results import EvalResult, read_json
 
 FLOP_CONVENTION = "the reference study's count: add/mul/div 1, exp/log/sqrt 10, backward = 2x forward"
 
@@ -72,7 +71,7 @@ def write_card(adapter: str | Path, run_dir: str | Path | None = None, test: Eva
     adapter = Path(adapter)
     run = Path(run_dir) if run_dir else adapter.parent
     cfg = load_toml(run / "config.toml") if (run / "config.toml").is_file() else {}
-    status = json.loads((run / "status.json").read_text()) if (run / "status.json").is_file() else {}
+    status = read_json(run / "status.json") if (run / "status.json").is_file() else {}
     base = cfg.get("model", "")
     text = "\n".join([
         "---", "library_name: peft", f"base_model: {base}", "tags: [flopcast, lora, time-series-forecasting, llmtime]",

@@ -11,6 +11,7 @@ every moment a complete checkpoint exists (in ``checkpoint/`` or ``checkpoint.ol
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from ..errors import FlopcastError
+from ..results import way_out
 
 
 @dataclass
@@ -81,8 +85,13 @@ class CheckpointManager:
 
     def load(self) -> tuple[TrainState, dict, dict]:
         """(train state, optimizer state dict, RNG state) of the checkpoint."""
-        raw = torch.load(self.dir / "state.pt", weights_only=False)  # our own file: optimizer and RNG states
-        return TrainState.from_dict(raw), raw["optimizer"], raw["rng"]
+        path = self.dir / "state.pt"
+        try:
+            raw = torch.load(path, weights_only=False)  # our own file: optimizer and RNG states
+            return TrainState.from_dict(raw), raw["optimizer"], raw["rng"]
+        except (RuntimeError, EOFError, OSError, KeyError, TypeError, pickle.UnpicklingError) as e:
+            raise FlopcastError(f"{path}: damaged checkpoint ({type(e).__name__}); delete {self.dir} to train this "
+                                f"run from its start, or {way_out(path)}") from e
 
     def save(self, save_adapter: Callable[[Path], None], optimizer: Any, state: TrainState) -> None:
         tmp, old = self.run / "checkpoint.tmp", self.run / "checkpoint.old"

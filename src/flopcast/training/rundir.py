@@ -29,6 +29,7 @@ import numpy as np
 
 from ..config import NOT_FINGERPRINTED, LoraSpec, TrainConfig, load_toml, result_settings, to_dict
 from ..errors import SettingsChanged
+from ..results import read_json
 
 if TYPE_CHECKING:
     from .checkpoint import TrainState
@@ -80,7 +81,7 @@ def finished_run(run_dir: str | Path, lora: LoraSpec | None = None, cfg: TrainCo
     run = Path(run_dir)
     if not (run / "status.json").is_file():
         return None
-    st = json.loads((run / "status.json").read_text())
+    st = read_json(run / "status.json")
     if st.get("status") not in FINAL:
         return None
     saved = load_toml(run / "config.toml") if (run / "config.toml").is_file() else {}
@@ -93,13 +94,13 @@ def finished_run(run_dir: str | Path, lora: LoraSpec | None = None, cfg: TrainCo
                                       "choose another output directory or delete this one")
     if data_sha is not None and saved.get("data_sha256", data_sha) != data_sha:
         raise SettingsChanged(f"{run}: holds a finished run trained on other data; choose another output directory")
-    flops = st["flops"] if "flops" in st else json.loads((run / "flops.json").read_text())["total"]
+    flops = st["flops"] if "flops" in st else read_json(run / "flops.json")["total"]
     best = st.get("best_val_loss")
     if "best_val_loss" not in st and (run / "metrics.jsonl").is_file():  # status.json of an older flopcast
         vals = [r["val_loss"] for r in map(json.loads,
                                            (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
         best = min(vals) if vals else None
-    redone = json.loads((run / "flops.json").read_text()).get("redone", 0) if (run / "flops.json").is_file() else 0
+    redone = read_json(run / "flops.json").get("redone", 0) if (run / "flops.json").is_file() else 0
     return TrainResult(run, st["steps"], flops, best, st["status"], st["wall_s"], redone)
 
 
