@@ -84,8 +84,9 @@ def check_outputs(outputs: Sequence[Output | None], inputs: Sequence[str | Path 
         for other in wanted[:i]:
             if same_file(o.path, other.path):
                 raise FlopcastError(f"{o.path}: named as both the {other.what} and the {o.what}")
+    sources = [Path(p) for p in inputs if p is not None]
     for o in wanted:
-        _check_one(o, [Path(p) for p in inputs if p is not None], force)
+        _check_one(o, sources, force)
 
 
 def _check_one(o: Output, inputs: list[Path], force: bool) -> None:

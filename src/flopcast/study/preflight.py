@@ -33,8 +33,9 @@ from .state import Study, recorded_budget, stage_done
 
 def prepare(plan: Plan, out_dir: str | Path, progress: bool = True, restart: tuple[str, ...] = (),
             only: list[str] | None = None) -> Study:
-    """Check the plan against the study directory, then its data, stages and budget; only then write anything."""
-    check_selection(plan, only, restart)
+    """Check the plan against the study directory, then its data, stages and budget; only then write anything.
+    ``only`` and ``restart`` have passed :func:`check_selection` (the runner calls it before it locks the
+    directory)."""
     out = Path(out_dir)
     _check_bases_run(plan, out, only, restart)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,8 +88,8 @@ def _check_bases_run(plan: Plan, out: Path, only: list[str] | None, restart: tup
     """Every stage to run builds on stages that are done (and not run again) or that run before it this time."""
     done = {s.name for s in plan.stages if stage_done(out, s.name) and s.name not in restart}
     running = {s.name for s in plan.stages if (not only or s.name in only) and s.name not in done}
-    for st in plan.stages:
-        for ref in (st.base, st.adapter_from) if st.name in running else ():
+    for st in (s for s in plan.stages if s.name in running):
+        for ref in (st.base, st.adapter_from):
             if ref and ref not in running | done:
                 raise FlopcastError(f"stage {st.name!r} builds on {ref!r}, which has not run; run it first "
                                     f"(--only {ref},{st.name})")
