@@ -71,7 +71,8 @@ def test_flops_and_plan(capsys):
 def test_budget_commands(tmp_path, capsys):
     p = tmp_path / "ledger.db"
     assert run(capsys, "budget", "init", str(p), "--budget", "1e15")[0] == 0
-    Ledger(p).charge("zero-shot", "eval", 1e12)
+    lg = Ledger(p)
+    lg.settle(lg.reserve("zero-shot", "eval", 1e12), 1e12)
     code, out, _ = run(capsys, "budget", "show", str(p))
     assert code == 0 and "zero-shot" in out and "left" in out
     code, out, _ = run(capsys, "budget", "export", str(p))

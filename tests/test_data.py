@@ -129,3 +129,68 @@ def test_real_dataset_loads(real_data_path):
     assert ds.array().shape == (1000, 100, 2) and ds.time[-1] == 200.0
     sp = split(ds.n_series)
     assert len(sp.test) == 100
+
+
+def test_headerless_csv_keeps_its_first_row(tmp_path):
+    p = tmp_path / "h.csv"
+    p.write_text("1.7796,2.0\n1.5,2.5\n3,4\n")
+    with pytest.warns(UserWarning, match="no header line"):
+        ds = load(p)
+    assert ds.variables == ("x0", "x1") and ds.series[0].shape == (3, 2)
+    np.testing.assert_array_equal(ds.series[0][0], [1.7796, 2.0])
+
+
+def test_csv_time_column_orders_rows_and_refuses_repeats(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("id,time,prey\na,3,30\na,1,10\na,2,20\nb,2,2\nb,1,1\n")
+    ds = load(p)
+    np.testing.assert_array_equal(ds.series[0][:, 0], [10, 20, 30])
+    np.testing.assert_array_equal(ds.series[1][:, 0], [1, 2])
+    np.testing.assert_array_equal(ds.time, [1, 2, 3])
+    p.write_text("id,time,prey\na,1,1\na,2,2\nb,1,1\nb,1,2\n")
+    with pytest.raises(DataError, match="series 'b' has time 1 twice"):
+        load(p)
+
+
+@pytest.mark.parametrize("body, match", [
+    (b"prey,prey\n1,2\n3,4\n", "'prey' appear more than once"),
+    (bytes(range(256)), "not a text file"),
+])
+def test_unreadable_csv_is_one_line(tmp_path, body, match):
+    p = tmp_path / "x.csv"
+    p.write_bytes(body)
+    with pytest.raises(DataError, match=match) as e:
+        load(p)
+    assert "\n" not in str(e.value)
+
+
+def test_latin1_csv_reads_with_a_warning(tmp_path):
+    p = tmp_path / "l.csv"
+    p.write_bytes("prey,pr\xe9dateur\n1.0,2.0\n1.5,2.5\n".encode("latin-1"))
+    with pytest.warns(UserWarning, match="Latin-1"):
+        ds = load(p)
+    assert ds.variables == ("prey", "pr\xe9dateur") and ds.series[0].shape == (2, 2)
+
+
+def test_hdf5_of_strings_is_one_line(tmp_path):
+    p = tmp_path / "s.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("trajectories", data=np.array([[["a", "b"]]], dtype="S3"))
+    with pytest.raises(DataError, match="/trajectories holds .*not numbers"):
+        load(p)
+
+
+def test_binary_plan_and_damaged_model_config_are_one_line(tmp_path):
+    from flopcast.budget.flops import arch_for
+    from flopcast.study.plan import load_plan
+
+    (tmp_path / "p.toml").write_bytes(bytes(range(128, 256)))
+    with pytest.raises(FlopcastError, match="not a text file"):
+        load_plan(tmp_path / "p.toml")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "qwen2", "hidden_size": ')
+    with pytest.raises(FlopcastError, match="damaged model config"):
+        arch_for(str(tmp_path / "m"))
+    (tmp_path / "m" / "config.json").write_text('[1, 2]')
+    with pytest.raises(FlopcastError, match="damaged model config"):
+        arch_for(str(tmp_path / "m"))

@@ -3,6 +3,7 @@ import sqlite3
 
 import pytest
 
+from flopcast.api.tools import export_ledger
 from flopcast.budget.ledger import Ledger
 from flopcast.errors import BudgetExceeded, FlopcastError
 
@@ -48,8 +49,8 @@ def test_not_a_ledger(tmp_path):
 
 def test_csv_export(tmp_path):
     lg = Ledger(tmp_path / "l.db", budget=1e17)
-    lg.charge("eval-zero-shot", "eval", 2.5e13, wall_s=3.0)
-    text = lg.to_csv()
+    lg.settle(lg.reserve("eval-zero-shot", "eval", 2.5e13), 2.5e13, wall_s=3.0)
+    text = export_ledger(lg.path, None)
     header, row = text.strip().splitlines()
     assert header.startswith("id,name,kind") and "eval-zero-shot" in row and "25000000000000" in row
 

@@ -217,7 +217,8 @@ def test_release_refuses_a_live_owner_on_this_host(tmp_path, capsys):
 
 def test_budget_set_raises_and_refuses_lowering_below_used(tmp_path, capsys):
     db = tmp_path / "l.db"
-    Ledger(db, 1000).charge("a", "eval", 600)
+    lg = Ledger(db, 1000)
+    lg.settle(lg.reserve("a", "eval", 600), 600)
     code, out, _ = run(capsys, "budget", "set", db, "--budget", 5000)
     assert code == 0 and Ledger(db).budget == 5000
     code, _, err = run(capsys, "budget", "set", db, "--budget", 500)
@@ -330,7 +331,7 @@ def test_every_number_is_validated(tmp_path, capsys, args, match):
 @pytest.mark.parametrize("change, match", [
     ({"budget": float("inf")}, "budget must be a finite"),
     ({"train": {"lr": float("nan")}}, "lr must be a finite"),
-    ({"train": {"steps": 3.5}}, "steps must be int"),
+    ({"train": {"steps": 3.5}}, "steps must be an integer"),
     ({"split": {"seed": -1}}, "seed must be >= 0"),
     ({"eval": {"n_boot": -1}}, "n_boot"),
     ({"lora": {"alpha": float("inf")}}, "alpha"),

@@ -7,15 +7,15 @@ one-line message. ``to_dict``/``from_dict`` round-trip through plain TOML-able d
 from __future__ import annotations
 
 import dataclasses
-import math
+import os
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import tomli_w
 
+from .checks import check_types, finite, require, type_problems
 from .errors import FlopcastError
 
 if sys.version_info >= (3, 11):
@@ -26,28 +26,6 @@ else:  # pragma: no cover
 T = TypeVar("T")
 
 SCALE_MODES = ("global", "per_series", "none")
-
-
-def require(cond: bool, msg: str) -> None:
-    """Raise :class:`FlopcastError` with ``msg`` (one line for the user) unless ``cond`` holds."""
-    if not cond:
-        raise FlopcastError(msg)
-
-
-def finite(x: float) -> bool:
-    """True for a real, finite number (rejects NaN, +-inf, bools and strings)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def check_budget(budget: float, what: str = "budget") -> None:
-    """A FLOP budget must be a finite number >= 1."""
-    require(finite(budget) and budget >= 1, f"{what} must be a finite number of FLOPs >= 1, got {budget}")
-
-
-def check_ints(name: str, values: Sequence[Any], minimum: int = 1) -> None:
-    """Every value an integer >= ``minimum`` (CLI lists such as --seq 128,512)."""
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < minimum]
-    require(not bad and len(values) > 0, f"{name} must be integers >= {minimum}, got {list(values)}")
 
 
 @dataclass(frozen=True)
@@ -67,6 +45,7 @@ class CodecConfig:
     step_sep: str = ";"
 
     def __post_init__(self) -> None:
+        check_types(self)
         require(0 <= self.decimals <= 8, f"decimals must be in [0, 8], got {self.decimals}")
         require(self.scale_mode in SCALE_MODES, f"scale_mode must be one of {SCALE_MODES}, got {self.scale_mode!r}")
         require(finite(self.percentile) and 0 < self.percentile <= 100,
@@ -91,6 +70,7 @@ class LoraSpec:
     train_lm_head_bias: bool = False
 
     def __post_init__(self) -> None:
+        check_types(self)
         object.__setattr__(self, "targets", tuple(self.targets))
         require(self.rank >= 1, f"LoRA rank must be >= 1, got {self.rank}")
         require(self.alpha == "rank" or (not isinstance(self.alpha, str) and finite(self.alpha) and self.alpha > 0),
@@ -115,6 +95,7 @@ class ModelSpec:
     revision: str | None = None
 
     def __post_init__(self) -> None:
+        check_types(self)
         require(bool(self.name), "model name must not be empty")
         require(self.dtype in ("auto", "float32", "bfloat16", "float16"),
                f"dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
@@ -134,6 +115,9 @@ class DataSpec:
     time_column: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.path, os.PathLike):
+            object.__setattr__(self, "path", os.fspath(self.path))
+        check_types(self)
         require(bool(self.path), "data path must not be empty")
 
 
@@ -147,6 +131,7 @@ class SimConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_types(self)
         require(self.n_systems >= 1, f"n_systems must be >= 1, got {self.n_systems}")
         require(self.n_steps >= 2, f"n_steps must be >= 2, got {self.n_steps}")
         require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
@@ -163,6 +148,7 @@ class SplitConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_types(self)
         parts = (self.train, self.val, self.test)
         require(all(finite(p) and p >= 0 for p in parts), f"split fractions must be finite and >= 0, got {parts}")
         require(abs(sum(parts) - 1.0) < 1e-6, f"split fractions must sum to 1, got {sum(parts):.6g}")
@@ -195,6 +181,7 @@ class ForecastConfig:
     compile: str | None = None         # compiled decode step: "on", "off", "auto" (= None: on for CUDA)
 
     def __post_init__(self) -> None:
+        check_types(self)
         object.__setattr__(self, "quantiles", tuple(self.quantiles))
         require(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
         _check_batch(self.batch_size)
@@ -242,6 +229,7 @@ class EvalConfig:
     compile: str | None = None         # compiled decode step: "on", "off", "auto" (= None: on for CUDA)
 
     def __post_init__(self) -> None:
+        check_types(self)
         object.__setattr__(self, "contexts", tuple(int(c) for c in self.contexts))
         object.__setattr__(self, "baselines", tuple(self.baselines))
         require(self.protocol in PROTOCOLS, f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
@@ -289,6 +277,7 @@ class TrainConfig:
     sync_every: int | None = None      # steps between reads of the loss from the device (None: 1 on CPU, 16 on GPU)
 
     def __post_init__(self) -> None:
+        check_types(self)
         require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         require(self.seq_len >= 8, f"seq_len must be >= 8, got {self.seq_len}")
@@ -327,30 +316,12 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
-_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 
 
 def result_settings(cfg: Any) -> dict[str, Any]:
     """:func:`to_dict` without the settings that change no result (:data:`NOT_FINGERPRINTED`): what a
     fingerprint or a cache key of a training or evaluation config holds."""
     return {k: v for k, v in to_dict(cfg).items() if k not in NOT_FINGERPRINTED}
-
-
-def type_problems(cls: type, data: dict[str, Any]) -> list[str]:
-    """Values whose type does not fit the field's annotation (``steps = 3.5``, ``lr = "fast"``)."""
-    out = []
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        v, kinds = data[f.name], [k.strip() for k in str(f.type).split("|")]
-        if v is None and "None" in kinds:
-            continue
-        allowed = tuple(t for k in kinds for t in _TYPES.get(k, ()))
-        if not allowed:  # tuples, nested configs: checked by the class itself
-            continue
-        if (isinstance(v, bool) and bool not in allowed) or not isinstance(v, allowed):
-            out.append(f"{f.name} must be {' or '.join(k for k in kinds if k != 'None')}, got {v!r}")
-    return out
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
@@ -371,7 +342,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise FlopcastError(f"config file not found: {p}")
     try:
-        return tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise FlopcastError(f"{p}: not a text file (a plan or config is TOML text, UTF-8)") from None
     except tomllib.TOMLDecodeError as e:
         raise FlopcastError(f"{p}: invalid TOML: {e}") from None
 

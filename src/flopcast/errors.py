@@ -9,6 +9,14 @@ class FlopcastError(Exception):
     """An error the user can fix: bad input, missing model, exhausted budget."""
 
 
+class BadValue(FlopcastError, ValueError):
+    """A value out of its range (a negative horizon, an unknown protocol)."""
+
+
+class BadType(FlopcastError, TypeError):
+    """A value of the wrong type (``horizon=2.5``, a number where a list is expected)."""
+
+
 class DataError(FlopcastError):
     """Malformed or invalid time-series data."""
 

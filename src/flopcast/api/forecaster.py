@@ -22,7 +22,8 @@ import numpy as np
 
 from ..budget.costs import charge_batches, charged, generation_bound, model_shape
 from ..budget.ledger import Ledger
-from ..config import CodecConfig, DataSpec, ForecastConfig, ModelSpec, check_ints
+from ..checks import check_ints
+from ..config import CodecConfig, DataSpec, ForecastConfig, ModelSpec
 from ..data.dataset import Dataset
 from ..data.frames import series_from, to_frame
 from ..data.io import load

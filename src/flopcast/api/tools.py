@@ -6,22 +6,29 @@ be written. None of these commands loads a model's weights or imports torch.
 
 from __future__ import annotations
 
+import csv
+import io
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..budget import flops
-from ..budget.ledger import Ledger
+from ..budget.ledger import COLUMNS, Ledger
 from ..budget.planner import affordable
-from ..config import CodecConfig, DataSpec, SimConfig, SplitConfig, check_budget, check_ints
+from ..budget.records import RECORD_FILE, read_records
+from ..checks import check_budget, check_ints
+from ..config import CodecConfig, DataSpec, SimConfig, SplitConfig
 from ..data.dataset import Dataset, split
 from ..data.io import load, save_h5
 from ..data.simulate import simulate
 from ..encoding.codec import LLMTimeCodec
-from ..errors import DataError
+from ..errors import BudgetExceeded, DataError, FlopcastError
 from ..evaluation.plots import plot_series
 from ..model.load import load_tokenizer, resolve_arch
+from ..study.state import recorded_budget
 from .outputs import PLOT_SUFFIXES, Output, check_outputs, write_atomic
 
 FLOP_MODES = ("train", "forward", "prefill", "generate")
@@ -131,11 +138,47 @@ def open_ledger(path: str | Path) -> Ledger:
     return Ledger(path)
 
 
+def rebuild_ledger(directory: str | Path, budget: float | None = None, force: bool = False) -> dict[str, Any]:
+    """``flopcast budget rebuild``: make ``DIR/ledger.db`` again from the FLOPs its work recorded
+    (:mod:`flopcast.budget.records`), with ``budget`` or the one its plan says. An existing ledger is kept, renamed
+    beside it, and only with ``force``."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise DataError(f"{d}: no such directory")
+    records = read_records(d)
+    if not records:
+        raise DataError(f"{d}: no recorded work ({RECORD_FILE}) under it; there is nothing to rebuild a ledger from")
+    recorded = sum(r.flops for r in records)
+    budget = budget if budget is not None else recorded_budget(d)
+    if budget is None:
+        raise DataError(f"{d}: has no plan.toml to take the budget from; give it with --budget")
+    check_budget(budget)
+    if budget < recorded:
+        raise BudgetExceeded(f"{d}: its work recorded {recorded:.3e} FLOPs, more than a budget of {budget:.3e}; "
+                             "give a larger --budget")
+    path, kept = d / "ledger.db", None
+    if path.exists():
+        if not force:
+            raise FlopcastError(f"{path}: exists; pass --force to keep it beside as ledger.db.old-<time> and rebuild")
+        kept = path.with_name(f"ledger.db.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):  # the database and its write-ahead log move together
+            if Path(f"{path}{suffix}").exists():
+                os.replace(f"{path}{suffix}", f"{kept}{suffix}")
+    ledger = Ledger(path, budget)
+    ledger.restore(records)
+    return {"ledger": str(path), "rows": len(records), "flops": recorded, "budget": ledger.budget,
+            "kept": str(kept) if kept else None}
+
+
 def export_ledger(path: str | Path, out: str | Path | None, force: bool = False) -> str:
     """``flopcast budget export``: the ledger as CSV, written to ``out`` (returned as text when ``out`` is None)."""
     if out is not None:
         check_outputs([Output(Path(out), (".csv",), "ledger export")], [path], force)
-    text = open_ledger(path).to_csv()
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*COLUMNS, "share"])
+    w.writeheader()
+    w.writerows(open_ledger(path).rows())
+    text = buf.getvalue()
     if out is not None:
         write_atomic(out, lambda tmp: tmp.write_text(text))
     return text

@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig
@@ -81,18 +82,19 @@ def model_shape(model: Any) -> tuple[Arch, LoraShape | None]:
     return Arch.from_config(model.config), lora
 
 
-def charged(ledger: Ledger | None, name: str, kind: str, flops: int,
+def charged(ledger: Ledger | None, name: str, kind: str, flops: int, record: Path | None = None,
             **fields: Any) -> AbstractContextManager[Charge]:
-    """``ledger.reserved(name, kind, flops, ...)``: ``flops`` reserved before the block, what the block records in
-    the yielded :class:`~flopcast.budget.ledger.Charge` settled after it; without a ledger, a charge kept nowhere."""
-    return nullcontext(Charge()) if ledger is None else ledger.reserved(name, kind, flops, **fields)
+    """``ledger.reserved(name, kind, flops, ...)``: ``flops`` reserved before the block, each addition to the
+    yielded :class:`~flopcast.budget.ledger.Charge` reported at once (and kept in ``record/charges.json``), the
+    total settled after it; without a ledger, a charge kept nowhere."""
+    return nullcontext(Charge()) if ledger is None else ledger.reserved(name, kind, flops, record, **fields)
 
 
 def charge_batches(charge: Charge, model: Any) -> Callable[[dict[str, int]], None]:
-    """An ``on_batch`` that adds each finished batch's FLOPs to a ledger ``Charge``, so an interrupted
-    forecast still counts the batches it finished."""
+    """An ``on_batch`` that adds each finished batch's FLOPs to a ledger ``Charge`` and reports them at once, so a
+    forecast stopped in any way (``kill -9`` included) has charged the batches it finished."""
     arch, lora = model_shape(model)
 
     def on_batch(batch: dict[str, int]) -> None:
-        charge.used += batch_flops(arch, batch, lora)
+        charge.add(batch_flops(arch, batch, lora))
     return on_batch

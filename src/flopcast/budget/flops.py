@@ -89,6 +89,8 @@ class Arch:
                 kv_heads=int(c.get("num_key_value_heads") or h), head_dim=int(c.get("head_dim") or d // h),
                 intermediate=int(c["intermediate_size"]), vocab=int(c["vocab_size"]),
                 qkv_bias=family == "qwen2" or attn_bias, o_bias=attn_bias, name=name or family)
+        except (TypeError, ValueError, ZeroDivisionError) as e:
+            raise FlopcastError(f"model config {name!r}: a size is not a positive number ({e})") from None
         except KeyError as e:
             raise FlopcastError(f"model config lacks {e.args[0]!r}: only decoder-only Qwen2/Llama-style configs "
                                 "are supported") from None
@@ -103,6 +105,17 @@ ALIASES = {"qwen/qwen2.5-0.5b-instruct": "qwen2.5-0.5b", "qwen2.5-0.5b-instruct"
            "huggingfacetb/smollm2-135m-instruct": "smollm2-135m"}
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """A model's ``config.json`` as a dict; a damaged one is one line naming it."""
+    try:
+        cfg = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FlopcastError(f"{path}: damaged model config ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, dict):
+        raise FlopcastError(f"{path}: damaged model config (a JSON object was expected)")
+    return cfg
+
+
 def arch_for(name_or_path: str) -> Arch:
     """Preset name/alias, a directory with config.json, or a config.json file."""
     key = ALIASES.get(name_or_path.lower(), name_or_path.lower())
@@ -112,7 +125,7 @@ def arch_for(name_or_path: str) -> Arch:
     if p.is_dir():
         p = p / "config.json"
     if p.is_file():
-        return Arch.from_config(json.loads(p.read_text()), name=name_or_path)
+        return Arch.from_config(read_config(p), name=name_or_path)
     raise FlopcastError(f"unknown model {name_or_path!r} for FLOP counting: use one of {', '.join(PRESETS)}, "
                         "a tiny-* name, a model directory or a config.json")
 

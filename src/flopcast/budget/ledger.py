@@ -18,21 +18,20 @@ Left = budget - sum(committed).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import check_budget
+from ..checks import check_budget
 from ..errors import BudgetExceeded, FlopcastError
 from .lock import HOST, owner_alive
+from .records import Record, write_record
 
 ACTIVE = ("reserved", "running")
 FINISHED = ("done", "failed", "cancelled", "interrupted", "abandoned", "released", "diverged")
@@ -62,6 +61,9 @@ CREATE TABLE IF NOT EXISTS experiments (
 );
 CREATE INDEX IF NOT EXISTS experiments_name ON experiments(name);
 """
+# committed FLOPs of the rows: used when finished, else the larger of planned and used
+COMMITTED = (f"SELECT COALESCE(SUM(CASE WHEN status IN {FINISHED} THEN flops_used "
+             "ELSE MAX(flops_planned, flops_used) END), 0) FROM experiments")
 LEASE_COLUMNS = {"owner_pid": "INTEGER", "owner_host": "TEXT", "lease_start": "REAL"}
 
 
@@ -93,10 +95,17 @@ class Entry:
 
 @dataclass
 class Charge:
-    """An open reservation (``id`` None when no ledger is kept); set ``used`` before it closes."""
+    """An open reservation (``id`` None when no ledger is kept): :meth:`add` counts work as it is done."""
 
     id: int | None = None
     used: int = 0
+    report: Callable[[int], None] | None = None   # tells the ledger (and the work's record) the new total
+
+    def add(self, flops: int) -> None:
+        """Count ``flops`` more and report the total at once, so a process killed now has charged its work."""
+        self.used += int(flops)
+        if self.report is not None:
+            self.report(self.used)
 
 
 class Ledger:
@@ -128,12 +137,20 @@ class Ledger:
             db.execute("BEGIN IMMEDIATE")
             yield db
             db.execute("COMMIT")
-        except BaseException:
+        except BaseException as e:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            if isinstance(e, sqlite3.OperationalError) and "locked" not in str(e):
+                raise self._unwritable(e) from None
             raise
         finally:
             db.close()
+
+    def _unwritable(self, e: sqlite3.Error) -> FlopcastError:
+        """A ledger that cannot be written (read-only, a full disk): one line; the work stops before it spends
+        FLOPs the ledger could not hear of."""
+        return FlopcastError(f"{self.path}: cannot write the ledger ({e}); make it writable or free disk space, "
+                             "then run the same command again")
 
     def _init(self, budget: float | None) -> None:
         db = self._connect()
@@ -144,6 +161,8 @@ class Ledger:
             for col, typ in LEASE_COLUMNS.items():  # ledgers of an older flopcast get the lease columns
                 if col not in have:
                     db.execute(f"ALTER TABLE experiments ADD COLUMN {col} {typ}")
+        except sqlite3.OperationalError as e:
+            raise self._unwritable(e) from None
         except sqlite3.DatabaseError as e:
             raise FlopcastError(f"{self.path}: not a flopcast ledger ({e})") from None
         finally:
@@ -173,13 +192,17 @@ class Ledger:
         return [r["id"] for r in dead]
 
     # ------------------------------------------------------------------ queries
-    @property
-    def budget(self) -> int:
+    def _one(self, sql: str, params: tuple = ()) -> Any:
+        """The first row of a read-only query."""
         db = self._connect()
         try:
-            return int(db.execute("SELECT value FROM meta WHERE key='budget'").fetchone()["value"])
+            return db.execute(sql, params).fetchone()
         finally:
             db.close()
+
+    @property
+    def budget(self) -> int:
+        return int(self._one("SELECT value FROM meta WHERE key='budget'")["value"])
 
     def _refuse_below_committed(self, db: sqlite3.Connection, budget: float) -> None:
         committed = self._committed(db)
@@ -214,55 +237,30 @@ class Ledger:
             db.close()
 
     def get(self, id: int) -> Entry:
-        db = self._connect()
-        try:
-            r = db.execute("SELECT * FROM experiments WHERE id=?", (id,)).fetchone()
-        finally:
-            db.close()
+        r = self._one("SELECT * FROM experiments WHERE id=?", (id,))
         if r is None:
             raise FlopcastError(f"{self.path}: no experiment with id {id}")
         return Entry(**dict(r))
 
     def find(self, name: str) -> Entry | None:
         """Latest experiment with this name."""
-        db = self._connect()
-        try:
-            r = db.execute("SELECT * FROM experiments WHERE name=? ORDER BY id DESC LIMIT 1", (name,)).fetchone()
-        finally:
-            db.close()
+        r = self._one("SELECT * FROM experiments WHERE name=? ORDER BY id DESC LIMIT 1", (name,))
         return Entry(**dict(r)) if r else None
 
     @staticmethod
     def _committed(db: sqlite3.Connection) -> int:
-        q = f"""SELECT COALESCE(SUM(CASE WHEN status IN {FINISHED} THEN flops_used
-                                         ELSE MAX(flops_planned, flops_used) END), 0) FROM experiments"""
-        return int(db.execute(q).fetchone()[0])
+        return int(db.execute(COMMITTED).fetchone()[0])
 
     def committed_under(self, prefix: str) -> int:
         """FLOPs used or reserved by experiments whose name starts with ``prefix`` (a stage's ``name/``)."""
-        db = self._connect()
-        try:
-            q = f"""SELECT COALESCE(SUM(CASE WHEN status IN {FINISHED} THEN flops_used
-                                             ELSE MAX(flops_planned, flops_used) END), 0) FROM experiments
-                    WHERE substr(name, 1, ?) = ? AND kind != ?"""
-            return int(db.execute(q, (len(prefix), prefix, HOLD)).fetchone()[0])
-        finally:
-            db.close()
+        return int(self._one(COMMITTED + " WHERE substr(name, 1, ?) = ? AND kind != ?", (len(prefix), prefix, HOLD))[0])
 
     def used(self) -> int:
-        db = self._connect()
-        try:
-            return int(db.execute("SELECT COALESCE(SUM(flops_used), 0) FROM experiments").fetchone()[0])
-        finally:
-            db.close()
+        return int(self._one("SELECT COALESCE(SUM(flops_used), 0) FROM experiments")[0])
 
     def left(self) -> int:
         """Budget minus everything used or still reserved."""
-        db = self._connect()
-        try:
-            return self.budget - self._committed(db)
-        finally:
-            db.close()
+        return self.budget - int(self._one(COMMITTED)[0])
 
     # ------------------------------------------------------------------ updates
     def reserve(self, name: str, kind: str, flops_planned: float, *, model: str | None = None,
@@ -344,39 +342,58 @@ class Ledger:
         return self.get(id)
 
     @contextmanager
-    def reserved(self, name: str, kind: str, flops_planned: float, **fields: Any) -> Iterator[Charge]:
-        """Reserve, run the block, settle: the block sets ``.used`` on the yielded :class:`Charge`.
+    def reserved(self, name: str, kind: str, flops_planned: float, record: Path | None = None,
+                 **fields: Any) -> Iterator[Charge]:
+        """Reserve, run the block, settle: the block counts its work with ``add`` on the yielded :class:`Charge`,
+        each addition reported to the ledger at once (and to ``record/charges.json``, see
+        :mod:`flopcast.budget.records`).
 
         If the block raises (Ctrl-C included), the experiment is settled as failed with the FLOPs the
-        block had recorded in ``.used`` so far (work done before the error stays counted), and the
-        error propagates.
+        block had counted so far (work done before the error stays counted), and the error propagates.
         """
         row = self.reserve(name, kind, flops_planned, **fields)
-        charge = Charge(row)
+        keep = {k: v for k, v in fields.items() if k in ("model", "seq", "batch", "rank", "steps")}
+
+        def note(used: int, status: str) -> None:
+            if record is not None:
+                write_record(record, Record(name, kind, used, status, row, **keep))
+
+        def report(used: int) -> None:
+            self.progress(row, used)
+            note(used, "running")
+        charge = Charge(row, report=report)
+        note(0, "running")
         t0 = time.time()
         try:
             yield charge
         except BaseException:
             self.settle(row, charge.used, status="failed", wall_s=time.time() - t0)
+            note(charge.used, "failed")
             raise
         self.settle(row, charge.used, wall_s=time.time() - t0)
+        note(charge.used, "done")
 
-    def charge(self, name: str, kind: str, flops: float, wall_s: float = 0.0, **fields: Any) -> Entry:
-        """Reserve and settle in one go (for work already bounded, like an evaluation)."""
-        return self.settle(self.reserve(name, kind, flops, **fields), flops, wall_s=wall_s)
+    def restore(self, records: list[Record]) -> int:
+        """Add a settled row per record (``flopcast budget rebuild``): a record still ``running``
+        was left by a killed process and becomes ``abandoned``; a row keeps its old id when it is free (a
+        checkpoint remembers it). Returns the FLOPs restored."""
+        with self._tx() as db:
+            taken = {r[0] for r in db.execute("SELECT id FROM experiments")}
+            for r in records:
+                status = "abandoned" if r.status in ACTIVE else r.status
+                rid = r.ledger_id if r.ledger_id is not None and r.ledger_id not in taken else None
+                cur = db.execute("INSERT INTO experiments (id, name, kind, model, seq, batch, rank, steps,"
+                                 " flops_planned, flops_used, status, created, updated, info)"
+                                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                 (rid, r.name, r.kind, r.model, r.seq, r.batch, r.rank, r.steps, r.flops, r.flops,
+                                  status, r.updated, r.updated, json.dumps({"rebuilt_from": "records"})))
+                taken.add(int(cur.lastrowid))
+        return sum(r.flops for r in records)
 
     # ------------------------------------------------------------------ export
     def rows(self) -> list[dict]:
         b = self.budget
         return [{**{c: getattr(e, c) for c in COLUMNS}, "share": e.flops_used / max(b, 1)} for e in self.entries()]
-
-    def to_csv(self) -> str:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=[*COLUMNS, "share"])
-        w.writeheader()
-        for r in self.rows():
-            w.writerow(r)
-        return buf.getvalue()
 
     def summary(self) -> dict:
         b, used, left = self.budget, self.used(), self.left()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check_budget, check_ints
+from ..checks import check_budget, check_ints
 from .costs import generation_bound
 from .flops import Arch, LoraShape, train_step
 

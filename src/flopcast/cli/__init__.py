@@ -8,16 +8,20 @@ stay free of torch and the other heavy libraries the rest of flopcast needs.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
 import threading
+import warnings
 from types import FrameType
 
 from ..errors import FlopcastError, Interrupted
 from . import budget, data, forecasting, study  # noqa: F401  (they register their commands)
 from .common import Stopped, app, err
 from .verbosity import ENV
+
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # no space, over quota, a read-only file system
 
 
 def raise_interrupted(signum: int, frame: FrameType | None) -> None:
@@ -28,6 +32,7 @@ def raise_interrupted(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of raising for user errors."""
     saved_env = {k: os.environ.get(k) for k in ENV}  # -q/-v set these for this run only
+    saved_format = warnings.formatwarning
     main_thread = threading.current_thread() is threading.main_thread()
     own_term = main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     if own_term:  # SIGTERM unwinds like Ctrl-C: ledger rows settle, training checkpoints (training.signals.StopRequest)
@@ -44,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
+    except OSError as e:  # a full disk or a read-only place: the user's to fix; any other OSError is a bug
+        if e.errno not in DISK_ERRORS or os.environ.get("FLOPCAST_DEBUG"):
+            raise
+        err.print(f"error: {e.filename or 'a file'}: {e.strerror}; free disk space or write elsewhere, then run the "
+                  "same command again (finished work is kept)", markup=False, highlight=False, soft_wrap=True)
+        return 2
     except Exception as e:  # typer's and click's own: a usage error, or Abort (Ctrl-C/SIGTERM)
         if not type(e).__module__.startswith(("click", "typer")):
             raise
@@ -54,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         return _interrupted(e)
     finally:
+        warnings.formatwarning = saved_format
         if own_term:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         for k, v in saved_env.items():

@@ -80,6 +80,19 @@ def budget_release(ledger: Path = typer.Argument(...),
               f"{e.flops_planned - e.flops_used:.3e} freed")
 
 
+@budget_app.command("rebuild")
+def budget_rebuild(directory: Path = typer.Argument(..., help="study, run or evaluation directory"),
+                   budget: Optional[float] = typer.Option(None, help="FLOP budget (default: the study's plan)"),
+                   force: bool = typer.Option(False, "--force", help="rebuild even where a ledger exists (it is kept "
+                                              "beside, renamed ledger.db.old-<time>)")) -> None:
+    """Make DIR/ledger.db again from the FLOPs DIR's runs and evaluations recorded (after it was lost)."""
+    from ..api.tools import rebuild_ledger
+
+    r = rebuild_ledger(directory, budget, force)
+    kept = f"; the old one is kept as {r['kept']}" if r["kept"] else ""
+    out.print(f"{r['ledger']}: rebuilt {r['rows']} rows, {r['flops']:.3e} FLOPs used of {r['budget']:.3e}{kept}")
+
+
 @budget_app.command("show")
 def budget_show(ledger: Path = typer.Argument(...)) -> None:
     """Print the ledger as a table with totals."""

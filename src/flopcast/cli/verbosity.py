@@ -2,8 +2,8 @@
 
 Library noise that is not ours -- FutureWarnings and deprecation notes from transformers, PEFT, accelerate and
 torch, transformers' info logs and weight-loading bars -- is filtered in normal and quiet runs; flopcast's own
-progress bars (with ETA) stay, except with ``-q``. Set before the libraries are imported (the CLI imports them
-lazily), through their own switches. No torch.
+progress bars (with ETA) stay, except with ``-q``; warnings are one line each. Set before the libraries are
+imported (the CLI imports them lazily), through their own switches. No torch.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def set_verbosity(level: int) -> None:
     if level >= VERBOSE:
         os.environ["TRANSFORMERS_VERBOSITY"] = "info"
         return
+    warnings.formatwarning = _one_line
     for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
         warnings.filterwarnings("ignore", category=category, module=LIBRARIES)
     warnings.filterwarnings("ignore", category=UserWarning, module=LIBRARIES)
@@ -32,6 +33,12 @@ def set_verbosity(level: int) -> None:
     if level <= QUIET:
         os.environ["TQDM_DISABLE"] = "1"  # every tqdm bar, ours included (tqdm >= 4.66 reads it)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"flopcast(\.|$)")
+
+
+def _one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+              line: str | None = None) -> str:
+    """A warning as one line, ``warning: ...``, without the source line Python shows (``-v`` keeps that)."""
+    return f"warning: {message}\n"
 
 
 def _transformers_bars_off() -> None:

@@ -11,8 +11,11 @@ names them explicitly).
 from __future__ import annotations
 
 import csv
+import io
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -36,9 +39,9 @@ def load_h5(path: str | Path) -> Dataset:
         traj = f["trajectories"]
         if not hasattr(traj, "shape") or traj.ndim != 3:
             raise DataError(f"{p}: /trajectories must be (N, T, V), got shape {getattr(traj, 'shape', '?')}")
-        arr = np.asarray(traj[()], dtype=np.float64)
-        time = np.asarray(f["time"][()], dtype=np.float64) if "time" in f else None
-        lengths = np.asarray(f["lengths"][()], dtype=np.int64) if "lengths" in f else None
+        arr = _numbers(p, "trajectories", traj, np.float64)
+        time = _numbers(p, "time", f["time"], np.float64) if "time" in f else None
+        lengths = _numbers(p, "lengths", f["lengths"], np.int64) if "lengths" in f else None
         variables = tuple(str(v) for v in f.attrs.get("variables", ())) or ()
     if 0 in arr.shape:
         raise DataError(f"{p}: /trajectories is empty (shape {arr.shape})")
@@ -51,6 +54,14 @@ def load_h5(path: str | Path) -> Dataset:
     if time is not None and (time.ndim != 1 or len(time) != arr.shape[1]):
         raise DataError(f"{p}: /time must be ({arr.shape[1]},) to match /trajectories, got {time.shape}")
     return Dataset(series, time, variables, source=str(p))
+
+
+def _numbers(p: Path, name: str, node: Any, dtype: Any) -> np.ndarray:
+    """An HDF5 dataset as numbers; one of strings or other objects is one line naming it."""
+    kind = getattr(getattr(node, "dtype", None), "kind", "")
+    if kind not in ("f", "i", "u", "b"):
+        raise DataError(f"{p}: /{name} holds {getattr(node, 'dtype', 'a group')}, not numbers")
+    return np.asarray(node[()], dtype=dtype)
 
 
 def save_h5(ds: Dataset, path: str | Path, attrs: dict | None = None) -> Path:
@@ -99,16 +110,49 @@ def _time_value(text: str) -> float:
         return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
-def _read_csv_rows(p: Path) -> tuple[list[str], list[list[str]]]:
+def _csv_text(p: Path) -> str:
+    """The file's text: UTF-8 (a byte-order mark is dropped), else Latin-1 with a warning; binary is refused."""
     if not p.is_file():
         raise DataError(f"{p}: file not found")
-    with p.open(newline="") as fh:
-        rows = [r for r in csv.reader(fh) if any(c.strip() for c in r)]
+    raw = p.read_bytes()
+    if b"\x00" in raw:
+        raise DataError(f"{p}: not a text file (it holds NUL bytes); a CSV is text, one row per line")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        warnings.warn(f"{p}: not UTF-8 text; read as Latin-1", stacklevel=4)
+        return raw.decode("latin-1")
+
+
+def _read_csv_rows(p: Path) -> tuple[list[str], list[list[str]]]:
+    """The header and the data rows (blank lines skipped). A first row of numbers is data: its columns are named
+    x0, x1, ... (with a warning); two columns of one name are refused."""
+    try:
+        rows = [r for r in csv.reader(io.StringIO(_csv_text(p), newline="")) if any(c.strip() for c in r)]
+    except csv.Error as e:
+        raise DataError(f"{p}: not a readable CSV ({e})") from None
     if not rows:
         raise DataError(f"{p}: empty CSV")
+    header = [h.strip() for h in rows[0]]
+    if all(_is_number(h) for h in header):
+        header = [f"x{j}" for j in range(len(header))]
+        warnings.warn(f"{p}: no header line (its first row is numbers); columns named {', '.join(header)}",
+                      stacklevel=3)
+        return header, rows
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise DataError(f"{p}: column name(s) {', '.join(map(repr, twice))} appear more than once in the header")
     if len(rows) == 1:
         raise DataError(f"{p}: CSV has a header but no data rows")
-    return [h.strip() for h in rows[0]], rows[1:]
+    return header, rows[1:]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def load_csv(path: str | Path, id_column: str | None = None, time_column: str | None = None,
@@ -140,9 +184,24 @@ def load_csv(path: str | Path, id_column: str | None = None, time_column: str | 
                 times.setdefault(key, []).append(_time_value(r[header.index(tc)]))
             except ValueError:
                 raise DataError(f"{p}:{ln}: time {r[header.index(tc)]!r} is neither a number nor an ISO date") from None
+    series = {k: np.array(v) for k, v in groups.items()}
+    if tc:
+        for key in series:
+            series[key], times[key] = _in_time_order(p, key if idc else None, series[key], times[key])
     time = np.array(max(times.values(), key=len)) if tc else None
-    return Dataset([np.array(v) for v in groups.values()], time, tuple(value_cols), source=str(p),
+    return Dataset(list(series.values()), time, tuple(value_cols), source=str(p),
                    ids=tuple(groups) if idc else (), id_column=idc, time_column=tc)
+
+
+def _in_time_order(p: Path, key: str | None, values: np.ndarray, times: list[float]) -> tuple[np.ndarray, list[float]]:
+    """A series' rows sorted by time (ties keep file order); a time that appears twice is refused."""
+    t = np.asarray(times)
+    order = np.argsort(t, kind="stable")
+    t = t[order]
+    if len(t) > 1 and np.any(np.diff(t) == 0):
+        where = f"series {key!r}" if key is not None else "the series"
+        raise DataError(f"{p}: {where} has time {t[np.argmax(np.diff(t) == 0)]:g} twice; one row per time step")
+    return values[order], t.tolist()
 
 
 def load(path: str | Path | DataSpec, id_column: str | None = None, time_column: str | None = None) -> Dataset:

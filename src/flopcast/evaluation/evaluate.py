@@ -14,6 +14,7 @@ import hashlib
 import json
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..budget.costs import charge_batches, charged, generation_bound, model_shape
 from ..budget.ledger import Charge, Ledger
+from ..budget.lock import DirLock
 from ..config import EvalConfig, ForecastConfig, result_settings, to_dict
 from ..data.dataset import Dataset
 from ..encoding.codec import LLMTimeCodec
@@ -63,8 +65,15 @@ class EvalRun:
 
 def evaluate(model: Any, tokenizer: Any, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig,
              run: EvalRun | None = None) -> EvalResult:
-    """Score ``model`` (None: baselines only) and ``cfg.baselines`` on every context length of ``cfg``."""
+    """Score ``model`` (None: baselines only) and ``cfg.baselines`` on every context length of ``cfg``. The results
+    directory is held for this process while it runs (a second evaluation into it stops at once)."""
     run = run or EvalRun()
+    with DirLock(run.out_dir) if run.out_dir is not None else nullcontext():
+        return _evaluate(model, tokenizer, codec, ds, cfg, run)
+
+
+def _evaluate(model: Any, tokenizer: Any, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig,
+              run: EvalRun) -> EvalResult:
     series = ds.series[: cfg.max_series] if cfg.max_series else ds.series
     result = EvalResult(run.name, run.model_name, cfg.protocol, to_dict(cfg), codec.state(), len(series), {},
                         run.fingerprint)
@@ -136,7 +145,8 @@ def _forecast_context(model: Any, tokenizer: Any, codec: LLMTimeCodec, wins: lis
     batch = cfg.batch_size if isinstance(cfg.batch_size, int) else None  # "auto": chosen per batch of rows
     fcfg = ForecastConfig(horizon=cfg.horizon, batch_size=cfg.batch_size, max_int_digits=grammar.max_int,
                           compile=cfg.compile)
-    with charged(run.ledger, f"{run.name}/S={S}", "eval", bound, model=run.model_name, seq=S, batch=batch) as charge:
+    with charged(run.ledger, f"{run.name}/S={S}", "eval", bound, run.out_dir, model=run.model_name, seq=S,
+                 batch=batch) as charge:
         fr = forecast_windows(model, tokenizer, codec, wins, fcfg, run.progress, charge)
     return {"point": fr.point, "flops": int(charge.used), "wall_s": time.time() - t0, "capped_rate": fr.capped_rate,
             "int_digits": grammar.max_int}
@@ -197,13 +207,27 @@ def write_results(result: EvalResult, rows: list[dict[str, Any]],
     """``metrics.json``, ``windows.csv``, forecasts at the longest context, and error against horizon."""
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2))
-    with (d / "windows.csv").open("w", newline="") as fh:
+    with (d / "windows.csv.part").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["S", "method", "series", "cut", "mse", "mae", "parsed"])
         w.writeheader()
         w.writerows(rows)
+    (d / "windows.csv.part").replace(d / "windows.csv")
     S = max(examples)
     wins, preds = examples[S]
     plot_forecasts(wins, preds, d / f"forecasts_S{S}.png", variables=ds.variables)
     plot_error_vs_horizon(result, d / "error_vs_horizon.png")
+    _drop_stale(d, set(result.contexts), S)
+    (d / "metrics.json.part").write_text(json.dumps(result.to_dict(), indent=2))
+    (d / "metrics.json.part").replace(d / "metrics.json")  # last: a metrics.json means complete results
     return d
+
+
+def _drop_stale(d: Path, contexts: set[int], plotted: int) -> None:
+    """Remove what an earlier evaluation with other settings left here: forecast plots and kept forecasts of
+    context lengths this one does not have (the FLOP records in ``charges.json`` stay)."""
+    for f in d.glob("forecasts_S*.png"):
+        if f.name != f"forecasts_S{plotted}.png":
+            f.unlink()
+    for f in (d / "contexts").glob("S=*.*") if (d / "contexts").is_dir() else ():
+        if f.name.split(".")[0][2:] not in {str(S) for S in contexts}:
+            f.unlink()

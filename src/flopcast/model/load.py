@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ..budget.flops import ALIASES, PRESETS, Arch, arch_for
+from ..budget.flops import ALIASES, PRESETS, Arch, arch_for, read_config
 from ..config import ModelSpec
 from ..errors import FlopcastError, ModelNotAvailable
 
@@ -294,7 +293,7 @@ def resolve_arch(model: str) -> Arch:
     if key in TINY:
         return Arch.from_config(tiny_config(key).to_dict(), name=key)
     if model.startswith(RANDOM):
-        return Arch.from_config(json.loads((random_dir(model) / "config.json").read_text()), name=model)
+        return Arch.from_config(read_config(random_dir(model) / "config.json"), name=model)
     if key == EMBEDDED or key in PRESETS or key in ALIASES or Path(model).exists() or "/" not in model:
         return arch_for(model)
     check_model_name(model)

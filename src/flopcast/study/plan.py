@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..checks import check_budget, require, type_problems
 from ..config import (
     CodecConfig,
     DataSpec,
@@ -27,12 +28,9 @@ from ..config import (
     SimConfig,
     SplitConfig,
     TrainConfig,
-    check_budget,
     from_dict,
     load_toml,
-    require,
     to_dict,
-    type_problems,
 )
 from ..errors import FlopcastError
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import h5py
 
 from ..budget.ledger import Ledger
+from ..budget.records import check_covered
 from ..config import save_toml, to_dict
 from ..data.dataset import Dataset, split
 from ..data.io import load, save_h5
@@ -96,9 +97,12 @@ def _check_bases_run(plan: Plan, out: Path, only: list[str] | None, restart: tup
 
 
 def _open_ledger(out: Path, budget: float) -> Ledger:
-    """The study's ledger; its budget stays as it is until the plan has passed its checks."""
+    """The study's ledger; its budget stays as it is until the plan has passed its checks. A ledger that is
+    missing, or holds less than the work in ``out`` recorded, stops the study (:mod:`flopcast.budget.records`)."""
     path = out / "ledger.db"
-    return Ledger(path) if path.is_file() else Ledger(path, budget)
+    ledger = Ledger(path) if path.is_file() else None
+    check_covered(path, out, ledger.used() if ledger is not None else None)
+    return ledger or Ledger(path, budget)
 
 
 def _dataset(plan: Plan, out: Path) -> Dataset:

@@ -37,6 +37,7 @@ from ..budget.costs import RunCost, run_cost, val_chunks_used
 from ..budget.flops import Arch, lora_shape
 from ..budget.ledger import Ledger
 from ..budget.lock import DirLock
+from ..budget.records import Record
 from ..config import LoraSpec, TrainConfig, save_toml, to_dict
 from ..encoding.chunks import Chunks, make_chunks, series_token_ids
 from ..encoding.codec import LLMTimeCodec
@@ -175,12 +176,15 @@ def setup(acc: Accelerator, model: Any, tokenizer: Any, spec: RunSpec, ledger: L
                     len(head_ids) if head_ids else None)
     batches = Batches(on_device(chunks, acc.device), on_device(val, acc.device) if val is not None else None,
                       BatchOrder(len(chunks), cfg.batch_size, cfg.seed, **state.order))
-    run = Run(spec, learner, head_ids, batches, cost, state, ckpt, RunLog(acc.is_main_process, ledger, state.wall),
-              LossReader(sync_every(cfg, acc.device), acc.device))
+    record = Record(spec.name, "train", 0, "running", model=spec.model_name, seq=cfg.seq_len, batch=cfg.batch_size,
+                    rank=spec.lora.rank)
+    run = Run(spec, learner, head_ids, batches, cost, state, ckpt,
+              RunLog(acc.is_main_process, ledger, state.wall, record), LossReader(sync_every(cfg, acc.device),
+                                                                                  acc.device))
     if run.main:
+        run.log.open(spec.dir, cfg, spec.name, state.step)
         _ledger_row(run, ledger)
         _write_config(run, data_sha, trainable_parameters(learner.model))
-        run.log.open(spec.dir, cfg, spec.name, state.step)
     return run
 
 
@@ -227,11 +231,9 @@ def _ledger_row(run: Run, ledger: Ledger | None) -> None:
     if ledger is None:
         return
     st, spec, entry = run.state, run.spec, None
-    if st.ledger_id is not None:
-        entry = ledger.adopt(st.ledger_id)
-    elif st.step > 0:  # a checkpoint without a ledger row id: find the row by name
-        prev = ledger.resume(spec.name)
-        entry = ledger.adopt(prev.id) if prev is not None else None
+    mine = ledger.resume(spec.name) if st.step > 0 else None  # the row this checkpoint's run left, by name
+    if mine is not None and st.ledger_id in (None, mine.id):
+        entry = ledger.adopt(mine.id)
     if entry is not None:
         st.flops_redone += max(0, entry.flops_used - st.charged)  # steps after the checkpoint ran, and will run again
         st.ledger_id = entry.id
@@ -239,7 +241,7 @@ def _ledger_row(run: Run, ledger: Ledger | None) -> None:
         st.ledger_id = ledger.reserve(spec.name, "train", run.cost.planned, model=spec.model_name,
                                       seq=spec.train.seq_len, batch=spec.train.batch_size, rank=spec.lora.rank,
                                       steps=spec.train.steps, info={"lr": spec.train.lr, "run_dir": str(spec.dir)})
-        ledger.progress(st.ledger_id, st.charged, steps=st.step)
+        run.log.charge(st)
 
 
 def _write_config(run: Run, data_sha: str, n_trainable: int) -> None:
@@ -321,6 +323,7 @@ def _validate(run: Run) -> None:
     if v is None:
         return
     st.flops += run.cost.per_val
+    run.log.charge(st)  # at once: a failure before the next step (a full disk at the checkpoint) loses nothing
     run.log.row(step=st.step, val_loss=v, flops=st.charged)
     if run.main and (st.best_val is None or v < st.best_val):
         st.best_val = v

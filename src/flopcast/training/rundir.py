@@ -21,12 +21,13 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..budget.records import Record, write_record
 from ..config import NOT_FINGERPRINTED, LoraSpec, TrainConfig, load_toml, result_settings, to_dict
 from ..errors import SettingsChanged
 from ..results import read_json
@@ -121,8 +122,10 @@ class RunLog:
     """Where a run reports as it goes, from its main process only: ``metrics.jsonl`` (and wandb), its ledger row,
     and its wall clock (seconds of training over every process that worked on the run, restarts included)."""
 
-    def __init__(self, main: bool, ledger: Any, wall0: float = 0.0):
+    def __init__(self, main: bool, ledger: Any, wall0: float = 0.0, record: Record | None = None):
         self.main, self.ledger, self.wall0, self.t0 = main, ledger, wall0, time.time()
+        self.record = record  # the run's entry in its charges.json (flopcast.budget.records), None without a ledger
+        self.run_dir: Path | None = None
         self._file: IO[str] | None = None
         self._tracker: Any = None
 
@@ -131,6 +134,7 @@ class RunLog:
 
     def open(self, run_dir: Path, cfg: TrainConfig, name: str, step: int) -> None:
         """Append to ``metrics.jsonl`` after dropping its rows past ``step`` (a resumed run does them again)."""
+        self.run_dir = run_dir
         if self.main:
             truncate_log(run_dir / "metrics.jsonl", step)
             self._file = (run_dir / "metrics.jsonl").open("a")
@@ -145,15 +149,23 @@ class RunLog:
             self._tracker.log({k: v for k, v in row.items() if k not in ("step", "time")}, step=row["step"])
 
     def charge(self, state: TrainState) -> None:
-        """Report the run's FLOPs so far to its ledger row (a run killed at any moment has charged its work)."""
+        """Report the run's FLOPs so far to its ledger row, then to its record (a run killed at any moment has
+        charged its work, and the record never holds more than the ledger)."""
         if self.main and self.ledger is not None:
             self.ledger.progress(state.ledger_id, state.charged, wall_s=self.wall(), steps=state.step)
+            self._note(state, "running")
 
     def settle(self, state: TrainState, status: str, info: dict[str, Any] | None = None) -> None:
         """Close the run's ledger row with what it charged."""
         if self.main and self.ledger is not None:
             self.ledger.settle(state.ledger_id, state.charged, status=status, wall_s=self.wall(), steps=state.step,
                                info=info)
+            self._note(state, status)
+
+    def _note(self, state: TrainState, status: str) -> None:
+        if self.record is not None and self.run_dir is not None:
+            write_record(self.run_dir, replace(self.record, flops=state.charged, status=status,
+                                               ledger_id=state.ledger_id, steps=state.step))
 
     def close(self) -> None:
         if self._file is not None:
