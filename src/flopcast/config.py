@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import Any, TypeVar
 
 import tomli_w
 
-from .checks import check_types, finite, require, type_problems
-from .errors import FlopcastError
+from .checks import check_types, finite, require, shown, type_problems
+from .errors import BadType, FlopcastError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -99,6 +100,8 @@ class ModelSpec:
         require(bool(self.name), "model name must not be empty")
         require(self.dtype in ("auto", "float32", "bfloat16", "float16"),
                f"dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
+        require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
+                f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
 
 
 ID_COLUMNS = ("id", "series", "item_id")
@@ -121,6 +124,9 @@ class DataSpec:
         require(bool(self.path), "data path must not be empty")
 
 
+MAX_T_END, MAX_SIM_VALUES = 1e4, 10**8
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """Damped Lotka-Volterra simulation (prey with logistic growth)."""
@@ -135,7 +141,11 @@ class SimConfig:
         require(self.n_systems >= 1, f"n_systems must be >= 1, got {self.n_systems}")
         require(self.n_steps >= 2, f"n_steps must be >= 2, got {self.n_steps}")
         require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
-        require(finite(self.t_end) and self.t_end > 0, f"t_end must be a finite number > 0, got {self.t_end}")
+        require(finite(self.t_end) and 0 < self.t_end <= MAX_T_END,
+                f"t_end must be in (0, {MAX_T_END:g}], got {self.t_end}")  # the damped systems are at rest long before
+        require(self.n_systems * self.n_steps <= MAX_SIM_VALUES,
+                f"n_systems x n_steps must be <= {MAX_SIM_VALUES:.0e} (simulated in memory), got "
+                f"{self.n_systems} x {self.n_steps}")
 
 
 @dataclass(frozen=True)
@@ -326,9 +336,15 @@ def result_settings(cfg: Any) -> dict[str, Any]:
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Build ``cls`` from a dict, rejecting unknown keys and mistyped values with a clear message."""
+    if not isinstance(data, dict):
+        raise BadType(f"{cls.__name__} must be a table of settings, got {shown(data)}")
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     require(not unknown, f"unknown key(s) for {cls.__name__}: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    required = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in data]
+    require(not missing, f"{cls.__name__} needs {', '.join(missing)}")
     bad = type_problems(cls, data)
     require(not bad, f"{cls.__name__}: {'; '.join(bad)}")
     try:

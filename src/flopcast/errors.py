@@ -6,7 +6,11 @@ import signal
 
 
 class FlopcastError(Exception):
-    """An error the user can fix: bad input, missing model, exhausted budget."""
+    """An error the user can fix: bad input, missing model, exhausted budget. Its message is one line, whatever
+    it quotes (a value whose repr spans lines is folded into it)."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(" ".join(str(message).split("\n")).replace("  ", " "))
 
 
 class BadValue(FlopcastError, ValueError):

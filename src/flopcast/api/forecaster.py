@@ -14,6 +14,7 @@ reserved before and charged batch by batch. ``flopcast forecast`` is :func:`fore
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 
 from ..budget.costs import charge_batches, charged, generation_bound, model_shape
 from ..budget.ledger import Ledger
-from ..checks import check_ints
+from ..checks import check_arg, check_ints
 from ..config import CodecConfig, DataSpec, ForecastConfig, ModelSpec
 from ..data.dataset import Dataset
 from ..data.frames import series_from, to_frame
@@ -57,6 +58,9 @@ class Forecaster:
         ``adapter``; or an adapter directory alone, whose metadata names the base model and the codec it was
         trained with. An adapter goes on its own base model only. With ``ledger`` (a path or a :class:`Ledger`;
         ``budget`` creates one) every forecast's FLOPs are charged to it."""
+        check_arg("model_or_adapter", model_or_adapter, str, os.PathLike)
+        check_arg("adapter", adapter, str, os.PathLike)
+        check_arg("ledger", ledger, str, os.PathLike, Ledger)
         model = None if model_or_adapter is None else str(model_or_adapter)
         if adapter is None and model is not None and (Path(model) / ADAPTER_META).is_file():
             adapter, model = Path(model), None
@@ -75,10 +79,11 @@ class Forecaster:
         :class:`~flopcast.forecasting.forecast.ForecastResult`
         (original units; ``contexts`` holds what each series was cut to by ``context_tokens``)."""
         fcfg = ForecastConfig(horizon=horizon, batch_size=batch_size, n_samples=samples, temperature=temperature,
-                              quantiles=tuple(quantiles), seed=seed)  # bad numbers stop here, before any work
+                              quantiles=quantiles, seed=seed)  # bad numbers stop here, before any work
         if context_tokens is not None:
             check_ints("context_tokens", [context_tokens])
-        contexts = [fit_context(np.asarray(s, float), self.codec, self.tokenizer, context_tokens) for s in series]
+        series = series_from(series).values  # (T, V) float arrays, or one line naming the series at fault
+        contexts = [fit_context(s, self.codec, self.tokenizer, context_tokens) for s in series]
         alphas = np.array([self.codec.series_alpha(c) for c in contexts])
         texts = [self.codec.encode(c, a) for c, a in zip(contexts, alphas)]
         prompts = [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
@@ -95,7 +100,7 @@ class Forecaster:
         return res
 
     def predict(self, data: Any, horizon: int = 5, samples: int = 1, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9),
-                context_tokens: int | None = None, *, id_column: str = "id", timestamp_column: str = "timestamp",
+                context_tokens: int | None = None, *, id_column: str | None = None, timestamp_column: str | None = None,
                 target_columns: list[str] | None = None, seed: int = 0, batch_size: int = 16) -> Any:
         """Forecast ``data`` -- an array (T, V), a list of arrays, or a long DataFrame (``id_column``,
         ``timestamp_column``, one column per variable) -- and return a DataFrame: id, timestamp, the point forecast
@@ -164,8 +169,8 @@ class ForecastJob:
 def forecast_file(job: ForecastJob) -> dict[str, Any]:
     """Forecast every series of ``job.data`` through :class:`Forecaster` (its FLOPs charged when ``job.ledger`` is
     set); the forecast rows, written to ``job.out`` and plotted to ``job.plot`` when asked."""
-    check_outputs([Output(Path(job.out), (".csv",), "forecast") if job.out else None,
-                   Output(Path(job.plot), PLOT_SUFFIXES, "plot") if job.plot else None],
+    check_outputs([Output(Path(job.out), (".csv",), "forecast") if job.out is not None else None,
+                   Output(Path(job.plot), PLOT_SUFFIXES, "plot") if job.plot is not None else None],
                   [job.data.path, job.adapter, job.ledger], job.force)
     ledger = Ledger(job.ledger, job.budget) if job.ledger else None
     ds = load(job.data)
@@ -175,9 +180,9 @@ def forecast_file(job: ForecastJob) -> dict[str, Any]:
     res = fc.forecast(ds.series, job.steps, job.samples, context_tokens=job.context_tokens, seed=job.seed,
                       name=f"forecast/{Path(job.data.path).name}", progress=len(ds.series) > 16)
     rows = _forecast_rows(ds, res, job.steps)
-    if job.out:
+    if job.out is not None:
         _write_csv(rows, job.out)
-    if job.plot:
+    if job.plot is not None:
         _plot_forecast(ds, res, job.steps, job.plot)
     return {"rows": rows, "parse_failure_rate": res.parse_failure_rate, "capped_rate": res.capped_rate,
             "int_digits": res.int_digits, "texts": res.texts}

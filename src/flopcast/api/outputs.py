@@ -39,6 +39,8 @@ def ensure_writable(path: str | Path | None, directory: bool = False) -> None:
     if path is None:
         return
     p = Path(path)
+    if directory and p.exists() and not p.is_dir():
+        raise FlopcastError(f"{p}: is a file; a directory is expected here")
     target = p if directory else p.parent
     existing = target
     while not existing.exists() and existing != existing.parent:

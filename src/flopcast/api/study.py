@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from ..budget.ledger import Ledger
+from ..checks import check_arg, stage_names
 from ..config import CodecConfig, DataSpec, EvalConfig, SplitConfig, from_dict, to_dict
 from ..data.dataset import Dataset, split
 from ..encoding.codec import LLMTimeCodec
@@ -26,14 +28,19 @@ from .tools import dataset_or_simulated, fitted_codec
 
 
 def run_study(plan: Plan | dict[str, Any] | str | Path, out_dir: str | Path, progress: bool = True,
-              restart: tuple[str, ...] = (), only: list[str] | None = None) -> StudyResult:
+              restart: tuple[str, ...] | str = (), only: list[str] | str | None = None) -> StudyResult:
     """Run a study plan (a TOML path, a dict, or a :class:`~flopcast.study.plan.Plan`) in ``out_dir``, resuming
-    what is there: what ``flopcast run PLAN --out DIR`` does. Returns every stage's typed results."""
+    what is there: what ``flopcast run PLAN --out DIR`` does. ``restart`` and ``only`` name stages (a list, or
+    one string of comma-separated names). Returns every stage's typed results."""
+    check_arg("plan", plan, Plan, dict, str, os.PathLike, optional=False)
+    check_arg("out_dir", out_dir, str, os.PathLike, optional=False)
+    again, chosen = stage_names("restart", restart), stage_names("only", only) or None
     if isinstance(plan, dict):
         plan = plan_from_dict(plan)
     elif not isinstance(plan, Plan):
         plan = load_plan(plan)
-    return run_plan(plan, Path(out_dir), progress=progress, restart=tuple(restart), only=only)
+    ensure_writable(out_dir, directory=True)
+    return run_plan(plan, Path(out_dir), progress=progress, restart=tuple(again), only=chosen)
 
 
 def evaluate(model: str | None = None, data: DataSpec | str | Path | None = None, adapter: str | Path | None = None,
@@ -45,6 +52,7 @@ def evaluate(model: str | None = None, data: DataSpec | str | Path | None = None
     a :class:`~flopcast.config.DataSpec`; None simulates): what ``flopcast eval`` does. ``settings`` override
     fields of ``config`` (``contexts=(128, 512)``, ``max_series=20``, ...). With ``ledger`` (``budget`` creates
     it) the forecasts' FLOPs are charged to it."""
+    _check_eval_args(model, data, adapter, config, out_dir, ledger)
     cfg = from_dict(EvalConfig, {**to_dict(config or EvalConfig()), **settings})
     ensure_writable(out_dir, directory=True)
     model = adapter_base(adapter, model) if adapter is not None else (model or EMBEDDED)
@@ -64,12 +72,22 @@ def score_baselines(data: DataSpec | str | Path | None = None, config: EvalConfi
                     **settings: Any) -> EvalResult:
     """Score only the baselines on the windows ``flopcast eval`` would use (``tokenizer``'s token counts define
     them): what ``flopcast baselines`` does. No model is loaded and no FLOP is charged."""
+    _check_eval_args(tokenizer, data, None, config, out_dir, None)
     cfg = from_dict(EvalConfig, {**to_dict(config or EvalConfig()), **settings})
     ensure_writable(out_dir, directory=True)
     ds = dataset_or_simulated(_spec(data))
     enc, subset = fitted_codec(ds, codec or CodecConfig()), _split(ds, cfg.split)
     run = EvalRun(name="eval", model_name=tokenizer, out_dir=Path(out_dir) if out_dir is not None else None)
     return evaluate_model(None, load_tokenizer(tokenizer), enc, subset, cfg, run)
+
+
+def _check_eval_args(model: Any, data: Any, adapter: Any, config: Any, out_dir: Any, ledger: Any) -> None:
+    """The arguments' types, before anything is read or loaded (``evaluate(model=123)``: one line)."""
+    check_arg("model", model, str)
+    check_arg("data", data, str, os.PathLike, DataSpec)
+    for name, value in (("adapter", adapter), ("out_dir", out_dir), ("ledger", ledger)):
+        check_arg(name, value, str, os.PathLike)
+    check_arg("config", config, EvalConfig)
 
 
 def _spec(data: DataSpec | str | Path | None) -> DataSpec | None:

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from ..budget import flops
-from ..budget.ledger import COLUMNS, Ledger
+from ..budget.ledger import Ledger
 from ..budget.planner import affordable
 from ..budget.records import RECORD_FILE, read_records
-from ..checks import check_budget, check_ints
+from ..budget.rows import COLUMNS
+from ..checks import check_arg, check_budget, check_ints
 from ..config import CodecConfig, DataSpec, SimConfig, SplitConfig
 from ..data.dataset import Dataset, split
 from ..data.io import load, save_h5
@@ -39,6 +40,7 @@ FLOP_MODES = ("train", "forward", "prefill", "generate")
 def simulate_to_file(path: str | Path, config: SimConfig, force: bool = False) -> Path:
     """``flopcast data simulate``: simulated damped Lotka-Volterra systems, written as HDF5 (an existing file is
     replaced only with ``force``)."""
+    check_arg("path", path, str, os.PathLike, optional=False)
     check_outputs([Output(Path(path), (".h5", ".hdf5"), "dataset")], force=force)
     return save_h5(simulate(config), path)
 
@@ -47,7 +49,8 @@ def inspect_file(spec: DataSpec, plot: str | Path | None = None, n_plot: int = 4
                  force: bool = False) -> dict[str, Any]:
     """``flopcast data inspect``: a dataset's summary (and a plot of its first series)."""
     check_ints("n_plot", [n_plot])
-    check_outputs([Output(Path(plot), PLOT_SUFFIXES, "plot") if plot else None], [spec.path], force)
+    check_arg("plot", plot, str, os.PathLike)
+    check_outputs([Output(Path(plot), PLOT_SUFFIXES, "plot") if plot is not None else None], [spec.path], force)
     ds = load(spec)
     info = ds.summary()
     if plot is not None:
@@ -57,6 +60,7 @@ def inspect_file(spec: DataSpec, plot: str | Path | None = None, n_plot: int = 4
 
 def split_file(spec: DataSpec, out: str | Path, config: SplitConfig, force: bool = False) -> dict[str, int]:
     """``flopcast data split``: a seeded split by series, written as JSON; the sizes of the three parts."""
+    check_arg("out", out, str, os.PathLike, optional=False)
     check_outputs([Output(Path(out), (".json",), "split")], [spec.path], force)
     sp = split(load(spec).n_series, config)
     write_atomic(out, lambda tmp: tmp.write_text(sp.to_json()))
@@ -101,6 +105,7 @@ def encode_preview(data: DataSpec | None, series: int, steps: int, model: str,
 def flops_breakdown(model: str, seq: int, batch: int, rank: int, targets: tuple[str, ...], mode: str,
                     new_tokens: int = 50, gqa: str = "full") -> tuple[flops.Breakdown, flops.Arch]:
     """``flopcast flops``: FLOPs per component of one training step, forward, prefill or generation."""
+    check_arg("model", model, str, optional=False)
     check_ints("seq", [seq])
     check_ints("batch", [batch])
     check_ints("rank", [rank], minimum=0)
@@ -127,12 +132,14 @@ def plan_table(model: str, budget: float, seqs: list[int], batches: list[int], r
 
 def init_ledger(path: str | Path, budget: float) -> Ledger:
     """``flopcast budget init``: a new ledger with ``budget`` (an existing one must have the same budget)."""
+    check_arg("path", path, str, os.PathLike, optional=False)
     check_budget(budget)
     return Ledger(path, budget)
 
 
 def open_ledger(path: str | Path) -> Ledger:
     """An existing ledger (one line when there is none)."""
+    check_arg("ledger", path, str, os.PathLike, optional=False)
     if not Path(path).is_file():
         raise DataError(f"{path}: no ledger here (create one with `flopcast budget init {path} --budget 1e17`)")
     return Ledger(path)
@@ -142,6 +149,7 @@ def rebuild_ledger(directory: str | Path, budget: float | None = None, force: bo
     """``flopcast budget rebuild``: make ``DIR/ledger.db`` again from the FLOPs its work recorded
     (:mod:`flopcast.budget.records`), with ``budget`` or the one its plan says. An existing ledger is kept, renamed
     beside it, and only with ``force``."""
+    check_arg("directory", directory, str, os.PathLike, optional=False)
     d = Path(directory)
     if not d.is_dir():
         raise DataError(f"{d}: no such directory")
@@ -172,6 +180,8 @@ def rebuild_ledger(directory: str | Path, budget: float | None = None, force: bo
 
 def export_ledger(path: str | Path, out: str | Path | None, force: bool = False) -> str:
     """``flopcast budget export``: the ledger as CSV, written to ``out`` (returned as text when ``out`` is None)."""
+    check_arg("ledger", path, str, os.PathLike, optional=False)
+    check_arg("out", out, str, os.PathLike)
     if out is not None:
         check_outputs([Output(Path(out), (".csv",), "ledger export")], [path], force)
     buf = io.StringIO()

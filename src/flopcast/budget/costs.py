@@ -23,7 +23,8 @@ from typing import Any
 
 from ..config import TrainConfig
 from .flops import Arch, LoraShape, forward, generate_total, train_step
-from .ledger import Charge, Ledger
+from .ledger import Ledger
+from .rows import Charge
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def model_shape(model: Any) -> tuple[Arch, LoraShape | None]:
 def charged(ledger: Ledger | None, name: str, kind: str, flops: int, record: Path | None = None,
             **fields: Any) -> AbstractContextManager[Charge]:
     """``ledger.reserved(name, kind, flops, ...)``: ``flops`` reserved before the block, each addition to the
-    yielded :class:`~flopcast.budget.ledger.Charge` reported at once (and kept in ``record/charges.json``), the
+    yielded :class:`~flopcast.budget.rows.Charge` reported at once (and kept in ``record/charges.json``), the
     total settled after it; without a ledger, a charge kept nowhere."""
     return nullcontext(Charge()) if ledger is None else ledger.reserved(name, kind, flops, record, **fields)
 

@@ -22,9 +22,8 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,80 +31,7 @@ from ..checks import check_budget
 from ..errors import BudgetExceeded, FlopcastError
 from .lock import HOST, owner_alive
 from .records import Record, write_record
-
-ACTIVE = ("reserved", "running")
-FINISHED = ("done", "failed", "cancelled", "interrupted", "abandoned", "released", "diverged")
-RESUMABLE = ("reserved", "running", "interrupted", "abandoned")  # rows a resumed training run adopts
-HOLD = "hold"
-COLUMNS = ("id", "name", "kind", "model", "seq", "batch", "rank", "steps", "flops_planned", "flops_used",
-           "wall_s", "status", "created", "updated", "info", "owner_pid", "owner_host", "lease_start")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS experiments (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    model TEXT,
-    seq INTEGER,
-    batch INTEGER,
-    rank INTEGER,
-    steps INTEGER,
-    flops_planned INTEGER NOT NULL,
-    flops_used INTEGER NOT NULL DEFAULT 0,
-    wall_s REAL NOT NULL DEFAULT 0,
-    status TEXT NOT NULL,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    info TEXT
-);
-CREATE INDEX IF NOT EXISTS experiments_name ON experiments(name);
-"""
-# committed FLOPs of the rows: used when finished, else the larger of planned and used
-COMMITTED = (f"SELECT COALESCE(SUM(CASE WHEN status IN {FINISHED} THEN flops_used "
-             "ELSE MAX(flops_planned, flops_used) END), 0) FROM experiments")
-LEASE_COLUMNS = {"owner_pid": "INTEGER", "owner_host": "TEXT", "lease_start": "REAL"}
-
-
-@dataclass(frozen=True)
-class Entry:
-    id: int
-    name: str
-    kind: str
-    model: str | None
-    seq: int | None
-    batch: int | None
-    rank: int | None
-    steps: int | None
-    flops_planned: int
-    flops_used: int
-    wall_s: float
-    status: str
-    created: float
-    updated: float
-    info: str | None
-    owner_pid: int | None = None
-    owner_host: str | None = None
-    lease_start: float | None = None
-
-    @property
-    def committed(self) -> int:
-        return self.flops_used if self.status in FINISHED else max(self.flops_planned, self.flops_used)
-
-
-@dataclass
-class Charge:
-    """An open reservation (``id`` None when no ledger is kept): :meth:`add` counts work as it is done."""
-
-    id: int | None = None
-    used: int = 0
-    report: Callable[[int], None] | None = None   # tells the ledger (and the work's record) the new total
-
-    def add(self, flops: int) -> None:
-        """Count ``flops`` more and report the total at once, so a process killed now has charged its work."""
-        self.used += int(flops)
-        if self.report is not None:
-            self.report(self.used)
+from .rows import ACTIVE, COLUMNS, COMMITTED, FINISHED, HOLD, LEASE_COLUMNS, RESUMABLE, SCHEMA, Charge, Entry
 
 
 class Ledger:
@@ -115,13 +41,20 @@ class Ledger:
         self.path = Path(path)
         if budget is not None:
             check_budget(budget)
+        if self.path.is_dir():
+            raise FlopcastError(f"{self.path}: is a directory; a ledger is a file (e.g. {self.path / 'ledger.db'})")
+        if self.path.is_file() and self.path.stat().st_size == 0:  # never made into a ledger behind one's back
+            raise FlopcastError(f"{self.path}: an empty file, not a flopcast ledger")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._init(budget)
         self.reap()
 
     # ------------------------------------------------------------------ plumbing
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        except sqlite3.OperationalError as e:
+            raise self._unwritable(e) from None
         db.row_factory = sqlite3.Row
         try:
             db.execute("PRAGMA synchronous=NORMAL")  # WAL: a commit survives a killed process without an fsync per step
@@ -155,6 +88,10 @@ class Ledger:
     def _init(self, budget: float | None) -> None:
         db = self._connect()
         try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables and not {"meta", "experiments"} <= tables:  # another program's database: never touched
+                raise FlopcastError(f"{self.path}: not a flopcast ledger (an SQLite database with tables "
+                                    f"{', '.join(sorted(tables))})")
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
             have = {r["name"] for r in db.execute("PRAGMA table_info(experiments)")}

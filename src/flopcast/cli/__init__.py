@@ -21,7 +21,9 @@ from . import budget, data, forecasting, study  # noqa: F401  (they register the
 from .common import Stopped, app, err
 from .verbosity import ENV
 
-DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # no space, over quota, a read-only file system
+# a full disk, a read-only or forbidden place, a path that cannot exist: the user's to fix, one line naming the file
+PLACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ENOENT,
+                errno.ENOTDIR, errno.EISDIR)
 
 
 def raise_interrupted(signum: int, frame: FrameType | None) -> None:
@@ -49,11 +51,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
-    except OSError as e:  # a full disk or a read-only place: the user's to fix; any other OSError is a bug
-        if e.errno not in DISK_ERRORS or os.environ.get("FLOPCAST_DEBUG"):
+    except OSError as e:  # where a file cannot be written or found (PLACE_ERRORS); any other OSError is a bug
+        if e.errno not in PLACE_ERRORS or os.environ.get("FLOPCAST_DEBUG"):
             raise
-        err.print(f"error: {e.filename or 'a file'}: {e.strerror}; free disk space or write elsewhere, then run the "
-                  "same command again (finished work is kept)", markup=False, highlight=False, soft_wrap=True)
+        name = str(e.filename or "a file")
+        err.print(f"error: {name[:80] + '...' if len(name) > 80 else name}: {e.strerror}; free disk space or use "
+                  "another path, then run the same command again (finished work is kept)", markup=False,
+                  highlight=False, soft_wrap=True)
         return 2
     except Exception as e:  # typer's and click's own: a usage error, or Abort (Ctrl-C/SIGTERM)
         if not type(e).__module__.startswith(("click", "typer")):

@@ -20,8 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..checks import check_arg
 from ..errors import DataError
 
+ID_NAMES = ("id", "unique_id", "item_id", "series")      # what Nixtla, Chronos and GluonTS call the series' id
+TIME_NAMES = ("timestamp", "ds", "time", "date")
 MIN_STEPS = 2  # a context needs two steps: the spacing of its timestamps, and something to continue
 
 
@@ -35,9 +38,13 @@ class SeriesBatch:
     timestamp_column: str = "timestamp"
 
 
-def series_from(data: Any, id_column: str = "id", timestamp_column: str = "timestamp",
+def series_from(data: Any, id_column: str | None = None, timestamp_column: str | None = None,
                 target_columns: list[str] | None = None) -> SeriesBatch:
-    """Normalise ``data`` (see the module doc) into series; one clear error naming the series at fault."""
+    """Normalise ``data`` (see the module doc) into series; one clear error naming the series at fault. A column
+    named (``id_column``, ``timestamp_column``) must exist; unnamed, a column called as in :data:`ID_NAMES` /
+    :data:`TIME_NAMES` is taken when there is one."""
+    check_arg("id_column", id_column, str)
+    check_arg("timestamp_column", timestamp_column, str)
     if _is_frame(data):
         batch = _from_frame(data, id_column, timestamp_column, target_columns)
     else:
@@ -48,7 +55,8 @@ def series_from(data: Any, id_column: str = "id", timestamp_column: str = "times
         names = tuple(target_columns) if target_columns else tuple(f"x{j}" for j in range(V))
         if len(names) != V:
             raise DataError(f"{len(names)} target_columns for {V} variables")
-        batch = SeriesBatch(list(range(len(arrays))), arrays, [None] * len(arrays), names, id_column, timestamp_column)
+        batch = SeriesBatch(list(range(len(arrays))), arrays, [None] * len(arrays), names, id_column or "id",
+                            timestamp_column or "timestamp")
     for i, v in zip(batch.ids, batch.values):
         if len(v) < MIN_STEPS:
             raise DataError(f"series {i!r} has {len(v)} step(s); forecasting needs at least {MIN_STEPS}")
@@ -82,12 +90,25 @@ def _arrays(data: Any) -> list[np.ndarray]:
     return out
 
 
-def _from_frame(df: pd.DataFrame, id_column: str, timestamp_column: str,
+def _from_frame(df: pd.DataFrame, id_column: str | None, timestamp_column: str | None,
                 target_columns: list[str] | None) -> SeriesBatch:
     cols = list(df.columns)
+    if len(df) == 0:
+        raise DataError(f"the DataFrame has no rows (columns: {', '.join(map(str, cols))})")
+    for what, name in (("id_column", id_column), ("timestamp_column", timestamp_column)):
+        if name is not None and name not in cols:
+            raise DataError(f"{what}={name!r} is not a column (columns: {', '.join(map(str, cols))})")
+    id_column = id_column or next((c for c in ID_NAMES if c in cols), "id")
+    timestamp_column = timestamp_column or next((c for c in TIME_NAMES if c in cols), "timestamp")
     has_id, has_ts = id_column in cols, timestamp_column in cols
+    if isinstance(target_columns, str):
+        target_columns = [target_columns]
+    if target_columns is not None and not (isinstance(target_columns, (list, tuple))
+                                           and all(isinstance(c, str) for c in target_columns)):
+        raise DataError(f"target_columns must be column names (a list of strings), got {target_columns!r}")
     if target_columns is None:
-        target_columns = [c for c in cols if c not in (id_column, timestamp_column) and _numeric(df[c])]
+        target_columns = [c for c in cols if c not in (id_column, timestamp_column)
+                          and (_numeric(df[c]) or _numbers_as_text(df[c]))]
     missing = [c for c in target_columns if c not in cols]
     if missing or not target_columns:
         raise DataError(f"DataFrame has no target column(s) {missing or ''} (columns: {', '.join(map(str, cols))}); "
@@ -96,7 +117,8 @@ def _from_frame(df: pd.DataFrame, id_column: str, timestamp_column: str,
     ids, values, stamps = [], [], []
     for key, g in groups:
         if has_ts:
-            g = g.sort_values(timestamp_column, kind="stable")
+            g = g.assign(**{timestamp_column: _times(g[timestamp_column], key)}).sort_values(timestamp_column,
+                                                                                            kind="stable")
             ts = g[timestamp_column].to_numpy()
             if len(ts) > 1 and not np.all(ts[1:] > ts[:-1]):
                 raise DataError(f"series {key!r} has repeated timestamps in {timestamp_column!r}")
@@ -104,7 +126,7 @@ def _from_frame(df: pd.DataFrame, id_column: str, timestamp_column: str,
         else:
             stamps.append(None)
         try:
-            values.append(g[list(target_columns)].to_numpy(dtype=np.float64))
+            values.append(g[list(target_columns)].apply(pd.to_numeric).to_numpy(dtype=np.float64))
         except (TypeError, ValueError):
             raise DataError(f"series {key!r}: target columns {list(target_columns)} are not all numeric") from None
         ids.append(key)
@@ -112,7 +134,29 @@ def _from_frame(df: pd.DataFrame, id_column: str, timestamp_column: str,
 
 
 def _numeric(col: pd.Series) -> bool:
-    return np.issubdtype(col.dtype, np.number) and not np.issubdtype(col.dtype, np.bool_)
+    """A column of numbers (any of pandas' numeric dtypes, nullable ones included; not booleans)."""
+    return bool(pd.api.types.is_numeric_dtype(col.dtype)) and not pd.api.types.is_bool_dtype(col.dtype)
+
+
+def _numbers_as_text(col: pd.Series) -> bool:
+    """A text column (pandas' string dtypes, or objects) whose every value reads as a number."""
+    if not (pd.api.types.is_string_dtype(col.dtype) or col.dtype == object):
+        return False
+    return bool(pd.to_numeric(col, errors="coerce").notna().all())
+
+
+def _times(col: pd.Series, key: Any) -> pd.Series:
+    """Timestamps as numbers or datetimes: text (``"2024-01-05"``) is parsed as dates, before any work."""
+    if _numeric(col) or pd.api.types.is_datetime64_any_dtype(col.dtype):
+        return col
+    try:
+        return pd.to_numeric(col)  # numbers held as objects or text: still numbers
+    except (TypeError, ValueError):
+        pass
+    try:
+        return pd.to_datetime(col)
+    except (TypeError, ValueError):
+        raise DataError(f"series {key!r}: timestamps such as {col.iloc[0]!r} are neither numbers nor dates") from None
 
 
 def future_timestamps(ts: np.ndarray | None, length: int, horizon: int) -> np.ndarray:

@@ -22,14 +22,17 @@ from typing import Any
 import numpy as np
 
 from ..budget.costs import charge_batches, charged, generation_bound, model_shape
-from ..budget.ledger import Charge, Ledger
+from ..budget.ledger import Ledger
 from ..budget.lock import DirLock
+from ..budget.memory import check_fits, decode_bytes
+from ..budget.rows import Charge
 from ..config import EvalConfig, ForecastConfig, result_settings, to_dict
 from ..data.dataset import Dataset
 from ..encoding.codec import LLMTimeCodec
 from ..encoding.windows import Window, build_windows, window_grammar
 from ..errors import FlopcastError
 from ..forecasting.forecast import ForecastResult, Prompts, forecast_prompts
+from ..model.load import free_memory
 from ..results import ContextScore, EvalResult, Score, read_json
 from .baselines import stored_baseline
 from .metrics import per_window, score
@@ -108,7 +111,7 @@ def _evaluate(model: Any, tokenizer: Any, codec: LLMTimeCodec, ds: Dataset, cfg:
 
 def forecast_windows(model: Any, tokenizer: Any, codec: LLMTimeCodec, windows: list[Window], cfg: ForecastConfig,
                      progress: bool = False, charge: Charge | None = None) -> ForecastResult:
-    """Forecast every window; with ``charge`` (a ledger :class:`~flopcast.budget.ledger.Charge`), FLOPs are added
+    """Forecast every window; with ``charge`` (a ledger :class:`~flopcast.budget.rows.Charge`), FLOPs are added
     batch by batch, so an interrupted forecast still counts the batches it finished."""
     prompts = Prompts([w.prompt for w in windows], np.array([w.alpha for w in windows]), windows[0].truth.shape[1],
                       [w.prefix for w in windows], skip_first_partial=True)
@@ -143,6 +146,11 @@ def _forecast_context(model: Any, tokenizer: Any, codec: LLMTimeCodec, wins: lis
     arch, lora = model_shape(model)
     bound = generation_bound(arch, len(wins), S, grammar.max_tokens(cfg.horizon), lora)
     batch = cfg.batch_size if isinstance(cfg.batch_size, int) else None  # "auto": chosen per batch of rows
+    if batch is not None:  # before the charge: a batch that cannot fit is refused with one that does
+        elem, longest = next(model.parameters()).element_size(), max(len(w.prompt) for w in wins)
+        check_fits(f"decoding S={S}", lambda b: decode_bytes(arch, b, longest, grammar.max_tokens(cfg.horizon), elem),
+                   min(batch, len(wins)), free_memory(next(model.parameters()).device), "this device",
+                   "eval.batch_size (--batch-size)")
     fcfg = ForecastConfig(horizon=cfg.horizon, batch_size=cfg.batch_size, max_int_digits=grammar.max_int,
                           compile=cfg.compile)
     with charged(run.ledger, f"{run.name}/S={S}", "eval", bound, run.out_dir, model=run.model_name, seq=S,

@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ..budget.flops import ALIASES, PRESETS, Arch, arch_for, read_config
+from ..budget.memory import host_free_bytes
 from ..config import ModelSpec
 from ..errors import FlopcastError, ModelNotAvailable
 
@@ -115,6 +116,18 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def free_memory(device: Any) -> int | None:
+    """Bytes new tensors can take on ``device``: a GPU's free memory plus what torch's allocator holds unused; the
+    host's available RAM on the CPU; None where it cannot tell."""
+    import torch
+
+    d = torch.device(device)
+    if d.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(d)
+        return int(free + torch.cuda.memory_reserved(d) - torch.cuda.memory_allocated(d))
+    return host_free_bytes() if d.type == "cpu" else None
 
 
 def resolve_dtype(dtype: str, device: str) -> Any:

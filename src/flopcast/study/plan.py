@@ -203,7 +203,11 @@ def _data_spec(value: Any) -> DataSpec | None:
 def plan_from_dict(d: dict[str, Any], where: str = "plan") -> Plan:
     """A validated plan: every problem of every section and stage is reported in one error."""
     d, problems = dict(d), list[str]()
-    stages = [_stage(s, i, problems) for i, s in enumerate(d.pop("stages", []))]
+    raw = d.pop("stages", [])
+    if not isinstance(raw, (list, tuple)):
+        problems.append(f"stages must be a list of tables ([[stages]]), got {raw!r}")
+        raw = []
+    stages = [_stage(s, i, problems) for i, s in enumerate(raw)]
     kwargs: dict[str, Any] = {}
     for k, cls in SECTIONS.items():
         if k in d:

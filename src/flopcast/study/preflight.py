@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 import warnings
+from functools import partial
 from pathlib import Path
 
 import h5py
 
+from ..budget.flops import Arch
 from ..budget.ledger import Ledger
+from ..budget.memory import check_fits, train_step_bytes
 from ..budget.records import check_covered
 from ..config import save_toml, to_dict
 from ..data.dataset import Dataset, split
@@ -26,9 +29,10 @@ from ..data.io import load, save_h5
 from ..data.simulate import simulate
 from ..encoding.codec import LLMTimeCodec
 from ..errors import BudgetExceeded, DataError, FlopcastError
+from ..model.load import free_memory, resolve_device, resolve_dtype
 from . import fingerprint
 from .plan import Plan, Stage
-from .stages import stage_price
+from .stages import possible_work, stage_price
 from .state import Study, recorded_budget, stage_done
 
 
@@ -50,6 +54,7 @@ def prepare(plan: Plan, out_dir: str | Path, progress: bool = True, restart: tup
                   LLMTimeCodec.fit(plan.codec, train.series), settings, progress)
     todo = [st for st in plan.stages if (not only or st.name in only) and not study.stage_done(st.name)]
     check_data(study, todo)
+    check_memory(study, todo)
     target = _budget_change(plan, out, study.ledger)
     check_affordable(study, todo, study.ledger.budget if target is None else target)
     if target is not None:
@@ -144,3 +149,20 @@ def check_data(study: Study, stages: list[Stage]) -> None:
             raise DataError(f"no evaluation windows at any context length {list(cfg.contexts)}: the {cfg.split} "
                             f"series are too short for protocol {cfg.protocol!r} (horizon {cfg.horizon}); use shorter "
                             "contexts or longer series")
+
+
+def check_memory(study: Study, stages: list[Stage]) -> None:
+    """Every training run's step fits in the free memory of the device the study runs on (a later stage's batch that
+    cannot fit is found before the first stage spends anything)."""
+    device = resolve_device(study.plan.model.device)
+    free = free_memory(device)
+    elem = resolve_dtype(study.plan.model.dtype, device).itemsize
+    for st in stages:
+        for run in {r for w in possible_work(study, st) for r in w.runs}:
+            need = partial(_step_bytes, study.arch, run.train.seq_len, elem, study.head_tokens(run.train))
+            check_fits(f"stage {st.name!r}: a training step", need, run.train.batch_size, free, device,
+                       "train.batch_size")
+
+
+def _step_bytes(arch: Arch, seq: int, elem: int, head: int | None, batch: int) -> int:
+    return train_step_bytes(arch, batch, seq, elem, head)

@@ -49,7 +49,7 @@ from ..model.loss import lm_loss
 from .card import write_card
 from .checkpoint import CheckpointManager, TrainState, set_rng_state
 from .losses import LossReader, StepRecord, sync_every
-from .oom import largest_batch, out_of_memory
+from .oom import check_step_memory, largest_batch, out_of_memory
 from .rundir import RunLog, TrainResult, finished_run, run_fingerprint, series_sha256
 from .signals import StopRequest, close_process_group_at_exit, stop_requested
 from .step import BatchOrder, Learner, lr_at, make_batch, make_optimizer, on_device, train_step, validation_loss
@@ -171,6 +171,7 @@ def setup(acc: Accelerator, model: Any, tokenizer: Any, spec: RunSpec, ledger: L
     head_ids = None
     if cfg.head == "numeric":
         head_ids = head_ids_for(tokenizer, spec.codec.config, chunks.labels, *([] if val is None else [val.labels]))
+    check_step_memory(model, cfg, len(head_ids) if head_ids else None, acc.device)
     learner, state = _learner(acc, model, spec, ckpt, head_ids)
     cost = run_cost(Arch.from_config(model.config), cfg, lora_shape(spec.lora), len(val or []),
                     len(head_ids) if head_ids else None)

@@ -1,7 +1,7 @@
-"""A training step that runs out of device memory: find the largest batch that fits, and say so in one line.
-
-The batch is halved until a forward and backward of its leading rows fit; each probe is work done, so the caller
-charges it (the ledger never counts less than the work done).
+"""A training step's memory: checked against the free memory before the run starts (:func:`check_step_memory`,
+from the architecture: :mod:`flopcast.budget.memory`), and, where a step runs out all the same, the largest batch
+that fits, found by halving the batch until a forward and backward of its leading rows fit; each probe is work
+done, so the caller charges it (the ledger never counts less than the work done). Both say so in one line.
 """
 
 from __future__ import annotations
@@ -12,7 +12,19 @@ from typing import Any
 
 import torch
 
+from ..budget.flops import Arch
+from ..budget.memory import check_fits, train_step_bytes
+from ..config import TrainConfig
 from ..errors import FlopcastError
+from ..model.load import free_memory
+
+
+def check_step_memory(model: Any, cfg: TrainConfig, head_tokens: int | None, device: Any) -> None:
+    """Refuse, before anything is allocated or charged, a batch whose training step cannot fit in ``device``'s free
+    memory, naming the largest that does."""
+    arch, elem = Arch.from_config(model.config), next(model.parameters()).element_size()
+    check_fits("a training step", lambda b: train_step_bytes(arch, b, cfg.seq_len, elem, head_tokens), cfg.batch_size,
+               free_memory(device), str(device), "train.batch_size (--batch-size)")
 
 
 def free_device_memory() -> None:
