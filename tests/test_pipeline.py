@@ -268,7 +268,7 @@ def test_a_damaged_study_file_is_one_line_naming_it_and_the_way_out(tiny_study, 
     args = ["report", str(copy)] if damaged == "summary.json" else ["run", str(copy / "plan.toml"), "--out", str(copy)]
     code = main(args)
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and f"{damaged}: damaged" in err and match in err, err
+    assert code == 2 and err.count("\n") == 1 and f"{damaged}: not valid JSON" in err and match in err, err
     assert Ledger(copy / "ledger.db").used() == used
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,14 +203,30 @@ class StudyResult:
         return cls(d["plan"], d["budget"], d["ledger"], {n: StageResult.from_dict(s) for n, s in d["stages"].items()})
 
 
-def read_json(path: str | Path) -> Any:
-    """A JSON file flopcast wrote (a result, status, fingerprint or summary). A damaged one -- cut short by a full
-    disk, edited by hand -- is one line naming it and the way out, not a traceback."""
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path`` (one step on POSIX): readers
+    see the old file or the whole new one, and a failed or killed write leaves the old file as it was. Every file
+    flopcast writes goes through here (directories of files -- checkpoints, adapters -- swap by renames too)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p
+
+
+def read_json(path: str | Path, fix: str | None = None) -> Any:
+    """A JSON file flopcast wrote (a result, status, fingerprint, summary, adapter metadata). A damaged one -- cut
+    short by a full disk, edited by hand -- is one line naming it and the way out (``fix``, else
+    :func:`way_out`), not a traceback."""
     p = Path(path)
     try:
         return json.loads(p.read_text())
     except (ValueError, UnicodeDecodeError) as e:
-        raise FlopcastError(f"{p}: damaged ({type(e).__name__}); {way_out(p)}") from e
+        raise FlopcastError(f"{p}: not valid JSON ({type(e).__name__}); {fix or way_out(p)}") from e
 
 
 def way_out(path: Path) -> str:

@@ -36,7 +36,8 @@ from ..forecasting.forecast import ForecastResult, Prompts, forecast_prompts
 from ..model.adapter_files import ADAPTER_META, adapter_base, read_adapter_meta
 from ..model.load import EMBEDDED
 from ..model.lora import load_for_inference
-from .outputs import PLOT_SUFFIXES, Output, check_outputs, write_atomic
+from ..results import write_atomic
+from .outputs import PLOT_SUFFIXES, Output, check_outputs
 from .tools import fitted_codec
 
 

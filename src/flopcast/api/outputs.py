@@ -4,14 +4,14 @@ Every command that writes a file names it with :class:`Output` and calls :func:`
 before it reads data, loads a model or spends a FLOP. An output is refused (one line) when it cannot be written,
 when its extension is not one of its formats, when it is one of the command's inputs, when it is a ledger or a
 file a study or run keeps, and when it already exists, unless the command was asked to replace it (``--force``).
-:func:`write_atomic` then writes through a temporary file beside the target and renames it into place, so an
-interrupted write never leaves half a file, nor destroys the one that was there.
+:func:`flopcast.results.write_atomic` then writes through a temporary file beside the target and renames it into
+place, so an interrupted write never leaves half a file, nor destroys the one that was there.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,17 +107,3 @@ def _check_one(o: Output, inputs: list[Path], force: bool) -> None:
         raise FlopcastError(f"{p}: is kept by the study or run in {p.parent}; write the {o.what} elsewhere")
     if not force:
         raise FlopcastError(f"{p}: exists; pass --force to replace it")
-
-
-def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path`` (one step on POSIX): readers
-    see the old file or the whole new one, and a failed write leaves the old file as it was."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return p

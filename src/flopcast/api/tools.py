@@ -29,8 +29,9 @@ from ..encoding.codec import LLMTimeCodec
 from ..errors import BudgetExceeded, DataError, FlopcastError
 from ..evaluation.plots import plot_series
 from ..model.load import load_tokenizer, resolve_arch
+from ..results import write_atomic
 from ..study.state import recorded_budget
-from .outputs import PLOT_SUFFIXES, Output, check_outputs, write_atomic
+from .outputs import PLOT_SUFFIXES, Output, check_outputs
 
 FLOP_MODES = ("train", "forward", "prefill", "generate")
 

@@ -14,13 +14,12 @@ makes the ledger again from the records.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ..errors import FlopcastError
-from ..results import read_json
+from ..results import read_json, write_atomic
 
 RECORD_FILE = "charges.json"
 
@@ -55,9 +54,7 @@ def write_record(directory: str | Path, rec: Record) -> None:
     path = d / RECORD_FILE
     entries = read_json(path) if path.is_file() else {}
     entries[rec.name] = {**asdict(rec), "updated": time.time()}
-    tmp = d / f".{RECORD_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(entries, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(entries, indent=1)))
 
 
 def read_records(root: str | Path) -> list[Record]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..config import ID_COLUMNS, TIME_COLUMNS, DataSpec
 from ..errors import DataError
+from ..results import write_atomic
 from .dataset import Dataset
 
 
@@ -71,17 +72,17 @@ def save_h5(ds: Dataset, path: str | Path, attrs: dict | None = None) -> Path:
     arr = np.full((ds.n_series, T, ds.n_vars), np.nan)
     for i, s in enumerate(ds.series):
         arr[i, : len(s)] = s
-    tmp = p.with_name(p.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("trajectories", data=arr.astype(np.float32 if _fits_f32(ds) else np.float64))
-        f.create_dataset("time", data=ds.time if ds.time is not None else np.arange(T, dtype=np.float64))
-        if not ds.rectangular:
-            f.create_dataset("lengths", data=ds.lengths)
-        f.attrs["variables"] = list(ds.variables)
-        for k, v in (attrs or {}).items():
-            f.attrs[k] = v
-    tmp.replace(p)  # atomic: never leave a half-written file
-    return p
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("trajectories", data=arr.astype(np.float32 if _fits_f32(ds) else np.float64))
+            f.create_dataset("time", data=ds.time if ds.time is not None else np.arange(T, dtype=np.float64))
+            if not ds.rectangular:
+                f.create_dataset("lengths", data=ds.lengths)
+            f.attrs["variables"] = list(ds.variables)
+            for k, v in (attrs or {}).items():
+                f.attrs[k] = v
+    return write_atomic(p, write)  # never a half-written file
 
 
 def _fits_f32(ds: Dataset) -> bool:

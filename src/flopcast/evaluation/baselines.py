@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -18,6 +19,7 @@ import numpy as np
 
 from ..config import BASELINES
 from ..data.simulate import RANGES
+from ..results import write_atomic
 from . import lvfit
 
 VERSION = 2  # of the baselines' arithmetic: 2 = lv_ode fitted in batches (flopcast.evaluation.lvfit)
@@ -152,9 +154,11 @@ def stored_baseline(name: str, contexts: list[np.ndarray], horizon: int, dt: flo
     if path.is_file():
         return np.load(path, allow_pickle=False)
     out = run_baseline(name, contexts, horizon, dt, workers)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_suffix(".npy.part")
-    with open(part, "wb") as fh:
-        np.save(fh, out, allow_pickle=False)
-    part.replace(path)
+    write_atomic(path, lambda tmp: tmp.write_bytes(_npy_bytes(out)))
     return out
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()

@@ -33,7 +33,7 @@ from ..encoding.windows import Window, build_windows, window_grammar
 from ..errors import FlopcastError
 from ..forecasting.forecast import ForecastResult, Prompts, forecast_prompts
 from ..model.load import free_memory
-from ..results import ContextScore, EvalResult, Score, read_json
+from ..results import ContextScore, EvalResult, Score, read_json, write_atomic
 from .baselines import stored_baseline
 from .metrics import per_window, score
 from .plots import plot_error_vs_horizon, plot_forecasts
@@ -182,11 +182,9 @@ def _cache_context(out_dir: Path, S: int, key: str, done: dict[str, Any]) -> Non
     """Keep a finished context's forecasts: re-running an interrupted evaluation neither redoes nor re-charges it."""
     d = out_dir / "contexts"
     d.mkdir(parents=True, exist_ok=True)
-    with open(d / f"S={S}.npy.part", "wb") as fh:
-        np.save(fh, done["point"], allow_pickle=False)
-    (d / f"S={S}.npy.part").replace(d / f"S={S}.npy")
-    (d / f"S={S}.json.part").write_text(json.dumps({"key": key, **{k: v for k, v in done.items() if k != "point"}}))
-    (d / f"S={S}.json.part").replace(d / f"S={S}.json")  # written last: a .json means a complete entry
+    write_atomic(d / f"S={S}.npy", lambda tmp: _save_npy(tmp, done["point"]))
+    meta = {"key": key, **{k: v for k, v in done.items() if k != "point"}}
+    write_atomic(d / f"S={S}.json", lambda tmp: tmp.write_text(json.dumps(meta)))  # last: a .json means complete
 
 
 # ----------------------------------------------------------------------------- scores and files
@@ -215,19 +213,26 @@ def write_results(result: EvalResult, rows: list[dict[str, Any]],
     """``metrics.json``, ``windows.csv``, forecasts at the longest context, and error against horizon."""
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
-    with (d / "windows.csv.part").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["S", "method", "series", "cut", "mse", "mae", "parsed"])
-        w.writeheader()
-        w.writerows(rows)
-    (d / "windows.csv.part").replace(d / "windows.csv")
+    write_atomic(d / "windows.csv", lambda tmp: _write_rows(tmp, rows))
     S = max(examples)
     wins, preds = examples[S]
     plot_forecasts(wins, preds, d / f"forecasts_S{S}.png", variables=ds.variables)
     plot_error_vs_horizon(result, d / "error_vs_horizon.png")
     _drop_stale(d, set(result.contexts), S)
-    (d / "metrics.json.part").write_text(json.dumps(result.to_dict(), indent=2))
-    (d / "metrics.json.part").replace(d / "metrics.json")  # last: a metrics.json means complete results
-    return d
+    write_atomic(d / "metrics.json", lambda tmp: tmp.write_text(json.dumps(result.to_dict(), indent=2)))
+    return d  # metrics.json is written last: one means complete results
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["S", "method", "series", "cut", "mse", "mae", "parsed"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object: np.save would add .npy to a name
+        np.save(fh, arr, allow_pickle=False)
 
 
 def _drop_stale(d: Path, contexts: set[int], plotted: int) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FlopcastError
+from ..results import read_json
 
 ADAPTER_META = "flopcast_adapter.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -20,10 +21,7 @@ WEIGHTS = "adapter_model.safetensors"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FlopcastError(f"{path}: not valid JSON ({type(e).__name__}); the adapter directory is damaged") from e
+    data = read_json(path, "the adapter directory is damaged")
     if not isinstance(data, dict):
         raise FlopcastError(f"{path}: expected a JSON object; the adapter directory is damaged")
     return data
