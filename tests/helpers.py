@@ -37,6 +37,16 @@ TINY_PLAN: dict[str, Any] = {
 }
 
 
+# a process that holds a directory's lock until killed; it prints "locked" once it holds it
+LOCK_HOLDER = """
+import sys, time
+from flopcast.budget.lock import DirLock
+with DirLock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
 def tiny_plan(**changes: Any) -> dict[str, Any]:
     """A copy of :data:`TINY_PLAN` with top-level keys replaced (``stages=[...]``, ``budget=...``)."""
     return {**copy.deepcopy(TINY_PLAN), **changes}

@@ -3,17 +3,9 @@
 import json
 import subprocess
 import sys
-import textwrap
 
+from helpers import LOCK_HOLDER
 from helpers import run_cli as run
-
-LOCK_HOLDER = textwrap.dedent("""
-    import sys, time
-    from flopcast.budget.lock import DirLock
-    with DirLock(sys.argv[1]):
-        print("locked", flush=True)
-        time.sleep(60)
-""")
 
 
 def _eval(data, out, contexts="64"):

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import ROOT, lively_tiny, one_stage_plan, train_data, train_tiny
+from helpers import LOCK_HOLDER, ROOT, lively_tiny, one_stage_plan, train_data, train_tiny
 from helpers import run_cli as run
 
 from flopcast.budget.ledger import Ledger
@@ -83,14 +83,6 @@ def test_changed_train_settings_inside_a_run_dir_are_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 2. one process per directory
-
-LOCK_HOLDER = textwrap.dedent("""
-    import sys, time
-    from flopcast.budget.lock import DirLock
-    with DirLock(sys.argv[1]):
-        print("locked", flush=True)
-        time.sleep(60)
-""")
 
 
 def test_second_process_on_a_directory_exits_2_naming_the_pid(tmp_path, capsys, data_file):

@@ -32,13 +32,19 @@ def train_step_bytes(arch: Arch, batch: int, seq: int, elem_bytes: int = 4, head
     return int(batch * (arch.layers * per_layer + logits))
 
 
-def decode_bytes(arch: Arch, rows: int, prompt_len: int, new_tokens: int, elem_bytes: int = 4) -> int:
-    """KV cache, prefill activations, attention scores and logits of one decoding batch of ``rows`` sequences."""
+def decode_row_bytes(arch: Arch, prompt_len: int, new_tokens: int, elem_bytes: int = 4) -> int:
+    """One decoding row's KV cache of ``prompt_len + new_tokens`` positions, its prefill's largest activations (the
+    MLP's) and its attention scores if materialised."""
     length = prompt_len + new_tokens
     kv = 2 * arch.layers * arch.kv_heads * arch.head_dim * length * elem_bytes
     activations = prompt_len * (4 * arch.hidden + 3 * arch.intermediate) * elem_bytes
     scores = arch.heads * prompt_len * length * 4
-    return int(rows * (kv + activations + scores + arch.vocab * 4))
+    return int(kv + activations + scores)
+
+
+def decode_bytes(arch: Arch, rows: int, prompt_len: int, new_tokens: int, elem_bytes: int = 4) -> int:
+    """KV cache, prefill activations, attention scores and logits of one decoding batch of ``rows`` sequences."""
+    return rows * (decode_row_bytes(arch, prompt_len, new_tokens, elem_bytes) + arch.vocab * 4)
 
 
 def host_free_bytes() -> int | None:

@@ -7,8 +7,9 @@ ledger last heard, so the records never hold more than the ledger did.
 
 :func:`check_covered` compares a directory's records with its ledger before work starts: a ledger that is
 missing, or holds fewer FLOPs than were recorded (deleted, or swapped for another), stops the work with the
-numbers instead of starting the budget again from zero. :func:`rebuild` (``flopcast budget rebuild DIR``)
-makes the ledger again from the records.
+numbers instead of starting the budget again from zero. ``flopcast budget rebuild DIR``
+(:func:`flopcast.api.tools.rebuild_ledger`, :meth:`flopcast.budget.ledger.Ledger.restore`) makes the ledger again
+from the records.
 """
 
 from __future__ import annotations

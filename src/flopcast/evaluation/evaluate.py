@@ -147,10 +147,10 @@ def _forecast_context(model: Any, tokenizer: Any, codec: LLMTimeCodec, wins: lis
     bound = generation_bound(arch, len(wins), S, grammar.max_tokens(cfg.horizon), lora)
     batch = cfg.batch_size if isinstance(cfg.batch_size, int) else None  # "auto": chosen per batch of rows
     if batch is not None:  # before the charge: a batch that cannot fit is refused with one that does
-        elem, longest = next(model.parameters()).element_size(), max(len(w.prompt) for w in wins)
-        check_fits(f"decoding S={S}", lambda b: decode_bytes(arch, b, longest, grammar.max_tokens(cfg.horizon), elem),
-                   min(batch, len(wins)), free_memory(next(model.parameters()).device), "this device",
-                   "eval.batch_size (--batch-size)")
+        p, longest = next(model.parameters()), max(len(w.prompt) for w in wins)
+        check_fits(f"decoding S={S}", lambda b: decode_bytes(arch, b, longest, grammar.max_tokens(cfg.horizon),
+                                                             p.element_size()),
+                   min(batch, len(wins)), free_memory(p.device), str(p.device), "eval.batch_size (--batch-size)")
     fcfg = ForecastConfig(horizon=cfg.horizon, batch_size=cfg.batch_size, max_int_digits=grammar.max_int,
                           compile=cfg.compile)
     with charged(run.ledger, f"{run.name}/S={S}", "eval", bound, run.out_dir, model=run.model_name, seq=S,

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from transformers import StaticCache
 
+from ..budget.flops import Arch
+from ..budget.memory import decode_row_bytes
 from ..model.compile import allow_recompiles
 from ..model.parts import base_model, text_config
 from .automaton import Sampling, TokenAutomaton
@@ -195,12 +197,9 @@ def batch_for_memory(free_bytes: int, config: Any, prompt_len: int, new_tokens: 
     evaluation to the next while free memory varies a little."""
     c = text_config(config)
     heads = c.num_attention_heads
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
-    kv_heads = getattr(c, "num_key_value_heads", None) or heads
-    length = prompt_len + new_tokens
-    kv = 2 * c.num_hidden_layers * kv_heads * head_dim * length * elem_bytes
-    activations = prompt_len * (4 * c.hidden_size + 3 * c.intermediate_size) * elem_bytes
-    scores = heads * prompt_len * length * 4
-    per_row = kv + activations + scores
+    arch = Arch(c.hidden_size, c.num_hidden_layers, heads, getattr(c, "num_key_value_heads", None) or heads,
+                getattr(c, "head_dim", None) or c.hidden_size // heads, c.intermediate_size,
+                getattr(c, "vocab_size", 0))
+    per_row = decode_row_bytes(arch, prompt_len, new_tokens, elem_bytes)
     rows = int(max(1, min(MAX_AUTO_BATCH, FREE_MEMORY_SHARE * free_bytes // per_row)))
     return 1 << (rows.bit_length() - 1)
