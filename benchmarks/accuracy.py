@@ -31,7 +31,7 @@ def plan(a) -> dict:
     return {
         "name": "accuracy", "budget": a.budget, "data": str(a.data), "seed": 0,
         "model": {"name": a.model},
-        "codec": {"decimals": 2, "scale_mode": "global", "drop_decimal_point": a.no_point},
+        "codec": {"decimals": 2, "scale_mode": "global", "per_variable": False, "drop_decimal_point": a.no_point},
         "eval": {"protocol": "seed", "contexts": [128, 512, 768], "max_series": a.max_series, "batch_size": 16},
         "lora": {"rank": a.rank, "targets": ["q_proj", "v_proj"]},
         "train": {"batch_size": 4, "seq_len": a.seq_len, "lr": a.lr, "warmup_steps": 10, "schedule": a.schedule,

@@ -21,6 +21,7 @@ import torch
 
 from flopcast.config import CodecConfig, ForecastConfig
 from flopcast.encoding.codec import LLMTimeCodec
+from flopcast.encoding.scaling import Scale
 from flopcast.forecasting.forecast import forecast
 from flopcast.model.load import load_model
 
@@ -40,16 +41,16 @@ def contexts(n: int, steps: int) -> tuple[list[np.ndarray], str]:
     return [s[:steps] for s in ds.series[-n:]], src
 
 
-def naive(model, tok, codec, ctxs, horizon, alpha):
+def naive(model, tok, codec, ctxs, horizon, scale):
     out = []
-    per_step = len(tok(codec.encode(ctxs[0][:1], alpha), add_special_tokens=False).input_ids)
+    per_step = len(tok(codec.encode(ctxs[0][:1], scale), add_special_tokens=False).input_ids)
     for c in ctxs:
-        ids = tok(codec.encode(c, alpha), return_tensors="pt", add_special_tokens=False)
+        ids = tok(codec.encode(c, scale), return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
             g = model.generate(**ids, max_new_tokens=horizon * per_step + 2, do_sample=False,
                                pad_token_id=tok.pad_token_id)
         text = tok.decode(g[0, ids.input_ids.shape[1]:], skip_special_tokens=True)
-        out.append(codec.decode(text, c.shape[1], alpha).values[:horizon])
+        out.append(codec.decode(text, c.shape[1], scale).values[:horizon])
     return out
 
 
@@ -72,16 +73,16 @@ def run(lm, a, steps: int) -> None:
     """Rounds that alternate the two paths, so that a machine whose speed drifts (a shared VM) biases neither:
     each round times the naive loop on its share of the series, then the batched path on all of them."""
     ctxs, src = contexts(a.n, steps)
-    codec = LLMTimeCodec(CodecConfig(), alpha=float(np.percentile(np.concatenate(ctxs), 99.7) / 10))
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(float(np.percentile(np.concatenate(ctxs), 99.7) / 10)))
     n_tok = np.mean([len(lm.tokenizer(codec.encode(c), add_special_tokens=False).input_ids) for c in ctxs])
     print(f"\nmodel {a.model}, {a.n} series ({src}), {steps} context steps (~{n_tok:.0f} tokens), "
           f"horizon {a.horizon}, batch {a.batch}, {torch.get_num_threads()} threads, {a.rounds} rounds")
-    naive(lm.model, lm.tokenizer, codec, ctxs[:1], a.horizon, codec.alpha)  # warm-up
+    naive(lm.model, lm.tokenizer, codec, ctxs[:1], a.horizon, codec.scale)  # warm-up
     cfg = ForecastConfig(horizon=a.horizon, batch_size=a.batch)
     base, ratios, t_naive, t_fast, texts = [], [], 0.0, 0.0, set()
     for share in np.array_split(np.arange(a.n), a.rounds):
         t = time.perf_counter()
-        base += naive(lm.model, lm.tokenizer, codec, [ctxs[i] for i in share], a.horizon, codec.alpha)
+        base += naive(lm.model, lm.tokenizer, codec, [ctxs[i] for i in share], a.horizon, codec.scale)
         dt_naive = time.perf_counter() - t
         t = time.perf_counter()
         res = forecast(lm.model, lm.tokenizer, codec, ctxs, cfg)

@@ -23,6 +23,7 @@ import flopcast.forecasting.decode as decode
 import flopcast.forecasting.forecast as fc
 from flopcast.config import CodecConfig, ForecastConfig
 from flopcast.encoding.codec import LLMTimeCodec
+from flopcast.encoding.scaling import Scale
 from flopcast.model.load import load_model
 
 
@@ -73,7 +74,7 @@ def main() -> None:
     device = next(lm.model.parameters()).device
     c = lm.model.config
     ctxs, src = contexts(a.n, a.steps)
-    codec = LLMTimeCodec(CodecConfig(), alpha=float(np.percentile(np.concatenate(ctxs), 99.7) / 10))
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(float(np.percentile(np.concatenate(ctxs), 99.7) / 10)))
     cfg = ForecastConfig(horizon=a.horizon, batch_size=a.n, compile=a.compile)
     print(f"model {a.model} ({c.num_attention_heads} query heads, {c.num_key_value_heads} key/value heads), "
           f"{a.n} series ({src}) x {a.steps} context steps in one batch, compile {a.compile}, {device}")

@@ -20,7 +20,7 @@ def fc(tmp_path_factory):
 
 
 @pytest.mark.parametrize("call, error, match", [
-    (lambda fc: fc.predict(FRAME.iloc[:0]), DataError, "the DataFrame has no rows"),
+    (lambda fc: fc.predict(FRAME.iloc[:0]), DataError, "the table has no rows"),
     (lambda fc: fc.predict(FRAME, id_column="nope"), DataError, "id_column='nope' is not a column"),
     (lambda fc: fc.predict(FRAME, horizon=2.5), TypeError, "horizon must be an integer, got 2.5"),
     (lambda fc: fc.predict(FRAME, samples=2.5), TypeError, "n_samples must be an integer, got 2.5"),

@@ -6,6 +6,7 @@ import pytest
 from flopcast.budget.ledger import Ledger
 from flopcast.config import CodecConfig, EvalConfig
 from flopcast.encoding.codec import LLMTimeCodec
+from flopcast.encoding.scaling import Scale
 from flopcast.encoding.windows import aligned_windows, seed_windows
 from flopcast.errors import FlopcastError
 from flopcast.evaluation.baselines import linear, lv_ode, persistence, run_baseline
@@ -27,7 +28,7 @@ def _series(T=40, seed=0):
 
 
 def test_seed_windows_match_reference_layout(tok):
-    codec = LLMTimeCodec(CodecConfig(), alpha=1.0)
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(1.0))
     s = _series(100)  # every step is "d.dd,d.dd;" = 10 tokens -> 1000 tokens
     for S, starts in [(128, [0, 256, 512, 768]), (512, [0, 256]), (768, [0])]:
         wins = seed_windows([s], codec, tok, S, 5)

@@ -7,6 +7,7 @@ from helpers import lively_tiny
 
 from flopcast.config import CodecConfig, ForecastConfig
 from flopcast.encoding.codec import LLMTimeCodec
+from flopcast.encoding.scaling import Scale
 from flopcast.forecasting.forecast import forecast, forecast_flops
 from flopcast.model.load import load_model
 
@@ -21,7 +22,7 @@ def _contexts(rng, n, lo=3, hi=25, scale=3.0):
                           CodecConfig(decimals=1, scale_mode="per_series")])
 def test_constrained_output_always_decodes(seed, codec_cfg):
     lm = load_model("tiny-llama" if seed % 2 else "tiny-qwen2", seed=seed)
-    codec = LLMTimeCodec(codec_cfg, alpha=1.0 if codec_cfg.scale_mode == "global" else None)
+    codec = LLMTimeCodec(codec_cfg, Scale.from_state(1.0) if codec_cfg.scale_mode == "global" else None)
     rng = np.random.default_rng(seed)
     res = forecast(lm.model, lm.tokenizer, codec, _contexts(rng, 7), ForecastConfig(horizon=4, batch_size=3))
     if codec_cfg.drop_decimal_point:
@@ -37,7 +38,7 @@ def test_constrained_output_always_decodes(seed, codec_cfg):
 @pytest.mark.parametrize("family", ["tiny-qwen2", "tiny-llama"])
 def test_batched_equals_one_by_one(family):
     model, tok = lively_tiny(family)
-    codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(0.5))
     ctx = _contexts(np.random.default_rng(5), 9)
     batched = forecast(model, tok, codec, ctx, ForecastConfig(horizon=5, batch_size=4))
     single = forecast(model, tok, codec, ctx, ForecastConfig(horizon=5, batch_size=1))
@@ -47,7 +48,7 @@ def test_batched_equals_one_by_one(family):
 
 
 def test_sampling_median_quantiles_seeded(tiny):
-    codec = LLMTimeCodec(CodecConfig(), alpha=1.0)
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(1.0))
     ctx = _contexts(np.random.default_rng(1), 3)
     cfg = ForecastConfig(horizon=3, n_samples=6, temperature=1.5, seed=4)
     a = forecast(tiny.model, tiny.tokenizer, codec, ctx, cfg)
@@ -59,16 +60,16 @@ def test_sampling_median_quantiles_seeded(tiny):
 
 
 def test_values_in_original_units(tiny):
-    codec = LLMTimeCodec(CodecConfig(), alpha=4.0)
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(4.0))
     res = forecast(tiny.model, tiny.tokenizer, codec, [np.ones((5, 2))], ForecastConfig(horizon=2))
-    dec = LLMTimeCodec(CodecConfig(), alpha=1.0).decode(res.texts[0][0], 2)
+    dec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(1.0)).decode(res.texts[0][0], 2)
     np.testing.assert_allclose(res.point[0], dec.values[:2] * 4.0)
 
 
 def test_forecast_flops_counted(tiny):
     from flopcast.budget import flops
 
-    codec = LLMTimeCodec(CodecConfig(), alpha=1.0)
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(1.0))
     res = forecast(tiny.model, tiny.tokenizer, codec, _contexts(np.random.default_rng(2), 5),
                    ForecastConfig(horizon=2, batch_size=2))
     arch = flops.Arch.from_config(tiny.model.config)
@@ -80,7 +81,7 @@ def test_forecast_flops_counted(tiny):
 @pytest.mark.slow
 def test_embedded_model_forecast_parses():
     lm = load_model("smollm2-135m")
-    codec = LLMTimeCodec(CodecConfig(), alpha=1.0)
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(1.0))
     t = np.linspace(0, 6, 40)
     ctx = [np.stack([2 + np.sin(t + p), 1 + 0.5 * np.cos(t + p)], 1) for p in (0.0, 1.0, 2.0)]
     res = forecast(lm.model, lm.tokenizer, codec, ctx, ForecastConfig(horizon=5, batch_size=3))
@@ -138,7 +139,7 @@ def test_device_grammar_greedy_equals_python_grammar(style, seed, request):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config("tiny-qwen2", vocab_size=len(tok), initializer_range=0.3))
     codec_cfg = [CodecConfig(), CodecConfig(drop_decimal_point=True), CodecConfig(decimals=1)][seed % 3]
-    codec = LLMTimeCodec(codec_cfg, alpha=float(rng.uniform(0.05, 1.0)))
+    codec = LLMTimeCodec(codec_cfg, scale=Scale.from_state(float(rng.uniform(0.05, 1.0))))
     contexts = _contexts(rng, 6, scale=50.0)
     texts = [codec.encode(c) for c in contexts]
     steps = [codec.encode(c[-1:]) for c in contexts]  # a partial step (or an over-long one) after some prompts
@@ -183,7 +184,7 @@ def test_a_failing_compiled_decode_step_warns_and_decodes_eagerly(monkeypatch):
     from flopcast.model.compile import compile_on
 
     model, tok = lively_tiny()
-    codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(0.5))
     ctx = _contexts(np.random.default_rng(3), 4)
     eager = forecast(model, tok, codec, ctx, ForecastConfig(horizon=3, compile="off"))
 
@@ -213,7 +214,7 @@ def test_a_failing_compiled_decode_step_warns_and_decodes_eagerly(monkeypatch):
 def test_compiled_decode_step_gives_the_eager_tokens(monkeypatch):
     """torch.compile of the decode step (static shapes: the mask covers the whole cache) changes no token."""
     model, tok = lively_tiny()
-    codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(0.5))
     rng = np.random.default_rng(4)
     ctx = [rng.random((8, 2)) * 3 for _ in range(4)]  # two batches of one shape: one set of graphs (inductor is slow)
     import torch
@@ -233,7 +234,7 @@ def test_compiled_decode_step_gives_the_eager_tokens(monkeypatch):
 def test_batches_of_one_shape_share_a_kv_cache_and_forecast_as_one_batch():
     """Batches of one shape share one StaticCache (emptied between them): the same forecasts as one batch."""
     model, tok = lively_tiny()
-    codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(0.5))
     rng = np.random.default_rng(7)
     ctx = [rng.random((8, 2)) * 3 for _ in range(5)]  # equal lengths: every batch of one row has the same shape
     assert len({len(tok(codec.encode(c), add_special_tokens=False).input_ids) for c in ctx}) == 1
@@ -309,7 +310,7 @@ def test_decode_steps_do_not_copy_the_kv_cache_per_head(monkeypatch):
     import flopcast.forecasting.forecast as fc
 
     model, tok = lively_tiny()
-    codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(0.5))
     ctx = _contexts(np.random.default_rng(5), 6)
     cfg = ForecastConfig(horizon=3, batch_size=3, compile="off")
     before = forecast(model, tok, codec, ctx, cfg)
@@ -355,7 +356,7 @@ def test_chunked_prefill_gives_the_whole_prompts_cache_and_forecasts(monkeypatch
     import flopcast.forecasting.decode as dec
 
     model, tok = lively_tiny()
-    codec = LLMTimeCodec(CodecConfig(), alpha=0.5)
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(0.5))
     ctx = _contexts(np.random.default_rng(8), 8)
     prompts = [tok(codec.encode(c), add_special_tokens=False).input_ids for c in ctx]
     ids, attn, pos = dec._left_padded(prompts, tok.eos_token_id, "cpu")

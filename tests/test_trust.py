@@ -390,13 +390,14 @@ def test_csv_id_and_time_columns_are_not_variables(tmp_path, capsys):
     code, out, err = run(capsys, "forecast", "-i", f, "--model", "tiny-qwen2", "--steps", 2, "-o", tmp_path / "o.csv")
     assert code == 0, err
     lines = (tmp_path / "o.csv").read_text().splitlines()
-    assert lines[0] == "series,step,prey,predator" and [ln.split(",")[:2] for ln in lines[1:]] == [
-        ["a", "6"], ["a", "7"], ["b", "8"], ["b", "9"]]
-    # explicit columns; '' turns recognition off (then the id column is read as a value and rejected)
-    code, _, err = run(capsys, "data", "inspect", f, "--id-column", "", "--time-column", "")
-    assert code == 2 and "non-numeric" in err
+    assert lines[0] == "item_id,timestamp,prey,predator" and [ln.split(",")[:2] for ln in lines[1:]] == [
+        ["a", "2024-01-07"], ["a", "2024-01-08"], ["b", "2024-01-09"], ["b", "2024-01-10"]]
+    # explicit columns; '' turns recognition off (then the id and time columns are text: not variables, said)
+    with pytest.warns(UserWarning, match="item_id, timestamp hold text, not numbers: not variables"):
+        code, _, err = run(capsys, "data", "inspect", f, "--id-column", "", "--time-column", "")
+    assert code == 0
     code, _, err = run(capsys, "data", "inspect", f, "--id-column", "nope")
-    assert code == 2 and "'nope' not in header" in err
+    assert code == 2 and "id_column='nope' is not a column" in err
 
 
 def test_plan_data_table_with_columns(tmp_path):
@@ -414,9 +415,10 @@ def test_forecasts_above_999_parse_and_the_cap_is_reported():
     from flopcast.config import CodecConfig, ForecastConfig
     from flopcast.encoding.codec import LLMTimeCodec
     from flopcast.encoding.grammar import int_digits_for
+    from flopcast.encoding.scaling import Scale
     from flopcast.forecasting.forecast import forecast
 
-    codec = LLMTimeCodec(CodecConfig(), alpha=1.0)
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(1.0))
     assert int_digits_for(["1.00,2.00;"], codec.config) == 3 and int_digits_for(["12345.00,2.00;"], codec.config) == 6
     assert int_digits_for(["1234,5;"], CodecConfig(drop_decimal_point=True)) == 3  # 12.34: 2 integer digits
     model, tok = lively_tiny()
@@ -431,12 +433,13 @@ def test_seed_protocol_on_large_values_parses(tmp_path):
     from flopcast.config import CodecConfig, EvalConfig
     from flopcast.data.dataset import Dataset
     from flopcast.encoding.codec import LLMTimeCodec
+    from flopcast.encoding.scaling import Scale
     from flopcast.evaluation.evaluate import EvalRun, evaluate
 
     rng = np.random.default_rng(0)
     ds = Dataset([2000 + 500 * rng.random((40, 2)) for _ in range(3)])
     model, tok = lively_tiny()
-    res = evaluate(model, tok, LLMTimeCodec(CodecConfig(), alpha=1.0), ds,
+    res = evaluate(model, tok, LLMTimeCodec(CodecConfig(), scale=Scale.from_state(1.0)), ds,
                    EvalConfig(protocol="seed", contexts=(64,), window_stride_tokens=32, baselines=(), n_boot=10),
                    EvalRun(progress=False))
     m = res.score(64)
@@ -462,11 +465,12 @@ def test_decoding_uses_the_current_cache_api(tiny):
 
     from flopcast.config import CodecConfig, ForecastConfig
     from flopcast.encoding.codec import LLMTimeCodec
+    from flopcast.encoding.scaling import Scale
     from flopcast.forecasting.forecast import forecast
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        forecast(tiny.model, tiny.tokenizer, LLMTimeCodec(CodecConfig(), 1.0), [np.ones((4, 2))],
+        forecast(tiny.model, tiny.tokenizer, LLMTimeCodec(CodecConfig(), Scale.identity()), [np.ones((4, 2))],
                  ForecastConfig(horizon=2))
     assert not [w for w in caught if "past_key_values" in str(w.message)]
 

@@ -33,14 +33,19 @@ SCALE_MODES = ("global", "per_series", "none")
 class CodecConfig:
     """LLMTime text encoding.
 
-    ``x_text = round(x / alpha, decimals)``; ``alpha`` is chosen so the ``percentile``-th
-    percentile of the (training) data maps to ``target`` (reference study: 99.7 -> 10).
+    ``x_text = round((x - beta) / alpha, decimals)``, a ``-`` before negative values. ``alpha`` is chosen so the
+    ``percentile``-th percentile of ``|x - beta|`` maps to ``target`` (reference study: 99.7 -> 10), for each
+    variable on its own (``per_variable``; the reference pooled them); ``beta`` is 0, or with ``offset`` LLMTime's
+    ``min - 0.3 (max - min)``. Fitted on the training split (``global``), on each context (``per_series``), or
+    the identity (``none``); see :mod:`flopcast.encoding.scaling`.
     """
 
     decimals: int = 2
     scale_mode: str = "global"
     percentile: float = 99.7
     target: float = 10.0
+    per_variable: bool = True
+    offset: bool = False
     drop_decimal_point: bool = False
     var_sep: str = ","
     step_sep: str = ";"
@@ -57,6 +62,12 @@ class CodecConfig:
             require(len(sep) == 1 and not sep.isdigit() and sep not in ".-",
                    f"{name} must be one non-digit character other than '.' and '-', got {sep!r}")
         require(self.var_sep != self.step_sep, "var_sep and step_sep must differ")
+
+
+# How series are written without an adapter (``flopcast forecast``, ``Forecaster``): each context scaled alone, each
+# variable with its own alpha and LLMTime's offset. Chosen by measurement: zero-shot MASE relative to seasonal naive
+# 2.02 with the offset against 2.28 without (geometric mean over seven real datasets, benchmarks/real_data.py).
+ZERO_SHOT_CODEC = CodecConfig(scale_mode="per_series", offset=True)
 
 
 @dataclass(frozen=True)
@@ -104,24 +115,30 @@ class ModelSpec:
                 f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
 
 
-ID_COLUMNS = ("id", "series", "item_id")
-TIME_COLUMNS = ("time", "t", "timestamp", "date")
+FILLS = ("linear", "ffill")
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """A data file. For a CSV, ``id_column`` splits rows into series and ``time_column`` gives their time;
-    ``None`` recognises a column named as in ``ID_COLUMNS`` / ``TIME_COLUMNS``, ``""`` means none."""
+    """A data file. For a CSV, ``id_column`` splits rows into series, ``time_column`` gives their time and
+    ``value_columns`` are the variables; ``None`` recognises them by name (see :mod:`flopcast.data.frames`),
+    ``""`` means none. ``fill`` (``linear`` or ``ffill``) fills missing values, which are refused without it."""
 
     path: str
     id_column: str | None = None
     time_column: str | None = None
+    value_columns: tuple[str, ...] | None = None
+    fill: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.path, os.PathLike):
             object.__setattr__(self, "path", os.fspath(self.path))
+        if isinstance(self.value_columns, list):
+            object.__setattr__(self, "value_columns", tuple(self.value_columns))
         check_types(self)
         require(bool(self.path), "data path must not be empty")
+        require(self.fill is None or self.fill in FILLS, f"fill must be one of {FILLS}, got {self.fill!r}")
+        require(self.value_columns is None or len(self.value_columns) > 0, "value_columns must name a column")
 
 
 MAX_T_END, MAX_SIM_VALUES = 1e4, 10**8
@@ -179,12 +196,15 @@ def _check_compile(setting: object) -> None:
 
 @dataclass(frozen=True)
 class ForecastConfig:
-    """Forecasting: ``horizon`` steps, greedy unless ``n_samples > 1`` (then median + quantiles)."""
+    """Forecasting: ``horizon`` steps, greedy unless ``n_samples > 1`` (then median + quantiles). Samples are drawn
+    from the softmax at ``temperature`` over the characters the grammar allows, restricted to the smallest set whose
+    probability reaches ``top_p`` (nucleus sampling; 1: all of them)."""
 
     horizon: int = 5
     batch_size: int | str = 16         # or "auto": as many rows as fit in a GPU's free memory (16 on CPU)
     n_samples: int = 1
     temperature: float = 1.0
+    top_p: float = 1.0
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     max_int_digits: int | None = None  # None: derived from the prompts (see grammar.int_digits_for)
     seed: int = 0
@@ -199,6 +219,7 @@ class ForecastConfig:
         require(self.n_samples >= 1, f"n_samples must be >= 1, got {self.n_samples}")
         require(finite(self.temperature) and self.temperature > 0,
                f"temperature must be a finite number > 0, got {self.temperature}")
+        require(finite(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
         require(all(finite(q) and 0 < q < 1 for q in self.quantiles),
                f"quantiles must be in (0, 1), got {self.quantiles}")
         require(self.max_int_digits is None or self.max_int_digits >= 1, "max_int_digits must be >= 1")
@@ -221,7 +242,8 @@ class EvalConfig:
     ``S`` tokens start every ``window_stride_tokens`` tokens, the completion of a step cut by the
     window is dropped and the next ``horizon`` steps are scored. ``aligned`` (default) uses
     contexts of whole timesteps (as many as fit in ``S`` tokens) ending at cut points every
-    ``stride`` steps from ``min_context_steps`` on.
+    ``stride`` steps from ``min_context_steps`` on. Forecasts are greedy, or with ``samples > 1`` the median of that
+    many samples at ``temperature`` within the nucleus ``top_p``.
     """
 
     protocol: str = "aligned"
@@ -234,6 +256,9 @@ class EvalConfig:
     max_series: int | None = None
     baselines: tuple[str, ...] = BASELINES
     batch_size: int | str = 16         # windows decoded together; "auto": from a GPU's free memory (16 on CPU)
+    samples: int = 1                   # > 1: sampled forecasts at temperature / top_p, scored by their median
+    temperature: float = 1.0
+    top_p: float = 1.0
     n_boot: int = 1000
     seed: int = 0
     compile: str | None = None         # compiled decode step: "on", "off", "auto" (= None: on for CUDA)
@@ -252,6 +277,7 @@ class EvalConfig:
         require(self.max_series is None or self.max_series >= 1, f"max_series must be >= 1, got {self.max_series}")
         _check_batch(self.batch_size, "eval batch_size")
         _check_compile(self.compile)
+        ForecastConfig(horizon=self.horizon, n_samples=self.samples, temperature=self.temperature, top_p=self.top_p)
         require(self.n_boot >= 0 and self.seed >= 0, f"n_boot and seed must be >= 0, got {self.n_boot}, {self.seed}")
         unknown = set(self.baselines) - set(BASELINES)
         require(not unknown, f"unknown baseline(s) {sorted(unknown)} ({', '.join(BASELINES)})")
@@ -324,8 +350,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             v = list(v)
         out[f.name] = v
     return out
-
-
 
 
 def result_settings(cfg: Any) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,21 +25,27 @@ import numpy as np
 from ..budget.costs import charge_batches, charged, generation_bound, model_shape
 from ..budget.ledger import Ledger
 from ..checks import check_arg, check_ints
-from ..config import CodecConfig, DataSpec, ForecastConfig, ModelSpec
+from ..config import ZERO_SHOT_CODEC, CodecConfig, DataSpec, ForecastConfig, ModelSpec
+from ..data.calendar import future_timestamps, shown_stamp
 from ..data.dataset import Dataset
-from ..data.frames import series_from, to_frame
+from ..data.frames import SeriesBatch, series_from, to_frame
 from ..data.io import load
 from ..encoding.codec import LLMTimeCodec
-from ..encoding.grammar import LLMTimeGrammar, int_digits_for
+from ..encoding.grammar import grammar_for
+from ..encoding.scaling import collapse_warning
 from ..encoding.windows import Window
+from ..errors import DataError
 from ..evaluation.plots import plot_forecasts
 from ..forecasting.forecast import ForecastResult, Prompts, forecast_prompts
 from ..model.adapter_files import ADAPTER_META, adapter_base, read_adapter_meta
 from ..model.load import EMBEDDED
 from ..model.lora import load_for_inference
+from ..model.parts import max_positions
 from ..results import write_atomic
 from .outputs import PLOT_SUFFIXES, Output, check_outputs
 from .tools import fitted_codec
+
+MIN_STEPS = 2  # a context needs two steps: the spacing of its timestamps, and something to continue
 
 
 class Forecaster:
@@ -47,7 +54,7 @@ class Forecaster:
     def __init__(self, model: Any, tokenizer: Any, model_name: str, codec: LLMTimeCodec | None = None,
                  adapter: str | Path | None = None, ledger: Ledger | None = None):
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
-        self.codec = codec or LLMTimeCodec(CodecConfig(scale_mode="per_series"))
+        self.codec = codec or LLMTimeCodec(ZERO_SHOT_CODEC)
         self.adapter = Path(adapter) if adapter else None
         self.ledger = ledger
 
@@ -72,56 +79,103 @@ class Forecaster:
             ledger = Ledger(ledger, budget)
         return cls(lm.model, lm.tokenizer, name, LLMTimeCodec.from_state(state) if state else None, adapter, ledger)
 
-    def forecast(self, series: list[np.ndarray], horizon: int = 5, samples: int = 1,
+    def forecast(self, series: Any, horizon: int = 5, samples: int = 1,
                  quantiles: tuple[float, ...] = (0.1, 0.5, 0.9), context_tokens: int | None = None, seed: int = 0,
-                 batch_size: int = 16, temperature: float = 1.0, name: str = "forecast",
-                 progress: bool = False) -> ForecastResult:
+                 batch_size: int = 16, temperature: float = 1.0, name: str = "forecast", progress: bool = False,
+                 top_p: float = 1.0, fill: str | None = None) -> ForecastResult:
         """Forecast ``horizon`` steps after each ``(T_i, V)`` array; a
-        :class:`~flopcast.forecasting.forecast.ForecastResult`
-        (original units; ``contexts`` holds what each series was cut to by ``context_tokens``)."""
+        :class:`~flopcast.forecasting.forecast.ForecastResult` (original units; ``contexts`` holds what each
+        series was cut to: its newest steps that fit in ``context_tokens`` and in the model's positions, leaving
+        room for the forecast). Missing values are filled by ``fill`` (``linear``, ``ffill``) or refused."""
         fcfg = ForecastConfig(horizon=horizon, batch_size=batch_size, n_samples=samples, temperature=temperature,
-                              quantiles=quantiles, seed=seed)  # bad numbers stop here, before any work
+                              top_p=top_p, quantiles=quantiles, seed=seed)  # bad numbers stop here, before any work
         if context_tokens is not None:
             check_ints("context_tokens", [context_tokens])
-        series = series_from(series).values  # (T, V) float arrays, or one line naming the series at fault
-        contexts = [fit_context(s, self.codec, self.tokenizer, context_tokens) for s in series]
-        alphas = np.array([self.codec.series_alpha(c) for c in contexts])
-        texts = [self.codec.encode(c, a) for c, a in zip(contexts, alphas)]
+        values = _long_enough(series_from(series, fill=fill)).values  # or one line naming the series at fault
+        contexts = self.contexts(values, horizon, context_tokens)
+        scales = [self.codec.series_scale(c) for c in contexts]
+        texts = [self.codec.encode(c, a) for c, a in zip(contexts, scales)]
+        lost = collapse_warning(contexts, scales, self.codec.config.decimals)
+        if lost:
+            warnings.warn(lost, stacklevel=2)
         prompts = [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
         n_vars = contexts[0].shape[1]
-        grammar = LLMTimeGrammar(self.codec.config, n_vars, int_digits_for(texts, self.codec.config))
+        grammar = grammar_for(texts, self.codec.config, n_vars)
         fcfg = replace(fcfg, max_int_digits=grammar.max_int)
         arch, lora = model_shape(self.model)
         bound = generation_bound(arch, len(prompts) * samples, max(map(len, prompts)), grammar.max_tokens(horizon),
                                  lora)
         with charged(self.ledger, name, "forecast", bound, model=self.model_name) as charge:
-            res = forecast_prompts(self.model, self.tokenizer, self.codec, Prompts(prompts, alphas, n_vars), fcfg,
+            res = forecast_prompts(self.model, self.tokenizer, self.codec, Prompts(prompts, scales, n_vars), fcfg,
                                    progress=progress, on_batch=charge_batches(charge, self.model))
         res.contexts = contexts
         return res
 
+    def contexts(self, series: list[np.ndarray], horizon: int, context_tokens: int | None = None) -> list[np.ndarray]:
+        """Each series' newest steps that fit in ``context_tokens`` and in the model's positions less room for
+        ``horizon`` steps (all of it when it fits); a warning says how many steps were kept. A limit shorter than
+        one step is refused."""
+        texts = [self.codec.encode(s) for s in series]
+        room = grammar_for(texts, self.codec.config, series[0].shape[1]).max_tokens(horizon)
+        positions = max_positions(self.model)
+        limit, why = context_tokens, f"context_tokens={context_tokens}"
+        if positions is not None and (limit is None or limit > positions - room):
+            limit, why = positions - room, f"{positions} positions of {self.model_name}, less {room} for the forecast"
+            if limit < 1:
+                raise DataError(f"a forecast of {horizon} steps needs up to {room} tokens; {self.model_name} has "
+                                f"{positions} positions: forecast fewer steps")
+        out = []
+        for s, text in zip(series, texts):
+            fits = limit is None or len(self.tokenizer(text, add_special_tokens=False).input_ids) <= limit
+            out.append(s if fits else fit_context(s, self.codec, self.tokenizer, limit))
+        cut = [(len(s), len(c)) for s, c in zip(series, out) if len(c) < len(s)]
+        if cut:
+            kept = sorted(n for _, n in cut)
+            warnings.warn(f"{len(cut)} series longer than {limit} tokens ({why}): the newest "
+                          f"{kept[0] if kept[0] == kept[-1] else f'{kept[0]}-{kept[-1]}'} steps of "
+                          f"{max(t for t, _ in cut)} are the context", stacklevel=3)
+        return out
+
     def predict(self, data: Any, horizon: int = 5, samples: int = 1, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9),
                 context_tokens: int | None = None, *, id_column: str | None = None, timestamp_column: str | None = None,
-                target_columns: list[str] | None = None, seed: int = 0, batch_size: int = 16) -> Any:
+                target_columns: list[str] | None = None, seed: int = 0, batch_size: int = 16,
+                temperature: float = 1.0, top_p: float = 1.0, fill: str | None = None) -> Any:
         """Forecast ``data`` -- an array (T, V), a list of arrays, or a long DataFrame (``id_column``,
-        ``timestamp_column``, one column per variable) -- and return a DataFrame: id, timestamp, the point forecast
-        per variable (greedy; the median of ``samples`` > 1) and, when sampled, ``<variable>_q<level>`` per quantile."""
-        batch = series_from(data, id_column, timestamp_column, target_columns)
-        res = self.forecast(batch.values, horizon, samples, quantiles, context_tokens, seed, batch_size)
+        ``timestamp_column``, one column per variable; ``unique_id, ds, y`` too) -- and return a DataFrame: id,
+        timestamp (continued on the calendar), the point forecast per variable (greedy; the median of ``samples`` >
+        1) and, when sampled, ``<variable>_q<level>`` per quantile."""
+        batch = _long_enough(series_from(data, id_column, timestamp_column, target_columns, fill))
+        res = self.forecast(batch.values, horizon, samples, quantiles, context_tokens, seed, batch_size,
+                            temperature=temperature, top_p=top_p)
         return to_frame(batch, res.point, res.quantiles)
 
     def __repr__(self) -> str:
         return f"Forecaster({self.model_name!r}, adapter={str(self.adapter) if self.adapter else None!r})"
 
 
+def _long_enough(batch: SeriesBatch) -> SeriesBatch:
+    for key, v in zip(batch.ids, batch.values):
+        if len(v) < MIN_STEPS:
+            raise DataError(f"series {key!r} has {len(v)} step(s); forecasting needs at least {MIN_STEPS}")
+    return batch
+
+
 def fit_context(s: np.ndarray, codec: LLMTimeCodec, tokenizer: Any, max_tokens: int | None) -> np.ndarray:
-    """The longest suffix of whole steps whose encoding fits in ``max_tokens`` tokens (all of ``s`` for None)."""
+    """The longest suffix of whole steps whose encoding fits in ``max_tokens`` tokens (all of ``s`` for None); a
+    limit that not even the last step fits in is refused."""
     if max_tokens is None:
         return s
+
+    def tokens(n: int) -> int:
+        return len(tokenizer(codec.encode(s[-n:]), add_special_tokens=False).input_ids)
+
+    if tokens(1) > max_tokens:
+        raise DataError(f"a context of {max_tokens} tokens is shorter than one step ({tokens(1)} tokens): allow "
+                        "more context tokens")
     lo, hi = 1, len(s)
     while lo < hi:  # binary search on the number of steps
         mid = (lo + hi + 1) // 2
-        if len(tokenizer(codec.encode(s[-mid:]), add_special_tokens=False).input_ids) <= max_tokens:
+        if tokens(mid) <= max_tokens:
             lo = mid
         else:
             hi = mid - 1
@@ -135,15 +189,16 @@ class ForecastJob:
     """What ``flopcast forecast`` does: forecast ``steps`` steps after every series of a file.
 
     Attributes:
-        data: the CSV or HDF5 file (whole series as context), with its id and time columns.
+        data: the CSV or HDF5 file (whole series as context), with its columns and fill.
         model: the base model's name (default: the adapter's base, else the embedded model); adapter: a LoRA
             adapter directory on it.
-        steps: steps to forecast; samples: > 1 samples that many forecasts (median and 10/50/90% quantiles).
+        steps: steps to forecast; samples: > 1 samples that many forecasts (median and 10/50/90% quantiles) at
+            ``temperature`` within the nucleus ``top_p``.
         context_tokens: keep only the last whole steps of each series that fit in this many tokens.
         seed: of the sampling.
         out: the forecast as CSV; plot: a plot of context and forecast (PNG, PDF, SVG or JPEG).
         ledger: charge the FLOPs to this ledger (``budget`` creates it).
-        codec: how numbers are written when there is no adapter (default: scaled per series).
+        codec: how numbers are written when there is no adapter (default :data:`ZERO_SHOT_CODEC`).
         force: replace ``out`` and ``plot`` when they exist (never an input, nor a ledger).
     """
 
@@ -160,16 +215,20 @@ class ForecastJob:
     budget: float | None = None
     codec: CodecConfig | None = None
     force: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        ForecastConfig(horizon=self.steps, n_samples=self.samples, seed=self.seed)  # bad numbers stop here
+        ForecastConfig(horizon=self.steps, n_samples=self.samples, seed=self.seed, temperature=self.temperature,
+                       top_p=self.top_p)  # bad numbers stop here
         if self.context_tokens is not None:
             check_ints("context_tokens", [self.context_tokens])
 
 
 def forecast_file(job: ForecastJob) -> dict[str, Any]:
     """Forecast every series of ``job.data`` through :class:`Forecaster` (its FLOPs charged when ``job.ledger`` is
-    set); the forecast rows, written to ``job.out`` and plotted to ``job.plot`` when asked."""
+    set); the forecast rows (dated when the file has dates), written to ``job.out`` and plotted to ``job.plot``
+    when asked."""
     check_outputs([Output(Path(job.out), (".csv",), "forecast") if job.out is not None else None,
                    Output(Path(job.plot), PLOT_SUFFIXES, "plot") if job.plot is not None else None],
                   [job.data.path, job.adapter, job.ledger], job.force)
@@ -179,21 +238,30 @@ def forecast_file(job: ForecastJob) -> dict[str, Any]:
     if job.codec is not None and job.adapter is None:
         fc.codec = fitted_codec(None, job.codec)
     res = fc.forecast(ds.series, job.steps, job.samples, context_tokens=job.context_tokens, seed=job.seed,
-                      name=f"forecast/{Path(job.data.path).name}", progress=len(ds.series) > 16)
+                      temperature=job.temperature, top_p=job.top_p, name=f"forecast/{Path(job.data.path).name}",
+                      progress=len(ds.series) > 16)
     rows = _forecast_rows(ds, res, job.steps)
     if job.out is not None:
         _write_csv(rows, job.out)
     if job.plot is not None:
         _plot_forecast(ds, res, job.steps, job.plot)
     return {"rows": rows, "parse_failure_rate": res.parse_failure_rate, "capped_rate": res.capped_rate,
-            "int_digits": res.int_digits, "texts": res.texts}
+            "int_digits": res.int_digits, "texts": res.texts,
+            "context_steps": [len(c) for c in (res.contexts or ds.series)]}
+
+
+def _future(ds: Dataset, i: int, steps: int) -> np.ndarray:
+    """Series ``i``'s next ``steps`` stamps: on its calendar when the file dates it, else step indices."""
+    stamps = ds.stamps[i] if ds.stamps is not None else None
+    return future_timestamps(stamps, len(ds.series[i]), steps)
 
 
 def _forecast_rows(ds: Dataset, res: ForecastResult, steps: int) -> list[dict[str, Any]]:
+    time_name = ds.time_column if ds.stamps is not None and ds.time_column else "step"
     rows = []
-    for i, s in enumerate(ds.series):
-        for h in range(steps):
-            row: dict[str, Any] = {"series": ds.ids[i] if ds.ids else i, "step": len(s) + h}
+    for i in range(ds.n_series):
+        for h, t in enumerate(_future(ds, i, steps)):
+            row: dict[str, Any] = {ds.id_column or "series": ds.ids[i] if ds.ids else i, time_name: shown_stamp(t)}
             row.update({v: float(res.point[i, h, j]) for j, v in enumerate(ds.variables)})
             for q, arr in res.quantiles.items():
                 row.update({f"{v}_q{q:g}": float(arr[i, h, j]) for j, v in enumerate(ds.variables)})
@@ -212,6 +280,12 @@ def _write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
 
 
 def _plot_forecast(ds: Dataset, res: ForecastResult, steps: int, path: str | Path) -> None:
+    contexts = res.contexts or ds.series
     wins = [Window(i, len(ds.series[i]), c, np.full((steps, ds.n_vars), np.nan), a, [])
-            for i, (c, a) in enumerate(zip(res.contexts or ds.series, res.alphas))]
-    plot_forecasts(wins, {"model": res.point}, path, variables=ds.variables, quantiles=res.quantiles or None)
+            for i, (c, a) in enumerate(zip(contexts, res.scales))]
+    times = None
+    if ds.stamps is not None:
+        times = [(np.asarray(ds.stamps[i])[len(ds.series[i]) - len(c):], _future(ds, i, steps))
+                 for i, c in enumerate(contexts)]
+    plot_forecasts(wins, {"model": res.point}, path, variables=ds.variables, quantiles=res.quantiles or None,
+                   times=times)

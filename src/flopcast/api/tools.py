@@ -74,10 +74,10 @@ def dataset_or_simulated(data: DataSpec | str | Path | None, n: int = 100, seed:
 
 
 def fitted_codec(ds: Dataset | None, config: CodecConfig, split_cfg: SplitConfig | None = None) -> LLMTimeCodec:
-    """A codec for ``ds``: its global alpha fitted on the train split (scale mode ``global``), else per series or
+    """A codec for ``ds``: its global scale fitted on the train split (scale mode ``global``), else per series or
     none."""
     if config.scale_mode != "global" or ds is None:
-        return LLMTimeCodec(config, 1.0 if config.scale_mode == "none" else None)
+        return LLMTimeCodec(config)
     return LLMTimeCodec.fit(config, ds.subset(split(ds.n_series, split_cfg or SplitConfig()).train).series)
 
 
@@ -90,14 +90,15 @@ def encode_preview(data: DataSpec | None, series: int, steps: int, model: str,
         raise DataError(f"series index {series} out of range (dataset has {ds.n_series})")
     codec = LLMTimeCodec.fit(codec_cfg, ds.subset(split(ds.n_series, SplitConfig()).train).series)
     s = ds.series[series]
-    alpha = codec.series_alpha(s)
-    text = codec.encode(s[:steps], alpha)
+    scale = codec.series_scale(s[:steps] if codec_cfg.scale_mode == "per_series" else s)
+    text = codec.encode(s[:steps], scale)
     tok = load_tokenizer(model)
     ids = tok(text, add_special_tokens=False).input_ids
     return {
-        "alpha": alpha, "scale_mode": codec_cfg.scale_mode, "values": np.round(s[:steps], 4).tolist(), "text": text,
+        **scale.state(), "variables": list(ds.variables), "scale_mode": codec_cfg.scale_mode,
+        "values": np.round(s[:steps], 4).tolist(), "text": text,
         "tokens": [tok.decode([i]) for i in ids], "ids": ids, "n_tokens": len(ids),
-        "series_tokens": len(tok(codec.encode(s, alpha), add_special_tokens=False).input_ids),
+        "series_tokens": len(tok(codec.encode(s, scale), add_special_tokens=False).input_ids),
     }
 
 

@@ -61,8 +61,12 @@ CODEC, EVAL, FORECAST, LORA = CodecConfig(), EvalConfig(), ForecastConfig(), Lor
 SIM, SPLIT, TRAIN = SimConfig(), SplitConfig(), TrainConfig()
 MODEL = ModelSpec().name
 MODEL_HELP = f"built-in name ({MODEL}, tiny-qwen2, tiny-llama), Hugging Face id or local directory"
-ID_HELP = "CSV column naming each row's series (default: a column named id, series or item_id; '' for none)"
-TIME_HELP = "CSV column with each row's time (default: a column named time, t, timestamp or date; '' for none)"
+ID_HELP = "CSV column naming each row's series (default: a column named unique_id, id, item_id or series; '' for none)"
+TIME_HELP = ("CSV column with each row's time, numbers or dates (default: a column named ds, timestamp, time, date, "
+             "datetime, t, year or period; '' for none)")
+VALUES_HELP = "CSV columns that are the variables, comma-separated (default: every other numeric column; y in the " \
+              "unique_id, ds, y layout)"
+FILL_HELP = "fill missing values (empty cells): linear | ffill (default: refuse them, naming the first)"
 RESTART_HELP = ("comma-separated stages to run again from scratch: their files move to OUT/archive/ (their FLOPs "
                 "stay in the ledger)")
 
@@ -83,6 +87,12 @@ AdapterBase = Annotated[Optional[str], typer.Option(
 DataOpt = Annotated[Optional[Path], typer.Option(help=".h5/.csv (default: simulated systems)")]
 IdColumn = Annotated[Optional[str], typer.Option(help=ID_HELP)]
 TimeColumn = Annotated[Optional[str], typer.Option(help=TIME_HELP)]
+ValueColumns = Annotated[Optional[str], typer.Option(help=VALUES_HELP)]
+Fill = Annotated[Optional[str], typer.Option(help=FILL_HELP)]
+Pooled = Annotated[bool, typer.Option("--pooled", help="one scale for all variables (the reference study's); "
+                                      "default: each variable its own")]
+Offset = Annotated[bool, typer.Option("--offset", help="shift each variable by LLMTime's offset before scaling "
+                                      "(min - 0.3 x range)")]
 Decimals = Annotated[int, typer.Option(help="decimals of each value")]
 Scale = Annotated[str, typer.Option(help="global | per_series | none")]
 NoPoint = Annotated[bool, typer.Option("--no-point", help="drop the decimal point (LLMTime style)")]
@@ -126,16 +136,19 @@ def names(text: Optional[str]) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip()) if text else ()
 
 
-def file_spec(path: Path, id_column: Optional[str], time_column: Optional[str]) -> DataSpec:
-    return DataSpec(str(path), id_column, time_column)
+def file_spec(path: Path, id_column: Optional[str], time_column: Optional[str], value_columns: Optional[str] = None,
+              fill: Optional[str] = None) -> DataSpec:
+    return DataSpec(str(path), id_column, time_column, names(value_columns) or None, fill)
 
 
-def data_spec(path: Optional[Path], id_column: Optional[str], time_column: Optional[str]) -> DataSpec | None:
-    return DataSpec(str(path), id_column, time_column) if path is not None else None
+def data_spec(path: Optional[Path], id_column: Optional[str], time_column: Optional[str],
+              value_columns: Optional[str] = None, fill: Optional[str] = None) -> DataSpec | None:
+    return file_spec(path, id_column, time_column, value_columns, fill) if path is not None else None
 
 
-def codec_cfg(decimals: int, scale: str, no_point: bool) -> CodecConfig:
-    return CodecConfig(decimals=decimals, scale_mode=scale, drop_decimal_point=no_point)
+def codec_cfg(decimals: int, scale: str, no_point: bool, pooled: bool = False, offset: bool = False) -> CodecConfig:
+    return CodecConfig(decimals=decimals, scale_mode=scale, drop_decimal_point=no_point, per_variable=not pooled,
+                       offset=offset)
 
 
 def print_table(title: str, rows: list[dict], columns: list[str] | None = None) -> None:

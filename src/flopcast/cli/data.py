@@ -16,11 +16,15 @@ from .common import (
     SIM,
     SPLIT,
     Decimals,
+    Fill,
     Force,
     IdColumn,
     NoPoint,
+    Offset,
+    Pooled,
     Scale,
     TimeColumn,
+    ValueColumns,
     app,
     codec_cfg,
     data_app,
@@ -54,12 +58,14 @@ def data_inspect(
     n_plot: int = typer.Option(4, help="series to plot"),
     id_column: IdColumn = None,
     time_column: TimeColumn = None,
+    value_columns: ValueColumns = None,
+    fill: Fill = None,
     force: Force = False,
 ) -> None:
     """Validate a dataset and print its shape, value ranges and recognised id/time columns."""
     from ..api.tools import inspect_file
 
-    info = inspect_file(file_spec(file, id_column, time_column), plot, n_plot, force)
+    info = inspect_file(file_spec(file, id_column, time_column, value_columns, fill), plot, n_plot, force)
     print_table(f"{file}",
                 [{"field": k, "value": json.dumps(v) if isinstance(v, list) else v} for k, v in info.items()])
 
@@ -74,13 +80,15 @@ def data_split(
     seed: int = typer.Option(SPLIT.seed, help="random seed of the split"),
     id_column: IdColumn = None,
     time_column: TimeColumn = None,
+    value_columns: ValueColumns = None,
+    fill: Fill = None,
     force: Force = False,
 ) -> None:
     """Seeded train/val/test split by system; writes indices as JSON."""
     from ..api.tools import split_file
 
-    counts = split_file(file_spec(file, id_column, time_column), out_file, SplitConfig(train, val, test, seed),
-                        force)
+    counts = split_file(file_spec(file, id_column, time_column, value_columns, fill), out_file,
+                        SplitConfig(train, val, test, seed), force)
     out.print(f"wrote {out_file}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
@@ -93,15 +101,20 @@ def encode(
     decimals: Decimals = CODEC.decimals,
     scale: Scale = CODEC.scale_mode,
     no_point: NoPoint = False,
+    pooled: Pooled = False,
+    offset: Offset = False,
     id_column: IdColumn = None,
     time_column: TimeColumn = None,
+    value_columns: ValueColumns = None,
+    fill: Fill = None,
 ) -> None:
     """Show the LLMTime text and token ids for the first steps of a series."""
     from ..api.tools import encode_preview
 
-    info = encode_preview(data_spec(file, id_column, time_column), series, steps, model,
-                          codec_cfg(decimals, scale, no_point))
-    out.print(f"alpha = {info['alpha']:.6g}  ({info['scale_mode']} scale)")
+    info = encode_preview(data_spec(file, id_column, time_column, value_columns, fill), series, steps, model,
+                          codec_cfg(decimals, scale, no_point, pooled, offset))
+    out.print(f"scale ({info['scale_mode']}): x -> (x - beta) / alpha with alpha = {info['alpha']}, "
+              f"beta = {info['beta']}  (variables {', '.join(info['variables'])})")
     out.print(f"values = {info['values']}")
     out.print(f"text   = {info['text']}", markup=False)
     out.print(f"tokens = {info['tokens']}", markup=False)

@@ -21,11 +21,13 @@ from .common import (
     TRAIN,
     BatchSize,
     DataOpt,
+    Fill,
     IdColumn,
     MaxSeries,
     ModelOpt,
     SeqLen,
     TimeColumn,
+    ValueColumns,
     app,
     floats,
     ints,
@@ -88,12 +90,14 @@ def train_cmd(
     restart: bool = typer.Option(False, "--restart", help="archive this directory's earlier run and train again"),
     id_column: IdColumn = None,
     time_column: TimeColumn = None,
+    value_columns: ValueColumns = None,
+    fill: Fill = None,
 ) -> None:
     """Train one LoRA adapter (resumable), then evaluate it on the test split."""
     from ..api.study import run_study
 
     plan = _one_stage("train", {"name": "train", "kind": "train", "steps": steps}, model, budget_for(out_dir, budget),
-                      _data_table(data, id_column, time_column), _eval_table(context, max_series),
+                      _data_table(data, id_column, time_column, value_columns, fill), _eval_table(context, max_series),
                       train={"lr": lr, "seq_len": seq_len, "batch_size": batch_size, "schedule": schedule,
                              "head": head}, lora={"rank": rank})
     _show_study(run_study(plan, out_dir, restart=("train",) if restart else ()), out_dir)
@@ -115,12 +119,15 @@ def sweep_cmd(
     restart: bool = typer.Option(False, "--restart", help="archive this directory's earlier grid and run it again"),
     id_column: IdColumn = None,
     time_column: TimeColumn = None,
+    value_columns: ValueColumns = None,
+    fill: Fill = None,
 ) -> None:
     """LR x rank grid (lowest validation loss wins), then test evaluation of the best run."""
     from ..api.study import run_study
 
     plan = _one_stage("sweep", {"name": "grid", "kind": "grid", "lr": floats(lr), "rank": ints(rank), "steps": steps},
-                      model, budget_for(out_dir, budget), _data_table(data, id_column, time_column),
+                      model, budget_for(out_dir, budget),
+                      _data_table(data, id_column, time_column, value_columns, fill),
                       _eval_table(context, max_series), train={"seq_len": seq_len, "batch_size": batch_size})
     _show_study(run_study(plan, out_dir, restart=("grid",) if restart else ()), out_dir)
 
@@ -143,10 +150,12 @@ def _one_stage(name: str, stage: dict[str, Any], model: str, budget: float, data
     return {**plan, "data": data} if data is not None else plan
 
 
-def _data_table(path: Optional[Path], id_column: Optional[str], time_column: Optional[str]) -> dict[str, Any] | None:
+def _data_table(path: Optional[Path], id_column: Optional[str], time_column: Optional[str],
+                value_columns: Optional[str], fill: Optional[str]) -> dict[str, Any] | None:
     if path is None:
         return None
-    columns = {"id_column": id_column, "time_column": time_column}
+    columns = {"id_column": id_column, "time_column": time_column, "value_columns": list(names(value_columns)) or None,
+               "fill": fill}
     return {"path": str(path), **{k: v for k, v in columns.items() if v is not None}}
 
 

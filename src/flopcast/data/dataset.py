@@ -28,6 +28,7 @@ class Dataset:
     ids: tuple[str, ...] = ()          # series ids from a CSV id column
     id_column: str | None = None
     time_column: str | None = None
+    stamps: list | None = None         # each series' own timestamps (numbers or datetime64), from a table
 
     def __post_init__(self) -> None:
         self.series = [np.asarray(s, dtype=np.float64) for s in self.series]
@@ -76,8 +77,9 @@ class Dataset:
 
     def subset(self, idx: np.ndarray | list[int]) -> "Dataset":
         ids = tuple(self.ids[i] for i in idx) if self.ids else ()
+        stamps = [self.stamps[i] for i in idx] if self.stamps is not None else None
         return Dataset([self.series[i] for i in idx], self.time, self.variables, self.source, ids, self.id_column,
-                       self.time_column)
+                       self.time_column, stamps)
 
     def summary(self) -> dict:
         allv = np.concatenate(self.series)
@@ -97,7 +99,8 @@ class Dataset:
 
 
 def validate_series(s: np.ndarray, name: str = "series", n_vars: int | None = None) -> None:
-    """Raise :class:`DataError` (one line) unless ``s`` is a finite, non-negative (T, V) array."""
+    """Raise :class:`DataError` (one line) unless ``s`` is a finite (T, V) array (missing values are filled or
+    refused where data are read, :mod:`flopcast.data.gaps`)."""
     if s.ndim != 2:
         raise DataError(f"{name}: expected a (T, V) array, got rank {s.ndim} with shape {s.shape}")
     if s.shape[0] == 0 or s.shape[1] == 0:
@@ -108,10 +111,6 @@ def validate_series(s: np.ndarray, name: str = "series", n_vars: int | None = No
     if bad.any():
         t, v = np.argwhere(bad)[0]
         raise DataError(f"{name}: {int(bad.sum())} NaN/infinite value(s), first at step {t}, variable {v}")
-    if s.min() < 0:
-        t, v = np.argwhere(s < 0)[0]
-        raise DataError(f"{name}: {int((s < 0).sum())} negative value(s), first {s[t, v]:.6g} at step {t}, "
-                        f"variable {v}")
 
 
 # ----------------------------------------------------------------------------- splits

@@ -1,19 +1,25 @@
-"""Series in, forecast tables out: what :meth:`flopcast.Forecaster.predict` accepts and returns. No torch.
+"""Series in, forecast tables out: what :meth:`flopcast.Forecaster.predict`, ``flopcast forecast`` and every CSV
+reader accept and return. No torch.
 
-Inputs, as forecasting libraries take them (Chronos-2's ``predict_df``, GluonTS's ``PandasDataset``):
+Inputs, as forecasting libraries take them (Chronos-2's ``predict_df``, statsforecast's ``unique_id, ds, y``):
 
 * an array ``(T, V)`` (or ``(T,)``): one series; an array ``(N, T, V)`` or a list of ``(T_i, V)`` arrays: several;
 * a pandas DataFrame in long format: an ``id_column`` (optional: one series without it), a ``timestamp_column``
   (optional: row order without it), and one column per variable (``target_columns``, default every other
-  numeric column). Series may have different lengths; rows are sorted by timestamp within each series.
+  numeric column; in the ``unique_id, ds, y`` layout, ``y``). Unnamed, the id and time columns are the first
+  named (any case) as in :data:`ID_NAMES` / :data:`TIME_NAMES`. Series may have different lengths; rows are
+  sorted by timestamp within each series; text dates are read as dates.
 
-The output is a long DataFrame with one row per series and future step: the id, the timestamp (continued at
-the series' own spacing: its last two timestamps; the step index when there are none), the point forecast per
-variable, and ``<variable>_q<level>`` per quantile when forecasts are sampled.
+A missing value (NaN, an empty cell) is reported, or filled when asked (:mod:`flopcast.data.gaps`).
+
+The output is a long DataFrame with one row per series and future step: the id, the timestamp (continued on the
+calendar, :mod:`flopcast.data.calendar`), the point forecast per variable, and ``<variable>_q<level>`` per
+quantile when forecasts are sampled.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,31 +28,38 @@ import pandas as pd
 
 from ..checks import check_arg
 from ..errors import DataError
+from .calendar import future_timestamps
+from .gaps import check_fill, fill_gaps
 
-ID_NAMES = ("id", "unique_id", "item_id", "series")      # what Nixtla, Chronos and GluonTS call the series' id
-TIME_NAMES = ("timestamp", "ds", "time", "date")
-MIN_STEPS = 2  # a context needs two steps: the spacing of its timestamps, and something to continue
+ID_NAMES = ("unique_id", "id", "item_id", "series", "series_id")  # what Nixtla, Chronos and GluonTS call the id
+TIME_NAMES = ("ds", "timestamp", "time", "date", "datetime", "t", "year", "period")
+NIXTLA_TARGET = "y"  # the value column of the unique_id, ds, y layout
 
 
 @dataclass
 class SeriesBatch:
     ids: list                         # one id per series
     values: list[np.ndarray]          # (T_i, V) float64
-    timestamps: list[np.ndarray | None]  # (T_i,) per series, or None: step indices
+    timestamps: list[np.ndarray | None]  # (T_i,) per series (numbers or datetime64), or None: step indices
     variables: tuple[str, ...]
     id_column: str = "id"
     timestamp_column: str = "timestamp"
+    rows: list[list[Any]] | None = None  # each series' row labels (file lines, DataFrame index), for messages
+    id_found: bool = False            # the ids come from a column (else: positions)
+    timestamp_found: bool = False     # the timestamps come from a column
 
 
 def series_from(data: Any, id_column: str | None = None, timestamp_column: str | None = None,
-                target_columns: list[str] | None = None) -> SeriesBatch:
+                target_columns: list[str] | None = None, fill: str | None = None, where: str = "") -> SeriesBatch:
     """Normalise ``data`` (see the module doc) into series; one clear error naming the series at fault. A column
     named (``id_column``, ``timestamp_column``) must exist; unnamed, a column called as in :data:`ID_NAMES` /
-    :data:`TIME_NAMES` is taken when there is one."""
+    :data:`TIME_NAMES` is taken when there is one (``""``: none). Missing values are filled by ``fill`` or
+    refused; ``where`` prefixes messages (a file name)."""
     check_arg("id_column", id_column, str)
     check_arg("timestamp_column", timestamp_column, str)
+    check_fill(fill)
     if _is_frame(data):
-        batch = _from_frame(data, id_column, timestamp_column, target_columns)
+        batch = _from_frame(data, id_column, timestamp_column, target_columns, where)
     else:
         arrays = _arrays(data)
         V = arrays[0].shape[1]
@@ -58,10 +71,12 @@ def series_from(data: Any, id_column: str | None = None, timestamp_column: str |
         batch = SeriesBatch(list(range(len(arrays))), arrays, [None] * len(arrays), names, id_column or "id",
                             timestamp_column or "timestamp")
     for i, v in zip(batch.ids, batch.values):
-        if len(v) < MIN_STEPS:
-            raise DataError(f"series {i!r} has {len(v)} step(s); forecasting needs at least {MIN_STEPS}")
-        if not np.all(np.isfinite(v)):
-            raise DataError(f"series {i!r} has missing (NaN) or infinite values")
+        if len(v) == 0:
+            raise DataError(f"{where}series {i!r} has no steps")
+        if np.isinf(v).any():
+            raise DataError(f"{where}series {i!r} has infinite values")
+    rows = batch.rows or [list(range(len(v))) for v in batch.values]
+    batch.values = fill_gaps(batch.values, batch.ids, batch.variables, rows, fill, where)
     return batch
 
 
@@ -90,47 +105,80 @@ def _arrays(data: Any) -> list[np.ndarray]:
     return out
 
 
-def _from_frame(df: pd.DataFrame, id_column: str | None, timestamp_column: str | None,
-                target_columns: list[str] | None) -> SeriesBatch:
+def pick_column(cols: list[Any], name: str | None, known: tuple[str, ...], what: str, where: str = "") -> Any:
+    """The column named ``name`` (which must exist; ``""``: none), else the first known name in any case."""
+    if name == "":
+        return None
+    if name is not None:
+        if name not in cols:
+            raise DataError(f"{where}{what}={name!r} is not a column (columns: {', '.join(map(str, cols))})")
+        return name
+    lower = {str(c).lower(): c for c in reversed(cols)}
+    return next((lower[k] for k in known if k in lower), None)
+
+
+def _targets(df: pd.DataFrame, id_column: Any, ts_column: Any, target_columns: Any, where: str) -> list[Any]:
+    """The value columns: those named, else ``y`` in the ``unique_id, ds, y`` layout, else every numeric one."""
     cols = list(df.columns)
-    if len(df) == 0:
-        raise DataError(f"the DataFrame has no rows (columns: {', '.join(map(str, cols))})")
-    for what, name in (("id_column", id_column), ("timestamp_column", timestamp_column)):
-        if name is not None and name not in cols:
-            raise DataError(f"{what}={name!r} is not a column (columns: {', '.join(map(str, cols))})")
-    id_column = id_column or next((c for c in ID_NAMES if c in cols), "id")
-    timestamp_column = timestamp_column or next((c for c in TIME_NAMES if c in cols), "timestamp")
-    has_id, has_ts = id_column in cols, timestamp_column in cols
     if isinstance(target_columns, str):
         target_columns = [target_columns]
     if target_columns is not None and not (isinstance(target_columns, (list, tuple))
                                            and all(isinstance(c, str) for c in target_columns)):
         raise DataError(f"target_columns must be column names (a list of strings), got {target_columns!r}")
     if target_columns is None:
-        target_columns = [c for c in cols if c not in (id_column, timestamp_column)
-                          and (_numeric(df[c]) or _numbers_as_text(df[c]))]
+        rest = [c for c in cols if c not in (id_column, ts_column)]
+        numeric = [c for c in rest if _numeric(df[c]) or _mostly_numbers(df[c])]
+        nixtla = NIXTLA_TARGET in cols and (str(id_column).lower(), str(ts_column).lower()) != ("none", "none") and (
+            str(id_column).lower() == "unique_id" or str(ts_column).lower() == "ds")
+        target_columns = [NIXTLA_TARGET] if nixtla else numeric
+        text = [str(c) for c in rest if c not in numeric]
+        if text and not nixtla:
+            warnings.warn(f"{where}column(s) {', '.join(text)} hold text, not numbers: not variables (name the "
+                          "variables with target_columns=, CLI --value-columns)", stacklevel=4)
     missing = [c for c in target_columns if c not in cols]
     if missing or not target_columns:
-        raise DataError(f"DataFrame has no target column(s) {missing or ''} (columns: {', '.join(map(str, cols))}); "
-                        f"name them with target_columns=")
-    groups = df.groupby(id_column, sort=False) if has_id else [(0, df)]
-    ids, values, stamps = [], [], []
+        raise DataError(f"{where}no value column(s) {missing or ''} (columns: {', '.join(map(str, cols))}); name "
+                        "them with target_columns= (CLI --value-columns)")
+    return list(target_columns)
+
+
+def _from_frame(df: pd.DataFrame, id_column: str | None, timestamp_column: str | None,
+                target_columns: list[str] | None, where: str) -> SeriesBatch:
+    cols = list(df.columns)
+    if len(df) == 0:
+        raise DataError(f"{where}the table has no rows (columns: {', '.join(map(str, cols))})")
+    idc = pick_column(cols, id_column, ID_NAMES, "id_column", where)
+    tsc = pick_column(cols, timestamp_column, TIME_NAMES, "timestamp_column", where)
+    targets = _targets(df, idc, tsc, target_columns, where)
+    groups = df.groupby(idc, sort=False) if idc is not None else [(0, df)]
+    ids, values, stamps, rows = [], [], [], []
     for key, g in groups:
-        if has_ts:
-            g = g.assign(**{timestamp_column: _times(g[timestamp_column], key)}).sort_values(timestamp_column,
-                                                                                            kind="stable")
-            ts = g[timestamp_column].to_numpy()
+        if tsc is not None:
+            g = g.assign(**{tsc: _times(g[tsc], key, where)}).sort_values(tsc, kind="stable")
+            ts = g[tsc].to_numpy()
             if len(ts) > 1 and not np.all(ts[1:] > ts[:-1]):
-                raise DataError(f"series {key!r} has repeated timestamps in {timestamp_column!r}")
+                dup = ts[1:][~(ts[1:] > ts[:-1])][0]
+                raise DataError(f"{where}series {key!r} has time {dup} twice in {tsc!r}; one row per time step")
             stamps.append(ts)
         else:
             stamps.append(None)
-        try:
-            values.append(g[list(target_columns)].apply(pd.to_numeric).to_numpy(dtype=np.float64))
-        except (TypeError, ValueError):
-            raise DataError(f"series {key!r}: target columns {list(target_columns)} are not all numeric") from None
+        values.append(_values(g, targets, key, where))
         ids.append(key)
-    return SeriesBatch(ids, values, stamps, tuple(target_columns), id_column, timestamp_column)
+        rows.append(list(g.index))
+    return SeriesBatch(ids, values, stamps, tuple(str(t) for t in targets), str(idc or "id"),
+                       str(tsc or "timestamp"), rows, idc is not None, tsc is not None)
+
+
+def _values(g: pd.DataFrame, targets: list[Any], key: Any, where: str) -> np.ndarray:
+    """The value columns as floats (empty text is missing); text that is no number is one line naming it."""
+    part = g[targets].replace(r"^\s*$", np.nan, regex=True)
+    out = part.apply(pd.to_numeric, errors="coerce")
+    bad = out.isna() & part.notna()
+    if bad.to_numpy().any():
+        r, c = np.argwhere(bad.to_numpy())[0]
+        raise DataError(f"{where}series {key!r}, row {g.index[r]}: {targets[c]!r} is {part.iat[r, c]!r}, not a "
+                        "number")
+    return out.to_numpy(dtype=np.float64)
 
 
 def _numeric(col: pd.Series) -> bool:
@@ -138,15 +186,19 @@ def _numeric(col: pd.Series) -> bool:
     return bool(pd.api.types.is_numeric_dtype(col.dtype)) and not pd.api.types.is_bool_dtype(col.dtype)
 
 
-def _numbers_as_text(col: pd.Series) -> bool:
-    """A text column (pandas' string dtypes, or objects) whose every value reads as a number."""
+def _mostly_numbers(col: pd.Series) -> bool:
+    """A text column (pandas' string dtypes, or objects) of which at least half the values (empty ones aside) read
+    as numbers: a column of numbers with a typo in it is a variable (the typo is then named), not ignored."""
     if not (pd.api.types.is_string_dtype(col.dtype) or col.dtype == object):
         return False
-    return bool(pd.to_numeric(col, errors="coerce").notna().all())
+    text = col.replace(r"^\s*$", np.nan, regex=True).dropna()
+    return len(text) > 0 and float(pd.to_numeric(text, errors="coerce").notna().mean()) >= 0.5
 
 
-def _times(col: pd.Series, key: Any) -> pd.Series:
+def _times(col: pd.Series, key: Any, where: str) -> pd.Series:
     """Timestamps as numbers or datetimes: text (``"2024-01-05"``) is parsed as dates, before any work."""
+    if col.isna().any() or (col.astype(str).str.strip() == "").any():
+        raise DataError(f"{where}series {key!r} has a row without a time in {col.name!r}")
     if _numeric(col) or pd.api.types.is_datetime64_any_dtype(col.dtype):
         return col
     try:
@@ -154,17 +206,13 @@ def _times(col: pd.Series, key: Any) -> pd.Series:
     except (TypeError, ValueError):
         pass
     try:
-        return pd.to_datetime(col)
+        return pd.to_datetime(col, format="ISO8601")
     except (TypeError, ValueError):
-        raise DataError(f"series {key!r}: timestamps such as {col.iloc[0]!r} are neither numbers nor dates") from None
-
-
-def future_timestamps(ts: np.ndarray | None, length: int, horizon: int) -> np.ndarray:
-    """The next ``horizon`` timestamps: the last one plus multiples of the last spacing; step indices without any."""
-    if ts is None:
-        return np.arange(length, length + horizon)
-    step = ts[-1] - ts[-2]
-    return np.array([ts[-1] + step * (k + 1) for k in range(horizon)])
+        try:
+            return pd.to_datetime(col, format="mixed")
+        except (TypeError, ValueError):
+            raise DataError(f"{where}series {key!r}: times such as {col.iloc[0]!r} are neither numbers nor "
+                            "dates") from None
 
 
 def to_frame(batch: SeriesBatch, point: np.ndarray, quantiles: dict[float, np.ndarray]) -> pd.DataFrame:

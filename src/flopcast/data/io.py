@@ -3,9 +3,10 @@
 HDF5: ``/trajectories`` float (N, T, V) and ``/time`` (T,); series of unequal length are stored NaN-padded with an
 extra ``/lengths`` (N,) dataset; the attribute ``variables`` names the V columns.
 
-CSV: one column per variable; a column named ``id``/``series``/``item_id`` splits the rows into series and one
-named ``time``/``t``/``timestamp``/``date`` (numbers or ISO dates) gives their times (:class:`~flopcast.config.DataSpec`
-names them explicitly).
+CSV: read as a long table by the rules every table follows (:mod:`flopcast.data.frames`): an id column splits the
+rows into series, a time column (numbers or dates) orders and stamps them, the other numeric columns are the
+variables (``y`` alone in the ``unique_id, ds, y`` layout); missing values are reported or filled
+(:class:`~flopcast.config.DataSpec` names the columns and the fill explicitly).
 """
 
 from __future__ import annotations
@@ -13,20 +14,24 @@ from __future__ import annotations
 import csv
 import io
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+import pandas as pd
 
-from ..config import ID_COLUMNS, TIME_COLUMNS, DataSpec
+from ..config import DataSpec
 from ..errors import DataError
 from ..results import write_atomic
 from .dataset import Dataset
+from .frames import SeriesBatch, series_from
+from .gaps import fill_gaps
 
 
-def load_h5(path: str | Path) -> Dataset:
+def load_h5(path: str | Path, fill: str | None = None) -> Dataset:
+    """The reference format (see the module doc); NaN inside a series is a missing value, filled by ``fill`` or
+    refused (:mod:`flopcast.data.gaps`)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: file not found")
@@ -54,6 +59,8 @@ def load_h5(path: str | Path) -> Dataset:
         series = list(arr)
     if time is not None and (time.ndim != 1 or len(time) != arr.shape[1]):
         raise DataError(f"{p}: /time must be ({arr.shape[1]},) to match /trajectories, got {time.shape}")
+    names = variables or tuple(f"variable {j}" for j in range(arr.shape[2]))
+    series = fill_gaps(series, list(range(len(series))), names, [range(len(s)) for s in series], fill, f"{p}: ")
     return Dataset(series, time, variables, source=str(p))
 
 
@@ -91,26 +98,6 @@ def _fits_f32(ds: Dataset) -> bool:
 
 # ----------------------------------------------------------------------------- CSV
 
-def _pick_column(header: list[str], name: str | None, known: tuple[str, ...], p: Path) -> str | None:
-    """The column asked for (``""``: none), else the first whose name is a known one (any case)."""
-    if name == "":
-        return None
-    if name is not None:
-        if name not in header:
-            raise DataError(f"{p}: column {name!r} not in header {header}")
-        return name
-    return next((h for h in header if h.lower() in known), None)
-
-
-def _time_value(text: str) -> float:
-    """A number, or an ISO date/time as seconds since the epoch."""
-    try:
-        return float(text)
-    except ValueError:
-        t = datetime.fromisoformat(text.strip())
-        return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
-
-
 def _csv_text(p: Path) -> str:
     """The file's text: UTF-8 (a byte-order mark is dropped), else Latin-1 with a warning; binary is refused."""
     if not p.is_file():
@@ -125,27 +112,35 @@ def _csv_text(p: Path) -> str:
         return raw.decode("latin-1")
 
 
-def _read_csv_rows(p: Path) -> tuple[list[str], list[list[str]]]:
-    """The header and the data rows (blank lines skipped). A first row of numbers is data: its columns are named
-    x0, x1, ... (with a warning); two columns of one name are refused."""
+def _read_csv_rows(p: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and the data rows with their line numbers. A first row of numbers is data: its columns are named
+    x0, x1, ... (with a warning); two columns of one name are refused. Blank lines at the end are dropped; inside
+    a one-column file a blank line is an empty cell (a missing value), in a wider one it is skipped."""
     try:
-        rows = [r for r in csv.reader(io.StringIO(_csv_text(p), newline="")) if any(c.strip() for c in r)]
+        rows = list(csv.reader(io.StringIO(_csv_text(p), newline="")))
     except csv.Error as e:
         raise DataError(f"{p}: not a readable CSV ({e})") from None
-    if not rows:
+    numbered = [(ln, r) for ln, r in enumerate(rows, start=1)]
+    while numbered and not any(c.strip() for c in numbered[-1][1]):
+        numbered.pop()
+    while numbered and not any(c.strip() for c in numbered[0][1]):
+        numbered.pop(0)
+    if not numbered:
         raise DataError(f"{p}: empty CSV")
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip() for h in numbered[0][1]]
+    body = [(ln, r if r or len(header) > 1 else [""]) for ln, r in numbered]
+    body = [(ln, r) for ln, r in body if r]
     if all(_is_number(h) for h in header):
         header = [f"x{j}" for j in range(len(header))]
         warnings.warn(f"{p}: no header line (its first row is numbers); columns named {', '.join(header)}",
                       stacklevel=3)
-        return header, rows
+        return header, body
     twice = sorted({h for h in header if header.count(h) > 1})
     if twice:
         raise DataError(f"{p}: column name(s) {', '.join(map(repr, twice))} appear more than once in the header")
-    if len(rows) == 1:
+    if len(body) == 1:
         raise DataError(f"{p}: CSV has a header but no data rows")
-    return header, rows[1:]
+    return header, body[1:]
 
 
 def _is_number(text: str) -> bool:
@@ -156,59 +151,59 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def load_csv(path: str | Path, id_column: str | None = None, time_column: str | None = None,
-             columns: list[str] | None = None) -> Dataset:
-    """One column per variable. An id column splits rows into series (row order kept) and a time column
-    gives their times; ``None`` recognises a column named id/series/item_id or time/t/timestamp/date,
-    ``""`` means there is none."""
+def read_csv_frame(path: str | Path) -> pd.DataFrame:
+    """A CSV as a table of text, indexed by file line (for messages), under the rules of :func:`_read_csv_rows`."""
     p = Path(path)
     header, body = _read_csv_rows(p)
-    idc = _pick_column(header, id_column, ID_COLUMNS, p)
-    tc = _pick_column(header, time_column, TIME_COLUMNS, p)
-    value_cols = columns or [h for h in header if h not in (idc, tc)]
-    missing = [c for c in value_cols if c not in header]
-    if missing or not value_cols:
-        raise DataError(f"{p}: value column(s) {missing or value_cols} not in header {header}")
-    ci = [header.index(c) for c in value_cols]
-    groups: dict[str, list[list[float]]] = {}
-    times: dict[str, list[float]] = {}
-    for ln, r in enumerate(body, start=2):
+    for ln, r in body:
         if len(r) != len(header):
             raise DataError(f"{p}:{ln}: {len(r)} fields, header has {len(header)}")
-        key = r[header.index(idc)].strip() if idc else ""
-        try:
-            groups.setdefault(key, []).append([float(r[i]) for i in ci])
-        except ValueError:
-            raise DataError(f"{p}:{ln}: non-numeric value in {[r[i] for i in ci]}") from None
-        if tc:
-            try:
-                times.setdefault(key, []).append(_time_value(r[header.index(tc)]))
-            except ValueError:
-                raise DataError(f"{p}:{ln}: time {r[header.index(tc)]!r} is neither a number nor an ISO date") from None
-    series = {k: np.array(v) for k, v in groups.items()}
-    if tc:
-        for key in series:
-            series[key], times[key] = _in_time_order(p, key if idc else None, series[key], times[key])
-    time = np.array(max(times.values(), key=len)) if tc else None
-    return Dataset(list(series.values()), time, tuple(value_cols), source=str(p),
-                   ids=tuple(groups) if idc else (), id_column=idc, time_column=tc)
+    return pd.DataFrame([[c.strip() for c in r] for _, r in body], columns=header,
+                        index=pd.Index([ln for ln, _ in body], name="line"), dtype=object)
 
 
-def _in_time_order(p: Path, key: str | None, values: np.ndarray, times: list[float]) -> tuple[np.ndarray, list[float]]:
-    """A series' rows sorted by time (ties keep file order); a time that appears twice is refused."""
-    t = np.asarray(times)
-    order = np.argsort(t, kind="stable")
-    t = t[order]
-    if len(t) > 1 and np.any(np.diff(t) == 0):
-        where = f"series {key!r}" if key is not None else "the series"
-        raise DataError(f"{p}: {where} has time {t[np.argmax(np.diff(t) == 0)]:g} twice; one row per time step")
-    return values[order], t.tolist()
+def load_csv(path: str | Path, id_column: str | None = None, time_column: str | None = None,
+             columns: list[str] | tuple[str, ...] | None = None, fill: str | None = None) -> Dataset:
+    """A long CSV: an id column splits rows into series (row order kept), a time column sorts and stamps them,
+    every other numeric column is a variable (``columns`` picks them; ``y`` alone in the ``unique_id, ds, y``
+    layout). ``None`` recognises the columns by name (:data:`~flopcast.data.frames.ID_NAMES`,
+    :data:`~flopcast.data.frames.TIME_NAMES`), ``""`` means there is none. Missing values are filled by
+    ``fill`` or refused (:mod:`flopcast.data.gaps`)."""
+    p = Path(path)
+    batch = series_from(read_csv_frame(p), id_column, time_column, list(columns) if columns else None, fill,
+                        where=f"{p}: ")
+    return dataset_of(batch, str(p))
+
+
+def dataset_of(batch: SeriesBatch, source: str = "") -> Dataset:
+    """A :class:`Dataset` of the series read from a table: ids and stamps kept, times as numbers (dates as seconds
+    since the epoch) from the longest series."""
+    stamps = batch.timestamps if batch.timestamp_found else None
+    time = None
+    if stamps is not None:
+        longest = max(stamps, key=lambda t: 0 if t is None else len(t))
+        time = _seconds(longest)
+    return Dataset(batch.values, time, batch.variables, source=source,
+                   ids=tuple(str(k) for k in batch.ids) if batch.id_found else (),
+                   id_column=batch.id_column if batch.id_found else None,
+                   time_column=batch.timestamp_column if batch.timestamp_found else None, stamps=stamps)
+
+
+def _seconds(ts: Any) -> np.ndarray:
+    a = np.asarray(ts)
+    if np.issubdtype(a.dtype, np.datetime64):
+        return a.astype("datetime64[ns]").astype(np.int64) / 1e9
+    return a.astype(np.float64)
 
 
 def load(path: str | Path | DataSpec, id_column: str | None = None, time_column: str | None = None) -> Dataset:
     """Load ``.h5``/``.hdf5`` or ``.csv`` by extension (a :class:`DataSpec` carries the CSV columns)."""
     if isinstance(path, DataSpec):
-        return load(path.path, path.id_column, path.time_column)
+        if Path(path.path).suffix.lower() in (".csv", ".txt"):
+            return load_csv(path.path, path.id_column, path.time_column, path.value_columns, path.fill)
+        if Path(path.path).suffix.lower() in (".h5", ".hdf5", ".hdf"):
+            return load_h5(path.path, path.fill)
+        return load(path.path)
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix in (".h5", ".hdf5", ".hdf"):

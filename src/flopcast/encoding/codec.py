@@ -1,15 +1,16 @@
 """LLMTime codec: numeric arrays <-> text, with explicit scaling state. No torch.
 
-Format (defaults): values divided by ``alpha``, rounded to 2 decimals, ``,`` between variables and
-``;`` after every timestep::
+Format (defaults): values mapped by their variable's scale (``(x - beta) / alpha``, see
+:mod:`flopcast.encoding.scaling`), rounded to 2 decimals, a ``-`` before negative ones, ``,`` between variables
+and ``;`` after every timestep::
 
-    0.25,1.50;0.27,1.47;
+    0.25,-1.50;0.27,-1.47;
 
 There is no ceiling: a scaled value of 12.345 encodes as ``12.35`` and decodes back. With
 ``drop_decimal_point`` the point is removed and the fixed number of decimals is implied
 (``1.50`` -> ``150``, ``0.05`` -> ``5``), as in LLMTime.
 
-Decoding well-formed text is exact (``decode(encode(x)) == round(x / alpha, decimals) * alpha``).
+Decoding well-formed text is exact (``decode(encode(x)) == invert(round(apply(x), decimals))``).
 Decoding model output is robust: stray characters are dropped, a step with a missing or
 malformed value gets NaN there, and an unterminated trailing step is reported as partial.
 """
@@ -17,12 +18,14 @@ malformed value gets NaN there, and an unterminated trailing step is reported as
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..config import CodecConfig, from_dict, to_dict
 from ..errors import DataError, FlopcastError
+from .scaling import Scale, collapse_warning, fit_scale
 
 
 @dataclass(frozen=True)
@@ -47,72 +50,62 @@ class DecodeResult:
         return self.n_steps == self.n_valid and self.n_stray == 0
 
 
-def fit_alpha(train: np.ndarray | list[np.ndarray], config: CodecConfig) -> float:
-    """Global scale from training data: the ``percentile``-th percentile maps to ``target``."""
-    if config.scale_mode == "none":
-        return 1.0
-    arrays = train if isinstance(train, list) else [train]
-    flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
-    return _alpha_from(flat, config)
-
-
-def _alpha_from(values: np.ndarray, config: CodecConfig) -> float:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        raise DataError("cannot fit a scale: no finite values")
-    p = float(np.percentile(finite, config.percentile))
-    return p / config.target if p > 0 else 1.0
-
-
 class LLMTimeCodec:
     """Encoder/decoder with explicit scale state.
 
-    ``alpha`` is the global divisor (``scale_mode='global'``); with ``'per_series'`` each series
-    gets its own alpha computed from the series (for forecasting: from the context only) via
-    :meth:`series_alpha`; with ``'none'`` alpha is 1.
+    ``scale`` is the :class:`~flopcast.encoding.scaling.Scale` fitted on the training split
+    (``scale_mode='global'``); with ``'per_series'`` each series gets its own, computed from the series (for
+    forecasting: from the context only) by :meth:`series_scale`; with ``'none'`` it is the identity.
     """
 
-    def __init__(self, config: CodecConfig | None = None, alpha: float | None = None):
+    def __init__(self, config: CodecConfig | None = None, scale: Scale | None = None):
         self.config = config or CodecConfig()
-        if self.config.scale_mode == "none":
-            alpha = 1.0 if alpha is None else alpha
-        if alpha is not None and not (np.isfinite(alpha) and alpha > 0):
-            raise FlopcastError(f"alpha must be a finite positive number, got {alpha}")
-        self.alpha = alpha
+        if self.config.scale_mode == "none" and scale is None:
+            scale = Scale.identity()
+        self.scale = scale
         c = self.config
-        num = r"\d+" if c.drop_decimal_point else (r"\d+(?:\.\d{%d})" % c.decimals if c.decimals else r"\d+")
+        num = r"-?\d+" if c.drop_decimal_point else (r"-?\d+(?:\.\d{%d})" % c.decimals if c.decimals else r"-?\d+")
         step = num + "(?:" + re.escape(c.var_sep) + num + ")*" + re.escape(c.step_sep)
         self._wellformed = re.compile("(?:" + step + ")*")
-        self._alphabet = set("0123456789" + c.var_sep + c.step_sep + ("" if c.drop_decimal_point else "."))
+        self._alphabet = set("-0123456789" + c.var_sep + c.step_sep + ("" if c.drop_decimal_point else "."))
 
     # ------------------------------------------------------------------ scale
     @classmethod
     def fit(cls, config: CodecConfig, train: np.ndarray | list[np.ndarray]) -> "LLMTimeCodec":
-        """A codec whose global alpha comes from the training split."""
-        alpha = fit_alpha(train, config) if config.scale_mode == "global" else None
-        return cls(config, alpha)
+        """A codec whose global scale comes from the training split (none is fitted for the other modes); a warning
+        names the variables that scale writes with fewer than two significant digits."""
+        if config.scale_mode != "global":
+            return cls(config)
+        scale = fit_scale(train, config)
+        series = train if isinstance(train, list) else [train]
+        lost = collapse_warning(series, [scale] * len(series), config.decimals)
+        if lost:
+            warnings.warn(lost, stacklevel=2)
+        return cls(config, scale)
 
     def state(self) -> dict:
-        """Config plus alpha as plain data (saved with adapters and results)."""
-        return {**to_dict(self.config), "alpha": self.alpha}
+        """Config plus the fitted scale as plain data (saved with adapters and results)."""
+        return {**to_dict(self.config), **(self.scale.state() if self.scale is not None else {})}
 
     @classmethod
     def from_state(cls, state: dict) -> "LLMTimeCodec":
+        """The codec of :meth:`state`. A state without ``per_variable`` predates it: one pooled alpha, no offset."""
         d = dict(state)
-        alpha = d.pop("alpha", None)
-        return cls(from_dict(CodecConfig, d), alpha)
+        alpha, beta = d.pop("alpha", None), d.pop("beta", 0.0)
+        d.setdefault("per_variable", False)
+        return cls(from_dict(CodecConfig, d), Scale.from_state(alpha, beta) if alpha is not None else None)
 
-    def series_alpha(self, context: np.ndarray) -> float:
-        """The alpha used for one series, given (only) its context values."""
+    def series_scale(self, context: np.ndarray) -> Scale:
+        """The scale used for one series, given (only) its context values."""
         if self.config.scale_mode == "per_series":
-            return _alpha_from(np.asarray(context, dtype=np.float64).ravel(), self.config)
-        if self.alpha is None:
-            raise FlopcastError("global codec has no alpha yet: use LLMTimeCodec.fit(config, train) or pass alpha")
-        return self.alpha
+            return fit_scale(np.asarray(context, dtype=np.float64), self.config)
+        if self.scale is None:
+            raise FlopcastError("global codec has no scale yet: use LLMTimeCodec.fit(config, train) or pass scale")
+        return self.scale
 
     # ------------------------------------------------------------------ encode
-    def encode(self, series: np.ndarray, alpha: float | None = None) -> str:
-        """Encode a (T, V) or (T,) array. ``alpha`` defaults to :meth:`series_alpha`."""
+    def encode(self, series: np.ndarray, scale: Scale | None = None) -> str:
+        """Encode a (T, V) or (T,) array. ``scale`` defaults to :meth:`series_scale`."""
         x = np.asarray(series, dtype=np.float64)
         if x.ndim == 1:
             x = x[:, None]
@@ -120,13 +113,10 @@ class LLMTimeCodec:
             raise DataError(f"encode expects a (T, V) array, got shape {x.shape}")
         if x.size and not np.all(np.isfinite(x)):
             raise DataError("cannot encode NaN or infinite values")
-        if x.size and x.min() < 0:
-            raise DataError(f"LLMTime encoding needs non-negative values, got min {x.min():.6g}")
-        a = self.series_alpha(x) if alpha is None else alpha
-        return self.encode_scaled(x / a)
+        return self.encode_scaled((self.series_scale(x) if scale is None else scale).apply(x))
 
     def encode_scaled(self, scaled: np.ndarray) -> str:
-        """Encode values that are already divided by alpha."""
+        """Encode values that are already scaled (a ``-`` before negative ones)."""
         c = self.config
         x = np.asarray(scaled, dtype=np.float64)
         if x.ndim == 1:
@@ -141,11 +131,11 @@ class LLMTimeCodec:
         return "".join(r + c.step_sep for r in rows)
 
     # ------------------------------------------------------------------ decode
-    def decode(self, text: str, n_vars: int, alpha: float | None = None) -> DecodeResult:
-        """Decode text to values in original units (multiplied by alpha)."""
-        a = (self.alpha if self.alpha is not None else 1.0) if alpha is None else alpha
+    def decode(self, text: str, n_vars: int, scale: Scale | None = None) -> DecodeResult:
+        """Decode text to values in original units (``scale``, default the codec's, inverted)."""
+        sc = scale or self.scale or Scale.identity()
         res = self.decode_scaled(text, n_vars)
-        return DecodeResult(res.values * a, res.n_steps, res.n_valid, res.partial, res.n_stray)
+        return DecodeResult(sc.invert(res.values), res.n_steps, res.n_valid, res.partial, res.n_stray)
 
     def decode_scaled(self, text: str, n_vars: int) -> DecodeResult:
         """Decode text to scaled values. Never raises on malformed text."""
@@ -189,12 +179,15 @@ class LLMTimeCodec:
         return DecodeResult(rows, len(steps), n_valid, False, 0)
 
     def _parse_number(self, s: str) -> float | None:
+        """One value, or None: a sign anywhere but first, a second sign, a point without digits on both sides."""
         c = self.config
+        sign = -1.0 if s.startswith("-") else 1.0
+        s = s[1:] if s.startswith("-") else s
         if not s:
             return None
         if c.drop_decimal_point:
-            return int(s) / 10**c.decimals if s.isdigit() else None
+            return sign * int(s) / 10**c.decimals if s.isdigit() else None
         if s.count(".") > 1 or s.startswith(".") or s.endswith("."):
             return None
-        return float(s) if s.replace(".", "", 1).isdigit() else None
+        return sign * float(s) if s.replace(".", "", 1).isdigit() else None
 

@@ -2,8 +2,12 @@
 
 Each generated character advances a per-series :class:`StepState`; :meth:`LLMTimeGrammar.allowed`
 says which characters may come next, so the generated text is always well formed: every value has
-1..``max_int_digits`` integer digits and exactly ``decimals`` decimals, ``V`` values per step, and
-generation ends after the requested number of complete steps.
+an optional ``-`` (only in a ``signed`` grammar), 1..``max_int_digits`` integer digits and exactly ``decimals``
+decimals, ``V`` values per step, and generation ends after the requested number of complete steps.
+
+:func:`grammar_for` derives both open choices from the contexts: a sign only where some context has a negative
+value (so forecasts of non-negative data are decoded over exactly the characters they always were), and one
+integer digit more than the contexts' largest value.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ def longest_int_part(texts: Iterable[str], config: CodecConfig) -> int:
     longest = 0
     for text in texts:
         for field in re.split(seps, text):
-            digits = field.strip()
+            digits = field.strip().lstrip("-")
             if config.drop_decimal_point:
                 n = len(digits) - config.decimals
             else:
@@ -41,11 +45,20 @@ def int_digits_for(texts: Iterable[str], config: CodecConfig, minimum: int = MIN
     return max(minimum, longest_int_part(texts, config) + 1)
 
 
+def grammar_for(texts: list[str], config: CodecConfig, n_vars: int, max_int_digits: int | None = None,
+                signed: bool | None = None) -> "LLMTimeGrammar":
+    """The decoding grammar after contexts ``texts``: signed when any of them holds a negative value, with the
+    integer digits of :func:`int_digits_for` (unless given)."""
+    return LLMTimeGrammar(config, n_vars, max_int_digits or int_digits_for(texts, config),
+                          any("-" in t for t in texts) if signed is None else signed)
+
+
 @dataclass
 class StepState:
     var: int = 0          # index of the variable being written
     int_digits: int = 0   # digits before the point (or all digits without a point)
     frac_digits: int = -1  # -1: no point yet; else digits after the point
+    negative: bool = False  # a '-' opens the value being written
     steps: int = 0        # completed steps
     target: int = 0       # steps to generate
     broken: bool = False  # an illegal character was seen (only possible in unconstrained text)
@@ -56,10 +69,11 @@ class StepState:
 
 
 class LLMTimeGrammar:
-    def __init__(self, config: CodecConfig, n_vars: int, max_int_digits: int = 3):
+    def __init__(self, config: CodecConfig, n_vars: int, max_int_digits: int = 3, signed: bool = False):
         self.c = config
         self.n_vars = n_vars
         self.max_int = max_int_digits
+        self.signed = signed
         self.point = not config.drop_decimal_point and config.decimals > 0
 
     def start(self, target_steps: int, prefix: str = "") -> StepState:
@@ -78,7 +92,7 @@ class LLMTimeGrammar:
         if st.frac_digits >= 0:  # after the point
             return DIGITS if st.frac_digits < c.decimals else frozenset({sep})
         if st.int_digits == 0:
-            return DIGITS
+            return (DIGITS | {"-"}) if self.signed and not st.negative else DIGITS
         if self.point:
             return (DIGITS | {"."}) if st.int_digits < self.max_int else frozenset({"."})
         limit = self.max_int + (c.decimals if c.drop_decimal_point else 0)
@@ -95,18 +109,21 @@ class LLMTimeGrammar:
                 st.frac_digits += 1
             else:
                 st.int_digits += 1
+        elif ch == "-":
+            st.negative = True
         elif ch == ".":
             st.frac_digits = 0
         elif ch == c.var_sep:
-            st.var, st.int_digits, st.frac_digits = st.var + 1, 0, -1
+            st.var, st.int_digits, st.frac_digits, st.negative = st.var + 1, 0, -1, False
         elif ch == c.step_sep:
-            st.var, st.int_digits, st.frac_digits, st.steps = 0, 0, -1, st.steps + 1
+            st.var, st.int_digits, st.frac_digits, st.negative, st.steps = 0, 0, -1, False, st.steps + 1
 
     def max_tokens(self, steps: int) -> int:
         """Upper bound on characters needed for ``steps`` steps."""
-        per_value = self.max_int + (1 + self.c.decimals if self.point else self.c.decimals) + 1
+        per_value = self.max_int + (1 + self.c.decimals if self.point else self.c.decimals) + 1 + self.signed
         return steps * self.n_vars * per_value + per_value * self.n_vars  # + a partial first step
 
     @property
     def alphabet(self) -> frozenset[str]:
-        return DIGITS | {self.c.var_sep, self.c.step_sep} | ({"."} if self.point else set())
+        return (DIGITS | {self.c.var_sep, self.c.step_sep} | ({"."} if self.point else set())
+                | ({"-"} if self.signed else set()))

@@ -11,6 +11,7 @@ Needs a tokenizer (for token counts and offsets) but no torch.
 
 from __future__ import annotations
 
+import warnings
 from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,8 @@ import numpy as np
 from ..config import EvalConfig
 from ..errors import FlopcastError
 from .codec import LLMTimeCodec
-from .grammar import LLMTimeGrammar, int_digits_for
+from .grammar import LLMTimeGrammar, grammar_for
+from .scaling import Scale, collapse_warning
 
 
 @dataclass
@@ -29,23 +31,28 @@ class Window:
     cut: int               # first scored step
     context: np.ndarray    # whole steps visible to the model (for baselines and plots)
     truth: np.ndarray      # (H, V)
-    alpha: float
+    scale: Scale           # the map its values were written with
     prompt: list[int]      # token ids given to the model
     prefix: str = ""       # prompt text after its last complete step (seed protocol)
 
 
 def build_windows(series: list[np.ndarray], codec: LLMTimeCodec, tokenizer: Any, S: int,
                   cfg: EvalConfig) -> list[Window]:
-    """The windows of ``cfg.protocol`` at context length ``S`` (tokens)."""
+    """The windows of ``cfg.protocol`` at context length ``S`` (tokens); a warning names the variables some context
+    writes with fewer than two significant digits."""
     if cfg.protocol == "seed":
-        return seed_windows(series, codec, tokenizer, S, cfg.horizon, cfg.window_stride_tokens)
-    return aligned_windows(series, codec, tokenizer, S, cfg.horizon, cfg.stride, cfg.min_context_steps)
+        wins = seed_windows(series, codec, tokenizer, S, cfg.horizon, cfg.window_stride_tokens)
+    else:
+        wins = aligned_windows(series, codec, tokenizer, S, cfg.horizon, cfg.stride, cfg.min_context_steps)
+    lost = collapse_warning([w.context for w in wins], [w.scale for w in wins], codec.config.decimals)
+    if lost:
+        warnings.warn(f"S={S}: {lost}", stacklevel=2)
+    return wins
 
 
 def window_grammar(windows: list[Window], tokenizer: Any, codec: LLMTimeCodec, n_vars: int) -> LLMTimeGrammar:
-    """The decoding grammar of these windows (integer digits derived from their prompts)."""
-    return LLMTimeGrammar(codec.config, n_vars,
-                          int_digits_for([tokenizer.decode(w.prompt) for w in windows], codec.config))
+    """The decoding grammar of these windows (sign and integer digits derived from their prompts)."""
+    return grammar_for([tokenizer.decode(w.prompt) for w in windows], codec.config, n_vars)
 
 
 def _step_token_counts(ids_offsets: list[tuple[int, int]], step_ends: list[int]) -> np.ndarray:
@@ -65,9 +72,8 @@ def aligned_windows(series: list[np.ndarray], codec: LLMTimeCodec, tokenizer: An
     out = []
     for i, s in enumerate(series):
         T = len(s)
-        a_all = codec.series_alpha(s[: max(min_context_steps,
-                                           1)]) if codec.config.scale_mode == "per_series" else codec.series_alpha(s)
-        text = codec.encode(s, a_all)
+        whole = codec.series_scale(s[: max(min_context_steps, 1)] if codec.config.scale_mode == "per_series" else s)
+        text = codec.encode(s, whole)  # for the tokens per step; each context is written with its own scale
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ends = [j + 1 for j, ch in enumerate(text) if ch == sep]
         per_step = _step_token_counts(enc["offset_mapping"], ends)
@@ -78,7 +84,7 @@ def aligned_windows(series: list[np.ndarray], codec: LLMTimeCodec, tokenizer: An
                 n += 1
             while n >= 1:
                 ctx = s[c - n:c]
-                a = codec.series_alpha(ctx)
+                a = codec.series_scale(ctx)
                 prompt = tokenizer(codec.encode(ctx, a), add_special_tokens=False).input_ids
                 if len(prompt) <= S:
                     out.append(Window(i, c, ctx, s[c:c + horizon], a, prompt))
@@ -95,7 +101,7 @@ def seed_windows(series: list[np.ndarray], codec: LLMTimeCodec, tokenizer: Any, 
     sep = codec.config.step_sep
     out = []
     for i, s in enumerate(series):
-        a = codec.series_alpha(s)
+        a = codec.series_scale(s)
         text = codec.encode(s, a)
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offs = enc["input_ids"], enc["offset_mapping"]

@@ -113,7 +113,7 @@ def forecast_windows(model: Any, tokenizer: Any, codec: LLMTimeCodec, windows: l
                      progress: bool = False, charge: Charge | None = None) -> ForecastResult:
     """Forecast every window; with ``charge`` (a ledger :class:`~flopcast.budget.rows.Charge`), FLOPs are added
     batch by batch, so an interrupted forecast still counts the batches it finished."""
-    prompts = Prompts([w.prompt for w in windows], np.array([w.alpha for w in windows]), windows[0].truth.shape[1],
+    prompts = Prompts([w.prompt for w in windows], [w.scale for w in windows], windows[0].truth.shape[1],
                       [w.prefix for w in windows], skip_first_partial=True)
     on_batch = charge_batches(charge, model) if charge is not None else None
     return forecast_prompts(model, tokenizer, codec, prompts, cfg, progress=progress, on_batch=on_batch)
@@ -144,15 +144,17 @@ def _forecast_context(model: Any, tokenizer: Any, codec: LLMTimeCodec, wins: lis
     t0 = time.time()
     grammar = window_grammar(wins, tokenizer, codec, wins[0].truth.shape[1])
     arch, lora = model_shape(model)
-    bound = generation_bound(arch, len(wins), S, grammar.max_tokens(cfg.horizon), lora)
+    rows = len(wins) * cfg.samples
+    bound = generation_bound(arch, rows, S, grammar.max_tokens(cfg.horizon), lora)
     batch = cfg.batch_size if isinstance(cfg.batch_size, int) else None  # "auto": chosen per batch of rows
     if batch is not None:  # before the charge: a batch that cannot fit is refused with one that does
         p, longest = next(model.parameters()), max(len(w.prompt) for w in wins)
         check_fits(f"decoding S={S}", lambda b: decode_bytes(arch, b, longest, grammar.max_tokens(cfg.horizon),
                                                              p.element_size()),
-                   min(batch, len(wins)), free_memory(p.device), str(p.device), "eval.batch_size (--batch-size)")
+                   min(batch, rows), free_memory(p.device), str(p.device), "eval.batch_size (--batch-size)")
     fcfg = ForecastConfig(horizon=cfg.horizon, batch_size=cfg.batch_size, max_int_digits=grammar.max_int,
-                          compile=cfg.compile)
+                          compile=cfg.compile, n_samples=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                          seed=cfg.seed)
     with charged(run.ledger, f"{run.name}/S={S}", "eval", bound, run.out_dir, model=run.model_name, seq=S,
                  batch=batch) as charge:
         fr = forecast_windows(model, tokenizer, codec, wins, fcfg, run.progress, charge)
@@ -191,7 +193,7 @@ def _cache_context(out_dir: Path, S: int, key: str, done: dict[str, Any]) -> Non
 
 def _context_score(S: int, wins: list[Window], truth: np.ndarray, preds: dict[str, np.ndarray], cfg: EvalConfig,
                    model_info: dict[str, Any]) -> ContextScore:
-    alphas = np.array([w.alpha for w in wins])
+    alphas = np.stack([w.scale.alphas(truth.shape[2]) for w in wins])
     scores = {m: Score.from_dict({**score(p, truth, alphas, cfg.n_boot, cfg.seed),
                                   **(model_info if m == "model" else {})})
               for m, p in preds.items()}

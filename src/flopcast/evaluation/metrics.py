@@ -22,13 +22,13 @@ def score(pred: np.ndarray, truth: np.ndarray, alphas: np.ndarray | None = None,
           seed: int = 0) -> dict:
     """MSE/MAE overall, per variable and per horizon step, in original and scaled units.
 
-    pred, truth: (N, H, V) in original units; alphas: (N,) scales (scaled = original / alpha).
+    pred, truth: (N, H, V) in original units; alphas: (N,) or (N, V) scales (scaled error = error / alpha).
     """
     pred, truth = np.asarray(pred, float), np.asarray(truth, float)
     if pred.shape != truth.shape or pred.ndim != 3:
         raise ValueError(f"pred {pred.shape} and truth {truth.shape} must both be (N, H, V)")
     N = len(pred)
-    a = np.ones(N) if alphas is None else np.asarray(alphas, float)
+    a = np.ones((N, 1)) if alphas is None else np.asarray(alphas, float).reshape(N, -1)
     ok = np.isfinite(pred).all(axis=(1, 2))
     p, t, a = pred[ok], truth[ok], a[ok]
     err = p - t
@@ -39,7 +39,7 @@ def score(pred: np.ndarray, truth: np.ndarray, alphas: np.ndarray | None = None,
         out.update({k: float("nan") for k in ("mse", "mae", "mse_scaled", "mae_scaled")})
         return out
     sq, ab = err ** 2, np.abs(err)
-    sq_s, ab_s = (err / a[:, None, None]) ** 2, np.abs(err / a[:, None, None])
+    sq_s, ab_s = (err / a[:, None, :]) ** 2, np.abs(err / a[:, None, :])
     out.update({
         "mse": float(sq.mean()), "mae": float(ab.mean()),
         "mse_ci95": _ci(sq.mean((1, 2)), n_boot, rng), "mae_ci95": _ci(ab.mean((1, 2)), n_boot, rng),

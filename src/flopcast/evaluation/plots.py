@@ -41,7 +41,7 @@ def plot_series(ds: Dataset, path: str | Path, n: int = 4) -> Path:
     fig, axes = subplots(n, 1, figsize=(8, 2.0 * n), sharex=True, squeeze=False)
     for i, ax in enumerate(axes[:, 0]):
         s = ds.series[i]
-        t = ds.time[: len(s)] if ds.time is not None else np.arange(len(s))
+        t = ds.stamps[i] if ds.stamps is not None else ds.time[: len(s)] if ds.time is not None else np.arange(len(s))
         for j, name in enumerate(ds.variables):
             ax.plot(t, s[:, j], label=name)
         ax.set_ylabel(f"series {i}")
@@ -53,8 +53,10 @@ def plot_series(ds: Dataset, path: str | Path, n: int = 4) -> Path:
 
 def plot_forecasts(windows: Sequence[Window], preds: dict[str, np.ndarray], path: str | Path, n: int = 4,
                    variables: Sequence[str] = ("prey", "predator"),
-                   quantiles: dict[float, np.ndarray] | None = None) -> Path:
-    """Context + truth + forecasts (model and baselines) for ``n`` windows of different series."""
+                   quantiles: dict[float, np.ndarray] | None = None,
+                   times: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> Path:
+    """Context + truth + forecasts (model and baselines) for ``n`` windows of different series; ``times`` (per
+    window: the context's and the forecast's stamps, dates or numbers) replaces step numbers on the x axis."""
     first: dict[int, int] = {}
     for k, w in enumerate(windows):  # the last window of each series (the longest history)
         first[w.series] = k
@@ -65,7 +67,7 @@ def plot_forecasts(windows: Sequence[Window], preds: dict[str, np.ndarray], path
     for row, r in enumerate(picks):
         w = windows[r]
         c, H = len(w.context), len(w.truth)
-        tc, tf = np.arange(w.cut - c, w.cut), np.arange(w.cut, w.cut + H)
+        tc, tf = times[r] if times is not None else (np.arange(w.cut - c, w.cut), np.arange(w.cut, w.cut + H))
         for j in range(V):
             ax = axes[row, j]
             ax.plot(tc, w.context[:, j], color="0.3", lw=1, label="context")
@@ -78,6 +80,8 @@ def plot_forecasts(windows: Sequence[Window], preds: dict[str, np.ndarray], path
                 ax.fill_between(tf, quantiles[lo][r, :, j], quantiles[hi][r, :, j], alpha=0.25, label=f"q{lo}-q{hi}")
             ax.set_title(f"series {w.series}, {variables[j] if j < len(variables) else j}", fontsize=9)
     axes[0, -1].legend(fontsize=7, loc="upper left")
+    if times is not None:
+        fig.autofmt_xdate()
     return save_figure(fig, path)
 
 

@@ -1,7 +1,7 @@
 """The LLMTime grammar as tensors, so a constrained decode step never returns to Python.
 
 :class:`TokenAutomaton` compiles a :class:`~flopcast.encoding.grammar.LLMTimeGrammar` (the specification, in
-Python) into tables over its states within one step -- (variable, integer digits, decimal digits) -- and
+Python) into tables over its states within one step -- (variable, integer digits, decimal digits, sign) -- and
 its alphabet (digits, point, separators, EOS), each character one token of the tokenizer:
 
 * ``allowed[state, char]`` -- which characters may come next;
@@ -29,15 +29,17 @@ _UNBOUNDED = 1 << 30  # a target no row reaches while the tables are enumerated
 @dataclass(frozen=True)
 class Sampling:
     """How the next character is chosen among those the grammar allows: the most likely (``greedy``), or drawn
-    from the softmax at ``temperature`` with ``generator`` (seeded, on the CPU)."""
+    from the softmax at ``temperature``, within the nucleus of probability ``top_p``, with ``generator`` (seeded, on
+    the CPU)."""
 
     greedy: bool = True
     temperature: float = 1.0
     generator: torch.Generator | None = None
+    top_p: float = 1.0
 
 
-def _key(st: StepState) -> tuple[int, int, int]:
-    return st.var, st.int_digits, st.frac_digits
+def _key(st: StepState) -> tuple[int, int, int, bool]:
+    return st.var, st.int_digits, st.frac_digits, st.negative
 
 
 class TokenAutomaton:
@@ -47,7 +49,7 @@ class TokenAutomaton:
         self.chars = sorted(ids, key=lambda c: ids[c])  # token-id order (argmax ties, see the module doc)
         self.token_ids = torch.tensor([ids[c] for c in self.chars], dtype=torch.long, device=device)
         self.eos = self.chars.index(EOS)
-        self.states: dict[tuple[int, int, int], int] = {}
+        self.states: dict[tuple[int, int, int, bool], int] = {}
         allowed, nxt, ends = self._enumerate()
         self.allowed = torch.tensor(allowed, dtype=torch.bool, device=device)
         self.next_state = torch.tensor(nxt, dtype=torch.long, device=device)
@@ -103,6 +105,8 @@ class TokenAutomaton:
         if sampling.greedy:
             return sub.argmax(-1)
         probs = torch.softmax(sub / sampling.temperature, -1)
+        if sampling.top_p < 1:
+            probs = nucleus(probs, sampling.top_p)
         return torch.multinomial(probs.cpu(), 1, generator=sampling.generator).squeeze(-1).to(state.device)
 
     def advance(self, state: torch.Tensor, steps: torch.Tensor, char: torch.Tensor,
@@ -114,6 +118,17 @@ class TokenAutomaton:
     def text(self, chars: torch.Tensor) -> list[str]:
         """Rows of character indices (-1: nothing written) -> strings."""
         return ["".join(self.chars[c] for c in row if c >= 0) for row in chars.tolist()]
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs`` (B, C) kept on each row's smallest set of most likely characters whose total reaches ``top_p`` (the
+    most likely always stays), renormalised."""
+    sorted_p, order = probs.sort(-1, descending=True)
+    before = sorted_p.cumsum(-1) - sorted_p  # probability of the more likely characters
+    keep_sorted = before < top_p
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    kept = probs * keep
+    return kept / kept.sum(-1, keepdim=True)
 
 
 def _char_tokens(tokenizer: Any, grammar: LLMTimeGrammar) -> dict[str, int]:

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from ..budget.costs import batch_flops, model_shape
 from ..config import ForecastConfig
 from ..encoding.codec import LLMTimeCodec
-from ..encoding.grammar import LLMTimeGrammar, int_digits_for, longest_int_part
+from ..encoding.grammar import LLMTimeGrammar, grammar_for, longest_int_part
+from ..encoding.scaling import Scale
 from ..errors import FlopcastError
 from ..model.attention import grouped_decoding
 from ..model.compile import compile_on
@@ -40,12 +41,12 @@ OnBatch = Callable[[dict[str, int]], None]
 
 @dataclass
 class Prompts:
-    """What the model is given, per series: token ids, the alpha its values were divided by, and the text after its
+    """What the model is given, per series: token ids, the scale its values were written with, and the text after its
     last complete step (``prefixes``; none: every prompt ends on a step). With ``skip_first_partial`` the completion
     of a prompt's cut step is generated but not scored (the seed protocol's windows)."""
 
     ids: list[list[int]]
-    alphas: np.ndarray
+    scales: list[Scale]
     n_vars: int
     prefixes: list[str] | None = None
     skip_first_partial: bool = False
@@ -63,7 +64,7 @@ class ForecastResult:
     samples: np.ndarray | None        # (N, n_samples, H, V) or None
     quantiles: dict[float, np.ndarray]  # q -> (N, H, V)
     texts: list[list[str]]            # generated text per series per sample
-    alphas: np.ndarray                # (N,)
+    scales: list[Scale]               # (N,) the map each series' values were written with
     prompt_tokens: np.ndarray         # (N,) context tokens per series
     generated_tokens: np.ndarray      # (N,) tokens generated per series (all samples)
     parse_ok: np.ndarray              # (N,) all H steps parsed for every sample
@@ -81,10 +82,10 @@ class ForecastResult:
         return float(self.capped.mean()) if self.capped is not None and len(self.capped) else 0.0
 
 
-def encode_contexts(codec: LLMTimeCodec, contexts: list[np.ndarray]) -> tuple[list[str], np.ndarray]:
-    """Each context as LLMTime text, and the alpha it was divided by."""
-    alphas = np.array([codec.series_alpha(c) for c in contexts], dtype=np.float64)
-    return [codec.encode(c, a) for c, a in zip(contexts, alphas)], alphas
+def encode_contexts(codec: LLMTimeCodec, contexts: list[np.ndarray]) -> tuple[list[str], list[Scale]]:
+    """Each context as LLMTime text, and the scale it was written with."""
+    scales = [codec.series_scale(c) for c in contexts]
+    return [codec.encode(c, a) for c, a in zip(contexts, scales)], scales
 
 
 def forecast(model: Any, tokenizer: Any, codec: LLMTimeCodec, contexts: list[np.ndarray],
@@ -94,9 +95,9 @@ def forecast(model: Any, tokenizer: Any, codec: LLMTimeCodec, contexts: list[np.
     cfg = config or ForecastConfig()
     if not contexts:
         raise FlopcastError("no contexts to forecast")
-    texts, alphas = encode_contexts(codec, contexts)
+    texts, scales = encode_contexts(codec, contexts)
     ids = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
-    return forecast_prompts(model, tokenizer, codec, Prompts(ids, alphas, np.asarray(contexts[0]).shape[1]), cfg,
+    return forecast_prompts(model, tokenizer, codec, Prompts(ids, scales, np.asarray(contexts[0]).shape[1]), cfg,
                             progress, on_batch)
 
 
@@ -104,8 +105,9 @@ def forecast_prompts(model: Any, tokenizer: Any, codec: LLMTimeCodec, prompts: P
                      progress: bool = False, on_batch: OnBatch | None = None) -> ForecastResult:
     """Forecast from token prompts. ``on_batch`` gets each finished batch's shape (B, prompt_len, new_tokens), e.g.
     to count FLOPs as they go."""
-    digits = cfg.max_int_digits or int_digits_for([tokenizer.decode(p) for p in prompts.ids], codec.config)
-    grammar = LLMTimeGrammar(codec.config, prompts.n_vars, digits)
+    grammar = grammar_for([tokenizer.decode(p) for p in prompts.ids], codec.config, prompts.n_vars,
+                          cfg.max_int_digits)
+    digits = grammar.max_int
     was_training = model.training
     model.eval()
     try:
@@ -128,7 +130,7 @@ def _generate_rows(model: Any, tokenizer: Any, grammar: LLMTimeGrammar, prompts:
     order = np.argsort([-len(ids[i]) for i, _ in rows], kind="stable")
     longest = len(ids[rows[order[0]][0]])
     size = rows_per_batch(cfg.batch_size, model, longest, grammar.max_tokens(cfg.horizon + max(extra)))
-    sampling = Sampling(cfg.greedy, cfg.temperature, torch.Generator().manual_seed(cfg.seed))
+    sampling = Sampling(cfg.greedy, cfg.temperature, torch.Generator().manual_seed(cfg.seed), cfg.top_p)
     texts: dict[tuple[int, int], str] = {}
     batches: list[dict[str, int]] = []
     with numeric_head(model, automaton.token_ids.tolist()), grouped_decoding(model):
@@ -167,13 +169,13 @@ def _collect(texts: dict[tuple[int, int], str], batches: list[dict[str, int]], c
         if extra[i]:  # drop the completion of the context's partial step
             cut = body.find(codec.config.step_sep)
             body = body[cut + 1:] if cut >= 0 else ""
-        dec = codec.decode(body, V, alpha=prompts.alphas[i])
+        dec = codec.decode(body, V, prompts.scales[i])
         n = min(H, dec.n_steps)
         samples[i, k, :n] = dec.values[:n]
         ok[i] &= dec.n_valid >= H and not np.isnan(samples[i, k]).any()
     point = samples[:, 0] if K == 1 else np.nanmedian(samples, axis=1) if np.isfinite(samples).any() else samples[:, 0]
     quant = {} if K == 1 else {q: np.nanquantile(samples, q, axis=1) for q in cfg.quantiles}
-    return ForecastResult(point, samples if K > 1 else None, quant, by_series, prompts.alphas,
+    return ForecastResult(point, samples if K > 1 else None, quant, by_series, prompts.scales,
                           np.array([len(p) for p in prompts.ids]), gen_tokens, ok, batches, capped, digits)
 
 

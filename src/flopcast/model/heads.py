@@ -57,11 +57,12 @@ class SubsetHead(torch.nn.Module):
         return out if b is None else out + b[self.ids].to(out.dtype)
 
 
-def numeric_token_ids(tokenizer: Any, codec_config: CodecConfig) -> list[int]:
-    """The sorted token ids of the characters LLMTime text is written in (digits, separators, the point):
-    the numeric head's columns. Each character must be one token, as constrained decoding needs too."""
+def numeric_token_ids(tokenizer: Any, codec_config: CodecConfig, signed: bool = False) -> list[int]:
+    """The sorted token ids of the characters LLMTime text is written in (digits, separators, the point, and the
+    sign when ``signed``): the numeric head's columns. Each character must be one token, as constrained decoding
+    needs too."""
     ids = []
-    for ch in sorted(LLMTimeGrammar(codec_config, 1).alphabet):
+    for ch in sorted(LLMTimeGrammar(codec_config, 1, signed=signed).alphabet):
         tok = tokenizer(ch, add_special_tokens=False).input_ids
         if len(tok) != 1:
             raise FlopcastError(f"the numeric head needs one token per character, and the tokenizer splits {ch!r}")
@@ -70,14 +71,20 @@ def numeric_token_ids(tokenizer: Any, codec_config: CodecConfig) -> list[int]:
 
 
 def head_ids_for(tokenizer: Any, codec_config: CodecConfig, *label_arrays: np.ndarray) -> list[int]:
-    """The numeric head's columns, checked against the training targets (which must all be among them)."""
-    ids = numeric_token_ids(tokenizer, codec_config)
+    """The numeric head's columns, checked against the training targets (which must all be among them); the sign
+    is a column only when a target is one (series that are never negative keep the head they always had)."""
     seen = {int(t) for a in label_arrays for t in np.unique(a) if t != IGNORE}
+    ids = numeric_token_ids(tokenizer, codec_config, signed=has_sign(tokenizer, seen))
     outside = sorted(seen - set(ids))
     if outside:
         raise FlopcastError(f"training targets include tokens outside the series' alphabet ({outside[:5]}): "
                             "the numeric head cannot score them; use head = 'full'")
     return ids
+
+
+def has_sign(tokenizer: Any, token_ids: set[int]) -> bool:
+    """Whether the ``-`` character's token is among ``token_ids``."""
+    return bool(set(tokenizer("-", add_special_tokens=False).input_ids) & token_ids)
 
 
 def remap_table(ids: list[int], vocab: int, device: Any) -> torch.Tensor:

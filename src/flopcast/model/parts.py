@@ -31,3 +31,10 @@ def decoder_layers(model: Any) -> list[Any]:
 def text_config(config: Any) -> Any:
     """The language model's part of a model config (a multimodal config nests it), else the config itself."""
     return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def max_positions(model: Any) -> int | None:
+    """The most positions (prompt + generated tokens) the model was built for, when its config says."""
+    config = getattr(base_model(model), "config", None)
+    n = getattr(text_config(config), "max_position_embeddings", None) if config is not None else None
+    return int(n) if isinstance(n, int) and n > 0 else None

@@ -92,8 +92,8 @@ def run_price(study: Study, run: RunPlan) -> RunCost:
 
 def eval_price(study: Study, contexts: tuple[int, ...], lora: LoraShape | None = None) -> int:
     """The bound an evaluation at ``contexts`` reserves (every window generating the grammar's longest output)."""
-    windows = study.eval_windows
-    return sum(generation_bound(study.arch, len(wins), S, grammar.max_tokens(study.plan.eval.horizon), lora)
+    windows, cfg = study.eval_windows, study.plan.eval
+    return sum(generation_bound(study.arch, len(wins) * cfg.samples, S, grammar.max_tokens(cfg.horizon), lora)
                for S in contexts for wins, grammar in [windows[S]] if wins and grammar is not None)
 
 

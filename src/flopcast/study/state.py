@@ -13,6 +13,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..budget.flops import Arch
 from ..budget.ledger import Ledger
 from ..config import TrainConfig, load_toml
@@ -75,7 +77,11 @@ class Study:
 
     def head_tokens(self, t: TrainConfig) -> int | None:
         """Columns of the numeric head (the series' alphabet, as training computes them), None for the full head."""
-        return len(numeric_token_ids(self.tokenizer, self.plan.codec)) if t.head == "numeric" else None
+        if t.head != "numeric":
+            return None
+        decimals = self.plan.codec.decimals
+        signed = any((np.round(self.codec.series_scale(s).apply(s), decimals) < 0).any() for s in self.train.series)
+        return len(numeric_token_ids(self.tokenizer, self.plan.codec, signed))
 
     @cached_property
     def eval_windows(self) -> dict[int, tuple[list[Window], LLMTimeGrammar | None]]:

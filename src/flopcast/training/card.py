@@ -21,8 +21,9 @@ def _row(*cells: object) -> str:
 
 def _settings(cfg: dict, status: dict) -> list[str]:
     lora, codec, train = cfg.get("lora", {}), cfg.get("codec", {}), cfg.get("train", {})
-    codec_line = (f"scale `{codec.get('scale_mode', '?')}`, alpha {codec.get('alpha', '?')} (values are divided by "
-                  f"alpha), {codec.get('decimals', '?')} decimals")
+    codec_line = (f"scale `{codec.get('scale_mode', '?')}` ({'per variable' if codec.get('per_variable') else 'pooled'}"
+                  f"), alpha {codec.get('alpha', '-')}, offset beta {codec.get('beta', '-')} (values are written as "
+                  f"(x - beta) / alpha), {codec.get('decimals', '?')} decimals")
     return [
         _row("setting", "value"), _row("---", "---"),
         _row("base model", f"`{cfg.get('model', '?')}`"),
@@ -77,7 +78,8 @@ def write_card(adapter: str | Path, run_dir: str | Path | None = None, test: Eva
         "---", "library_name: peft", f"base_model: {base}", "tags: [flopcast, lora, time-series-forecasting, llmtime]",
         "---", "", f"# {run.name}: a LoRA adapter for numeric forecasting", "",
         f"LoRA adapter on `{base}`, trained by flopcast to forecast multivariate time series written as LLMTime "
-        "text (values scaled by alpha, fixed decimals, `,` between variables, `;` after each step).", "",
+        "text (values scaled as the codec row says, fixed decimals, a `-` before negative ones, `,` between "
+        "variables, `;` after each step).", "",
         "## Training", "", *_settings(cfg, status), "", "## Test metrics", "", *_metrics(test), "",
         "## Use", "", *_usage(adapter, base), ""])
     path = adapter / "README.md"
