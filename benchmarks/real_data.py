@@ -14,6 +14,10 @@ flopcast rows: the embedded model (or ``--model``) zero-shot, greedy, under each
 forecast`` and ``Forecaster`` are chosen by measurement.
 
     .bench-venv/bin/python benchmarks/real_data.py [--windows 3] [--codecs per_series,per_series+offset]
+        [--samples 10] [--finetune-budget 3e13 --finetune-steps 60]
+
+With ``--finetune-budget``, :meth:`flopcast.Forecaster.fit` trains a LoRA adapter on a corpus of other real series
+(:func:`corpus`; none of the evaluated ones) within that many FLOPs, and the adapter forecasts the same windows.
 """
 
 from __future__ import annotations
@@ -60,6 +64,24 @@ def load_all() -> list[Series]:
     return series
 
 
+def corpus() -> pd.DataFrame:
+    """Real series none of which is evaluated (airline's twin, pmdarima's airpassengers, left out): pmdarima's austres,
+    heartrate, lynx and the last 600 monthly sunspots; statsmodels' weekly co2 (its gaps filled linearly, the last
+    600 steps) and the twelve quarterly macrodata series; sktime's shampoo sales. Long layout, ``unique_id, ds, y``."""
+    import pmdarima.datasets as pm
+    import statsmodels.api as sm
+    from sktime.datasets import load_shampoo_sales
+
+    co2 = sm.datasets.co2.load_pandas().data["co2"].interpolate().to_numpy()[-600:]
+    macro = sm.datasets.macrodata.load_pandas().data.drop(columns=["year", "quarter"])
+    parts = {"austres": pm.load_austres(), "heartrate": pm.load_heartrate(), "lynx": pm.load_lynx(),
+             "sunspots": np.asarray(pm.load_sunspots())[-600:], "co2": co2,
+             "shampoo": np.asarray(load_shampoo_sales()), **{f"macro_{c}": macro[c].to_numpy() for c in macro}}
+    frames = [pd.DataFrame({"unique_id": k, "ds": np.arange(len(v)), "y": np.asarray(v, dtype=float)})
+              for k, v in parts.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
 def origins(s: Series, windows: int) -> list[int]:
     """The cut points: the last ``windows`` horizons of the series, one every horizon steps."""
     T = len(s.values)
@@ -96,22 +118,26 @@ def classical(s: Series, cut: int) -> dict[str, np.ndarray]:
     return {names[c]: out[c].to_numpy() for c in names if c in out}
 
 
-def flopcast_rows(fc, data: list[Series], windows: int, codecs: list[str], context_tokens: int):
-    """Greedy zero-shot forecasts of every window under each codec setting."""
+def flopcast_rows(fc, data: list[Series], windows: int, codecs: list[str], context_tokens: int, samples: int = 1,
+                  label: str = "flopcast"):
+    """Forecasts of every window under each codec setting: greedy, or the median of ``samples``."""
     from flopcast.config import CodecConfig
     from flopcast.encoding.codec import LLMTimeCodec
 
     out: dict[str, dict[tuple[str, int], np.ndarray]] = {}
     for name in codecs:
-        fc.codec = LLMTimeCodec(CodecConfig(scale_mode="per_series", offset=name.endswith("+offset")))
+        if fc.adapter is None:
+            fc.codec = LLMTimeCodec(CodecConfig(scale_mode="per_series", offset=name.endswith("+offset")))
         preds: dict[tuple[str, int], np.ndarray] = {}
         t0 = time.perf_counter()
         for s in data:
             cuts = origins(s, windows)
-            res = fc.forecast([s.values[:c, None] for c in cuts], horizon=s.horizon, context_tokens=context_tokens)
+            res = fc.forecast([s.values[:c, None] for c in cuts], horizon=s.horizon, context_tokens=context_tokens,
+                              samples=samples, seed=0)
             preds.update({(s.name, c): res.point[k, :, 0] for k, c in enumerate(cuts)})
-        print(f"  flopcast {name}: {time.perf_counter() - t0:.0f} s", flush=True)
-        out[f"flopcast {name}"] = preds
+        what = f"{label} {name}" + (f", median of {samples}" if samples > 1 else "")
+        print(f"  {what}: {time.perf_counter() - t0:.0f} s", flush=True)
+        out[what] = preds
     return out
 
 
@@ -121,6 +147,11 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="default: the embedded model")
     ap.add_argument("--codecs", default="per_series,per_series+offset")
     ap.add_argument("--context-tokens", type=int, default=2048)
+    ap.add_argument("--samples", type=int, default=0, help="> 1: also the median of this many samples")
+    ap.add_argument("--finetune-budget", type=float, default=0.0, help="> 0: also fine-tune on the corpus within "
+                    "this many FLOPs (Forecaster.fit) and forecast with the adapter")
+    ap.add_argument("--finetune-steps", type=int, default=60)
+    ap.add_argument("--out", default="runs/real_data")
     a = ap.parse_args()
     from flopcast.api.forecaster import Forecaster
 
@@ -137,7 +168,19 @@ def main() -> None:
         print(f"  classical {s.name}: {time.perf_counter() - t0:.0f} s", flush=True)
     warnings.simplefilter("ignore")
     fc = Forecaster.from_pretrained(a.model)
-    for m, preds in flopcast_rows(fc, data, a.windows, a.codecs.split(","), a.context_tokens).items():
+    rows = flopcast_rows(fc, data, a.windows, a.codecs.split(","), a.context_tokens)
+    if a.samples > 1:
+        rows |= flopcast_rows(fc, data, a.windows, ["per_series+offset"], a.context_tokens, a.samples)
+    if a.finetune_budget > 0:
+        t0 = time.perf_counter()
+        tuned = fc.fit(corpus(), f"{a.out}/fit", budget=a.finetune_budget, steps=a.finetune_steps, horizon=8,
+                       seq_len=256, batch_size=4, lr=1e-3, progress=False)
+        print(f"  fine-tuned on the corpus in {time.perf_counter() - t0:.0f} s, see {a.out}/fit/report.md", flush=True)
+        rows |= flopcast_rows(tuned, data, a.windows, ["per_series+offset"], a.context_tokens, label="fine-tuned")
+        if a.samples > 1:
+            rows |= flopcast_rows(tuned, data, a.windows, ["per_series+offset"], a.context_tokens, a.samples,
+                                  label="fine-tuned")
+    for m, preds in rows.items():
         for (name, c), p in preds.items():
             s = next(x for x in data if x.name == name)
             scores.setdefault(m, {}).setdefault(name, []).append(

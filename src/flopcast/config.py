@@ -64,9 +64,8 @@ class CodecConfig:
         require(self.var_sep != self.step_sep, "var_sep and step_sep must differ")
 
 
-# How series are written without an adapter (``flopcast forecast``, ``Forecaster``): each context scaled alone, each
-# variable with its own alpha and LLMTime's offset. Chosen by measurement: zero-shot MASE relative to seasonal naive
-# 2.02 with the offset against 2.28 without (geometric mean over seven real datasets, benchmarks/real_data.py).
+# How series are written without an adapter (``flopcast forecast``, ``Forecaster``); chosen by measurement, see
+# benchmarks/RESULTS.md (zero-shot MASE relative to seasonal naive 2.02 with the offset, 2.28 without)
 ZERO_SHOT_CODEC = CodecConfig(scale_mode="per_series", offset=True)
 
 
@@ -167,15 +166,21 @@ class SimConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Seeded split by system (whole series go to one split)."""
+    """``by = "series"``: a seeded split of whole series by the shares ``train``/``val``/``test``. ``by = "time"``:
+    every series in every part, cut in time: its last ``test_windows`` horizons are tested (one origin every horizon
+    steps), the horizon before them validates, training sees what comes before (works with one series)."""
 
     train: float = 0.8
     val: float = 0.1
     test: float = 0.1
     seed: int = 0
+    by: str = "series"
+    test_windows: int = 1
 
     def __post_init__(self) -> None:
         check_types(self)
+        require(self.by in ("series", "time"), f"split by must be 'series' or 'time', got {self.by!r}")
+        require(self.test_windows >= 1, f"test_windows must be >= 1, got {self.test_windows}")
         parts = (self.train, self.val, self.test)
         require(all(finite(p) and p >= 0 for p in parts), f"split fractions must be finite and >= 0, got {parts}")
         require(abs(sum(parts) - 1.0) < 1e-6, f"split fractions must sum to 1, got {sum(parts):.6g}")
@@ -231,19 +236,18 @@ class ForecastConfig:
 
 
 PROTOCOLS = ("aligned", "seed")
-BASELINES = ("persistence", "linear", "lv_ode")
+BASELINES = ("persistence", "linear", "lv_ode")  # the default; statsforecast's classical methods on request
+CLASSICAL_BASELINES = ("seasonal_naive", "auto_ets", "auto_arima", "theta")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """Evaluation windows and scoring.
 
-    ``seed`` reproduces the reference study: the whole series is tokenized, windows of exactly
-    ``S`` tokens start every ``window_stride_tokens`` tokens, the completion of a step cut by the
-    window is dropped and the next ``horizon`` steps are scored. ``aligned`` (default) uses
-    contexts of whole timesteps (as many as fit in ``S`` tokens) ending at cut points every
-    ``stride`` steps from ``min_context_steps`` on. Forecasts are greedy, or with ``samples > 1`` the median of that
-    many samples at ``temperature`` within the nucleus ``top_p``.
+    ``seed`` reproduces the reference study: windows of exactly ``S`` tokens of each whole tokenized series every
+    ``window_stride_tokens`` tokens, the next ``horizon`` steps scored. ``aligned`` (default): contexts of whole
+    steps (as many as fit in ``S`` tokens) before cut points every ``stride`` steps from ``min_context_steps``, or a
+    time split's origins. Forecasts are greedy, or the median of ``samples`` at ``temperature`` within ``top_p``.
     """
 
     protocol: str = "aligned"
@@ -256,6 +260,7 @@ class EvalConfig:
     max_series: int | None = None
     baselines: tuple[str, ...] = BASELINES
     batch_size: int | str = 16         # windows decoded together; "auto": from a GPU's free memory (16 on CPU)
+    season: int | None = None          # MASE's seasonal period (None: from the timestamps' frequency, else 1)
     samples: int = 1                   # > 1: sampled forecasts at temperature / top_p, scored by their median
     temperature: float = 1.0
     top_p: float = 1.0
@@ -278,9 +283,10 @@ class EvalConfig:
         _check_batch(self.batch_size, "eval batch_size")
         _check_compile(self.compile)
         ForecastConfig(horizon=self.horizon, n_samples=self.samples, temperature=self.temperature, top_p=self.top_p)
+        require(self.season is None or self.season >= 1, f"season must be >= 1, got {self.season}")
         require(self.n_boot >= 0 and self.seed >= 0, f"n_boot and seed must be >= 0, got {self.n_boot}, {self.seed}")
-        unknown = set(self.baselines) - set(BASELINES)
-        require(not unknown, f"unknown baseline(s) {sorted(unknown)} ({', '.join(BASELINES)})")
+        unknown = set(self.baselines) - set(BASELINES + CLASSICAL_BASELINES)
+        require(not unknown, f"unknown baseline(s) {sorted(unknown)} ({', '.join(BASELINES + CLASSICAL_BASELINES)})")
 
 
 SCHEDULES = ("constant", "cosine", "linear")
@@ -392,9 +398,3 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 def save_toml(data: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(tomli_w.dumps(data))
 
-
-__all__ = [
-    "CodecConfig", "DataSpec", "EvalConfig", "ForecastConfig", "LoraSpec", "TrainConfig", "ModelSpec", "SimConfig",
-    "SplitConfig",
-    "to_dict", "from_dict", "load_toml", "save_toml",
-]

@@ -20,7 +20,7 @@ from typing import Any
 from .errors import FlopcastError
 
 FORMAT = 1
-BASELINE_ORDER = ("persistence", "linear", "lv_ode")
+BASELINE_ORDER = ("persistence", "linear", "lv_ode", "seasonal_naive", "auto_ets", "auto_arima", "theta")
 
 
 def _known(cls: Any, d: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +53,13 @@ class Score:
     wall_s: float | None = None
     capped_rate: float | None = None  # share of forecasts that reached the decoder's integer-digit cap
     int_digits: int | None = None
+    mase: float | None = None         # mean absolute scaled error (scale: the history's seasonal-naive error)
+    mase_ci95: list[float] | None = None
+    mase_per_series: list[float] | None = None
+    mase_relative: float | None = None  # geometric mean over series of MASE / seasonal naive's MASE
+    wql: float | None = None          # sampled forecasts: weighted quantile loss
+    coverage: dict[str, float] | None = None  # sampled forecasts: share of truths inside each band ("0.1-0.9")
+    unavailable: str | None = None    # windows a baseline could not forecast, and why
 
     def to_dict(self) -> dict:
         return _no_none(dataclasses.asdict(self))
@@ -115,8 +122,10 @@ class EvalResult:
                 if m:
                     ci = m.mse_ci95 or [math.nan, math.nan]
                     out.append({"S": S, "method": method, "windows": m.n_windows, "MSE": m.mse, "MAE": m.mae,
-                                "MSE 95% CI": f"[{ci[0]:.4g}, {ci[1]:.4g}]", "parse fail %": 100 * m.parse_failure_rate,
-                                "FLOPs": m.flops})
+                                "MSE 95% CI": f"[{ci[0]:.4g}, {ci[1]:.4g}]", "MASE": m.mase,
+                                "MASE / seasonal naive": m.mase_relative, "WQL": m.wql,
+                                "parse fail %": 100 * m.parse_failure_rate, "FLOPs": m.flops,
+                                "not forecast": m.unavailable})
         return out
 
     def to_dict(self) -> dict:

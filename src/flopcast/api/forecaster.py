@@ -34,7 +34,7 @@ from ..encoding.codec import LLMTimeCodec
 from ..encoding.grammar import grammar_for
 from ..encoding.scaling import collapse_warning
 from ..encoding.windows import Window
-from ..errors import DataError
+from ..errors import DataError, FlopcastError
 from ..evaluation.plots import plot_forecasts
 from ..forecasting.forecast import ForecastResult, Prompts, forecast_prompts
 from ..model.adapter_files import ADAPTER_META, adapter_base, read_adapter_meta
@@ -42,6 +42,7 @@ from ..model.load import EMBEDDED
 from ..model.lora import load_for_inference
 from ..model.parts import max_positions
 from ..results import write_atomic
+from .fit import FitSettings, train_adapter
 from .outputs import PLOT_SUFFIXES, Output, check_outputs
 from .tools import fitted_codec
 
@@ -148,6 +149,22 @@ class Forecaster:
         res = self.forecast(batch.values, horizon, samples, quantiles, context_tokens, seed, batch_size,
                             temperature=temperature, top_p=top_p)
         return to_frame(batch, res.point, res.quantiles)
+
+    def fit(self, data: Any, out_dir: str | Path, budget: float, steps: int = 100, *, horizon: int = 5,
+            test_windows: int = 1, lr: float = 1e-4, rank: int = 8, seq_len: int = 256, batch_size: int = 4,
+            id_column: str | None = None, timestamp_column: str | None = None,
+            target_columns: list[str] | None = None, fill: str | None = None, progress: bool = True) -> "Forecaster":
+        """Fine-tune a LoRA adapter of this base model on ``data`` (what :meth:`predict` takes) and return a
+        Forecaster with it. A study in ``out_dir`` does the work -- zero-shot evaluation, training on each series'
+        history, evaluation of the held-out tail (``test_windows`` horizons of ``horizon`` steps) beside seasonal
+        naive -- with every FLOP charged to its ledger within ``budget``; ``out_dir/report.md`` says whether
+        fine-tuning paid off. Calling it again resumes (or reads back) that study."""
+        if self.adapter is not None:
+            raise FlopcastError("fit starts from a base model; this Forecaster already has an adapter")
+        settings = FitSettings(budget, steps, lr, rank, seq_len, batch_size, horizon, test_windows)
+        batch = _long_enough(series_from(data, id_column, timestamp_column, target_columns, fill))
+        adapter, _ = train_adapter(batch, self.model_name, out_dir, settings, progress)
+        return Forecaster.from_pretrained(adapter, ledger=self.ledger)
 
     def __repr__(self) -> str:
         return f"Forecaster({self.model_name!r}, adapter={str(self.adapter) if self.adapter else None!r})"

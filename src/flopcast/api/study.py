@@ -11,7 +11,7 @@ from typing import Any
 from ..budget.ledger import Ledger
 from ..checks import check_arg, stage_names
 from ..config import CodecConfig, DataSpec, EvalConfig, SplitConfig, from_dict, to_dict
-from ..data.dataset import Dataset, split
+from ..data.dataset import Dataset, split, split_dataset
 from ..encoding.codec import LLMTimeCodec
 from ..errors import DataError
 from ..evaluation.evaluate import EvalRun
@@ -46,21 +46,23 @@ def run_study(plan: Plan | dict[str, Any] | str | Path, out_dir: str | Path, pro
 def evaluate(model: str | None = None, data: DataSpec | str | Path | None = None, adapter: str | Path | None = None,
              config: EvalConfig | None = None, out_dir: str | Path | None = None,
              ledger: str | Path | None = None, budget: float | None = None, codec: CodecConfig | None = None,
-             **settings: Any) -> EvalResult:
+             split: SplitConfig | None = None, **settings: Any) -> EvalResult:
     """Score a model (default: the adapter's base, else the embedded model; an adapter goes on its own base only)
     and the baselines on a split of ``data`` (an HDF5/CSV path or
     a :class:`~flopcast.config.DataSpec`; None simulates): what ``flopcast eval`` does. ``settings`` override
-    fields of ``config`` (``contexts=(128, 512)``, ``max_series=20``, ...). With ``ledger`` (``budget`` creates
-    it) the forecasts' FLOPs are charged to it."""
+    fields of ``config`` (``contexts=(128, 512)``, ``max_series=20``, ...); ``split`` says how ``data`` is split
+    (``SplitConfig(by="time", test_windows=3)``: each series' last three horizons). With ``ledger`` (``budget``
+    creates it) the forecasts' FLOPs are charged to it."""
     _check_eval_args(model, data, adapter, config, out_dir, ledger)
+    check_arg("split", split, SplitConfig)
     cfg = from_dict(EvalConfig, {**to_dict(config or EvalConfig()), **settings})
     ensure_writable(out_dir, directory=True)
     model = adapter_base(adapter, model) if adapter is not None else (model or EMBEDDED)
     led = Ledger(ledger, budget) if ledger else None
     ds = dataset_or_simulated(_spec(data))
     state = read_adapter_meta(adapter).get("codec") if adapter is not None else None
-    enc = LLMTimeCodec.from_state(state) if state else fitted_codec(ds, codec or CodecConfig())
-    subset = _split(ds, cfg.split)
+    enc = LLMTimeCodec.from_state(state) if state else fitted_codec(ds, codec or CodecConfig(), split, cfg.horizon)
+    subset = _split(ds, cfg, split)
     lm = load_for_inference(model, adapter)
     run = EvalRun(name="eval", model_name=model if not adapter else f"{model}+{adapter}",
                   out_dir=Path(out_dir) if out_dir is not None else None, ledger=led)
@@ -69,14 +71,15 @@ def evaluate(model: str | None = None, data: DataSpec | str | Path | None = None
 
 def score_baselines(data: DataSpec | str | Path | None = None, config: EvalConfig | None = None,
                     out_dir: str | Path | None = None, tokenizer: str = EMBEDDED, codec: CodecConfig | None = None,
-                    **settings: Any) -> EvalResult:
+                    split: SplitConfig | None = None, **settings: Any) -> EvalResult:
     """Score only the baselines on the windows ``flopcast eval`` would use (``tokenizer``'s token counts define
     them): what ``flopcast baselines`` does. No model is loaded and no FLOP is charged."""
     _check_eval_args(tokenizer, data, None, config, out_dir, None)
+    check_arg("split", split, SplitConfig)
     cfg = from_dict(EvalConfig, {**to_dict(config or EvalConfig()), **settings})
     ensure_writable(out_dir, directory=True)
     ds = dataset_or_simulated(_spec(data))
-    enc, subset = fitted_codec(ds, codec or CodecConfig()), _split(ds, cfg.split)
+    enc, subset = fitted_codec(ds, codec or CodecConfig(), split, cfg.horizon), _split(ds, cfg, split)
     run = EvalRun(name="eval", model_name=tokenizer, out_dir=Path(out_dir) if out_dir is not None else None)
     return evaluate_model(None, load_tokenizer(tokenizer), enc, subset, cfg, run)
 
@@ -94,10 +97,17 @@ def _spec(data: DataSpec | str | Path | None) -> DataSpec | None:
     return DataSpec(str(data)) if isinstance(data, (str, Path)) else data
 
 
-def _split(ds: Dataset, name: str, split_cfg: SplitConfig | None = None) -> Dataset:
-    idx = split(ds.n_series, split_cfg or SplitConfig()).indices(name)
+def _split(ds: Dataset, cfg: EvalConfig, split_cfg: SplitConfig | None = None) -> Dataset:
+    """The part of ``ds`` the evaluation scores (``cfg.split``); by series, an empty part is one line."""
+    sc = split_cfg or SplitConfig()
+    if sc.by == "time":
+        if cfg.protocol == "seed":
+            raise DataError("a time split scores each series' tail; it needs protocol 'aligned'")
+        return split_dataset(ds, sc, cfg.horizon)[1][cfg.split]
+    idx = split(ds.n_series, sc).indices(cfg.split)
     if len(idx) == 0:
-        raise DataError(f"split {name!r} is empty for {ds.n_series} series")
+        raise DataError(f"split {cfg.split!r} is empty for {ds.n_series} series: split by time to hold out each "
+                        "series' tail (--split-by time)")
     return ds.subset(idx)
 
 

@@ -22,7 +22,7 @@ from ..budget.records import RECORD_FILE, read_records
 from ..budget.rows import COLUMNS
 from ..checks import check_arg, check_budget, check_ints
 from ..config import CodecConfig, DataSpec, SimConfig, SplitConfig
-from ..data.dataset import Dataset, split
+from ..data.dataset import Dataset, split, split_dataset
 from ..data.io import load, save_h5
 from ..data.simulate import simulate
 from ..encoding.codec import LLMTimeCodec
@@ -73,12 +73,16 @@ def dataset_or_simulated(data: DataSpec | str | Path | None, n: int = 100, seed:
     return load(data) if data is not None else simulate(SimConfig(n_systems=n, seed=seed))
 
 
-def fitted_codec(ds: Dataset | None, config: CodecConfig, split_cfg: SplitConfig | None = None) -> LLMTimeCodec:
-    """A codec for ``ds``: its global scale fitted on the train split (scale mode ``global``), else per series or
-    none."""
+def fitted_codec(ds: Dataset | None, config: CodecConfig, split_cfg: SplitConfig | None = None,
+                 horizon: int = 1) -> LLMTimeCodec:
+    """A codec for ``ds``: its global scale fitted on the train part (scale mode ``global``; ``horizon``: a time
+    split's), else per series or none."""
     if config.scale_mode != "global" or ds is None:
         return LLMTimeCodec(config)
-    return LLMTimeCodec.fit(config, ds.subset(split(ds.n_series, split_cfg or SplitConfig()).train).series)
+    sc = split_cfg or SplitConfig()
+    if sc.by == "time":
+        return LLMTimeCodec.fit(config, split_dataset(ds, sc, horizon)[1]["train"].series)
+    return LLMTimeCodec.fit(config, ds.subset(split(ds.n_series, sc).train).series)
 
 
 def encode_preview(data: DataSpec | None, series: int, steps: int, model: str,
@@ -88,7 +92,7 @@ def encode_preview(data: DataSpec | None, series: int, steps: int, model: str,
     ds = dataset_or_simulated(data, n=50)
     if not 0 <= series < ds.n_series:
         raise DataError(f"series index {series} out of range (dataset has {ds.n_series})")
-    codec = LLMTimeCodec.fit(codec_cfg, ds.subset(split(ds.n_series, SplitConfig()).train).series)
+    codec = fitted_codec(ds, codec_cfg) if codec_cfg.scale_mode == "global" else LLMTimeCodec(codec_cfg)
     s = ds.series[series]
     scale = codec.series_scale(s[:steps] if codec_cfg.scale_mode == "per_series" else s)
     text = codec.encode(s[:steps], scale)

@@ -89,6 +89,12 @@ IdColumn = Annotated[Optional[str], typer.Option(help=ID_HELP)]
 TimeColumn = Annotated[Optional[str], typer.Option(help=TIME_HELP)]
 ValueColumns = Annotated[Optional[str], typer.Option(help=VALUES_HELP)]
 Fill = Annotated[Optional[str], typer.Option(help=FILL_HELP)]
+SplitBy = Annotated[str, typer.Option(help="series: whole series to train/val/test (seeded shares); time: every "
+                                      "series' last --test-windows horizons are tested, the horizon before validates")]
+TestWindows = Annotated[int, typer.Option(help="with --split-by time: rolling origins tested per series, one every "
+                                          "horizon steps")]
+Season = Annotated[Optional[int], typer.Option(help="MASE's seasonal period (default: from the timestamps' "
+                                               "frequency, e.g. 12 for monthly data; else 1)")]
 Pooled = Annotated[bool, typer.Option("--pooled", help="one scale for all variables (the reference study's); "
                                       "default: each variable its own")]
 Offset = Annotated[bool, typer.Option("--offset", help="shift each variable by LLMTime's offset before scaling "

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..config import ZERO_SHOT_CODEC, EvalConfig
+from ..config import ZERO_SHOT_CODEC, EvalConfig, SplitConfig
 from ..errors import FlopcastError
 from .common import (
     CODEC,
@@ -16,6 +16,7 @@ from .common import (
     FORECAST,
     MODEL,
     MODEL_HELP,
+    SPLIT,
     AdapterBase,
     Baselines,
     Contexts,
@@ -31,8 +32,11 @@ from .common import (
     Pooled,
     Protocol,
     Scale,
+    Season,
+    SplitBy,
     SplitOpt,
     Stride,
+    TestWindows,
     TimeColumn,
     ValueColumns,
     app,
@@ -48,7 +52,8 @@ from .common import (
 
 
 def _eval_cfg(context: str, protocol: str, horizon: int, split: str, max_series: Optional[int], stride: int,
-              baselines: str, batch_size: str | int, sampling: tuple[int, float, float] = (1, 1.0, 1.0)) -> EvalConfig:
+              baselines: str, batch_size: str | int, sampling: tuple[int, float, float] = (1, 1.0, 1.0),
+              season: Optional[int] = None) -> EvalConfig:
     if batch_size != "auto":
         if not str(batch_size).strip().isdigit():
             raise FlopcastError(f"--batch-size takes one integer or 'auto', got {batch_size!r}")
@@ -56,7 +61,11 @@ def _eval_cfg(context: str, protocol: str, horizon: int, split: str, max_series:
     return EvalConfig(protocol=protocol, contexts=tuple(ints(context)), horizon=horizon, split=split,
                       max_series=max_series, stride=stride, batch_size=batch_size,
                       baselines=tuple(b for b in baselines.split(",") if b), samples=sampling[0],
-                      temperature=sampling[1], top_p=sampling[2])
+                      temperature=sampling[1], top_p=sampling[2], season=season)
+
+
+def _split_cfg(by: str, test_windows: int) -> SplitConfig:
+    return SplitConfig(by=by, test_windows=test_windows)
 
 
 def _show_eval(results: Any, out_dir: Path) -> None:
@@ -93,14 +102,17 @@ def eval_cmd(
     time_column: TimeColumn = None,
     value_columns: ValueColumns = None,
     fill: Fill = None,
+    split_by: SplitBy = SPLIT.by,
+    test_windows: TestWindows = SPLIT.test_windows,
+    season: Season = None,
 ) -> None:
     """Evaluate a model (and baselines) on a split: MSE/MAE with CIs, parse failures, FLOPs, plots."""
     from ..api.study import evaluate
 
     cfg = _eval_cfg(context, protocol, horizon, split, max_series, stride, baselines, batch_size,
-                    (samples, temperature, top_p))
+                    (samples, temperature, top_p), season)
     res = evaluate(model, data_spec(data, id_column, time_column, value_columns, fill), adapter, cfg, out_dir, ledger,
-                   budget, codec_cfg(decimals, scale, no_point, pooled, offset))
+                   budget, codec_cfg(decimals, scale, no_point, pooled, offset), _split_cfg(split_by, test_windows))
     _show_eval(res, out_dir)
 
 
@@ -125,13 +137,16 @@ def baselines_cmd(
     time_column: TimeColumn = None,
     value_columns: ValueColumns = None,
     fill: Fill = None,
+    split_by: SplitBy = SPLIT.by,
+    test_windows: TestWindows = SPLIT.test_windows,
+    season: Season = None,
 ) -> None:
     """Score the persistence / linear-drift / Lotka-Volterra-ODE baselines on the same windows as eval."""
     from ..api.study import score_baselines
 
-    cfg = _eval_cfg(context, protocol, horizon, split, max_series, stride, baselines, EVAL.batch_size)
+    cfg = _eval_cfg(context, protocol, horizon, split, max_series, stride, baselines, EVAL.batch_size, season=season)
     res = score_baselines(data_spec(data, id_column, time_column, value_columns, fill), cfg, out_dir, tokenizer,
-                          codec_cfg(decimals, scale, no_point, pooled, offset))
+                          codec_cfg(decimals, scale, no_point, pooled, offset), _split_cfg(split_by, test_windows))
     _show_eval(res, out_dir)
 
 

@@ -15,9 +15,11 @@ import typer
 from ..study.plan import load_plan
 from ..study.report import write_report
 from .common import (
+    EVAL,
     LORA,
     MODEL,
     RESTART_HELP,
+    SPLIT,
     TRAIN,
     BatchSize,
     DataOpt,
@@ -26,6 +28,8 @@ from .common import (
     MaxSeries,
     ModelOpt,
     SeqLen,
+    SplitBy,
+    TestWindows,
     TimeColumn,
     ValueColumns,
     app,
@@ -92,12 +96,16 @@ def train_cmd(
     time_column: TimeColumn = None,
     value_columns: ValueColumns = None,
     fill: Fill = None,
+    split_by: SplitBy = SPLIT.by,
+    test_windows: TestWindows = SPLIT.test_windows,
+    horizon: int = typer.Option(EVAL.horizon, help="timesteps forecast and scored by the test evaluation"),
 ) -> None:
     """Train one LoRA adapter (resumable), then evaluate it on the test split."""
     from ..api.study import run_study
 
     plan = _one_stage("train", {"name": "train", "kind": "train", "steps": steps}, model, budget_for(out_dir, budget),
-                      _data_table(data, id_column, time_column, value_columns, fill), _eval_table(context, max_series),
+                      _data_table(data, id_column, time_column, value_columns, fill),
+                      _eval_table(context, max_series, horizon), split={"by": split_by, "test_windows": test_windows},
                       train={"lr": lr, "seq_len": seq_len, "batch_size": batch_size, "schedule": schedule,
                              "head": head}, lora={"rank": rank})
     _show_study(run_study(plan, out_dir, restart=("train",) if restart else ()), out_dir)
@@ -121,6 +129,9 @@ def sweep_cmd(
     time_column: TimeColumn = None,
     value_columns: ValueColumns = None,
     fill: Fill = None,
+    split_by: SplitBy = SPLIT.by,
+    test_windows: TestWindows = SPLIT.test_windows,
+    horizon: int = typer.Option(EVAL.horizon, help="timesteps forecast and scored by the test evaluation"),
 ) -> None:
     """LR x rank grid (lowest validation loss wins), then test evaluation of the best run."""
     from ..api.study import run_study
@@ -128,7 +139,8 @@ def sweep_cmd(
     plan = _one_stage("sweep", {"name": "grid", "kind": "grid", "lr": floats(lr), "rank": ints(rank), "steps": steps},
                       model, budget_for(out_dir, budget),
                       _data_table(data, id_column, time_column, value_columns, fill),
-                      _eval_table(context, max_series), train={"seq_len": seq_len, "batch_size": batch_size})
+                      _eval_table(context, max_series, horizon), split={"by": split_by, "test_windows": test_windows},
+                      train={"seq_len": seq_len, "batch_size": batch_size})
     _show_study(run_study(plan, out_dir, restart=("grid",) if restart else ()), out_dir)
 
 
@@ -159,8 +171,9 @@ def _data_table(path: Optional[Path], id_column: Optional[str], time_column: Opt
     return {"path": str(path), **{k: v for k, v in columns.items() if v is not None}}
 
 
-def _eval_table(context: str, max_series: Optional[int]) -> dict[str, Any]:
-    return {"contexts": ints(context), **({"max_series": max_series} if max_series is not None else {})}
+def _eval_table(context: str, max_series: Optional[int], horizon: int) -> dict[str, Any]:
+    return {"contexts": ints(context), "horizon": horizon,
+            **({"max_series": max_series} if max_series is not None else {})}
 
 
 @app.command("report")

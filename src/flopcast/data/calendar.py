@@ -48,3 +48,21 @@ def shown_stamp(t: object) -> object:
     if isinstance(t, np.generic):
         return t.item()
     return t
+
+
+SEASONS = (("Y", 1), ("A", 1), ("Q", 4), ("M", 12), ("W", 52), ("B", 5), ("D", 7), ("h", 24), ("H", 24))
+
+
+def season_of(freq: str | None) -> int:
+    """The seasonal period forecasting tools use for a pandas frequency (monthly 12, quarterly 4, weekly 52,
+    daily 7, business days 5, hourly 24, n-minute data a day's steps); 1 when there is none or it is unknown."""
+    if not freq:
+        return 1
+    offset = pd.tseries.frequencies.to_offset(freq)
+    n, name = max(int(getattr(offset, "n", 1)), 1), offset.name
+    if name in ("min", "T"):
+        return max(1, 1440 // n)
+    for prefix, season in SEASONS:
+        if name.startswith(prefix):
+            return max(1, season // n) if prefix in ("h", "H") else season
+    return 1

@@ -6,6 +6,7 @@ A :class:`Dataset` is a list of multivariate series, each (T_i, V), with optiona
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ class Dataset:
     id_column: str | None = None
     time_column: str | None = None
     stamps: list | None = None         # each series' own timestamps (numbers or datetime64), from a table
+    origins: list[list[int]] | None = None  # per series, the steps forecasts are scored from (a time split's)
 
     def __post_init__(self) -> None:
         self.series = [np.asarray(s, dtype=np.float64) for s in self.series]
@@ -78,8 +80,19 @@ class Dataset:
     def subset(self, idx: np.ndarray | list[int]) -> "Dataset":
         ids = tuple(self.ids[i] for i in idx) if self.ids else ()
         stamps = [self.stamps[i] for i in idx] if self.stamps is not None else None
+        origins = [self.origins[i] for i in idx] if self.origins is not None else None
         return Dataset([self.series[i] for i in idx], self.time, self.variables, self.source, ids, self.id_column,
-                       self.time_column, stamps)
+                       self.time_column, stamps, origins)
+
+    def cut(self, ends: list[int], origins: list[list[int]] | None = None) -> "Dataset":
+        """Every series cut to its first ``ends[i]`` steps (stamps too), with ``origins`` to score from."""
+        stamps = [st[:e] for st, e in zip(self.stamps, ends)] if self.stamps is not None else None
+        return dataclasses.replace(self, series=[s[:e] for s, e in zip(self.series, ends)], stamps=stamps,
+                                   origins=origins)
+
+    def name_of(self, i: int) -> str:
+        """Series ``i`` as messages name it: its id, else its index."""
+        return repr(self.ids[i]) if self.ids else str(i)
 
     def summary(self) -> dict:
         allv = np.concatenate(self.series)
@@ -117,12 +130,14 @@ def validate_series(s: np.ndarray, name: str = "series", n_vars: int | None = No
 
 @dataclass
 class Split:
-    """Indices of series in each split (by system: a series is never divided)."""
+    """Indices of series in each split: by series (a series is never divided), or by time (every series in every
+    part, cut at ``cuts``: per series, where training ends and where each tested horizon starts)."""
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
     seed: int = 0
+    cuts: list[list[int]] | None = None
 
     def indices(self, name: str) -> np.ndarray:
         if name not in ("train", "val", "test"):
@@ -131,13 +146,13 @@ class Split:
 
     def to_json(self) -> str:
         return json.dumps({"seed": self.seed, "train": self.train.tolist(), "val": self.val.tolist(),
-                           "test": self.test.tolist()})
+                           "test": self.test.tolist(), **({"by": "time", "cuts": self.cuts} if self.cuts else {})})
 
     @classmethod
     def from_json(cls, text: str) -> "Split":
         d = json.loads(text)
         return cls(np.array(d["train"], dtype=int), np.array(d["val"], dtype=int), np.array(d["test"], dtype=int),
-                   d.get("seed", 0))
+                   d.get("seed", 0), d.get("cuts"))
 
 
 def split(n: int, config: SplitConfig | None = None) -> Split:
@@ -153,3 +168,41 @@ def split(n: int, config: SplitConfig | None = None) -> Split:
         raise DataError(f"{n} series are too few for split {c}")
     return Split(np.sort(perm[:n_train]), np.sort(perm[n_train:n_train + n_val]), np.sort(perm[n_train + n_val:]),
                  c.seed)
+
+
+MIN_TRAIN_STEPS = 2  # a time split leaves training at least this many steps of every series
+
+
+def time_cuts(ds: Dataset, horizon: int, test_windows: int) -> list[list[int]]:
+    """Per series ``[train_end, val_end=first test origin, ..., last test origin]``: the last ``test_windows``
+    horizons are tested, the horizon before them validates; a series too short for that is refused by name."""
+    need = (test_windows + 1) * horizon + MIN_TRAIN_STEPS
+    cuts = []
+    for i, s in enumerate(ds.series):
+        T = len(s)
+        if T < need:
+            raise DataError(f"{ds._where()}series {ds.name_of(i)} has {T} steps; a time split with {test_windows} "
+                            f"test window(s) of {horizon} steps needs {need} ({MIN_TRAIN_STEPS} to train on, "
+                            f"{horizon} to validate): fewer test windows, a shorter horizon, or split by series")
+        cuts.append([T - k * horizon for k in range(test_windows + 1, 0, -1)])
+    return cuts
+
+
+def split_dataset(ds: Dataset, config: SplitConfig, horizon: int) -> tuple[Split, dict[str, Dataset]]:
+    """The train, val and test parts of ``ds`` under ``config`` (``horizon``: the steps a test window scores).
+    By time, training gets each series up to its validation horizon, validation each series up to its first test
+    origin (scored from the validation origin), test each whole series (scored from every test origin)."""
+    if config.by == "series":
+        sp = split(ds.n_series, config)
+        empty = [name for name in ("train", "val", "test") if len(sp.indices(name)) == 0]
+        if empty:
+            raise DataError(f"{ds._where()}{ds.n_series} series are too few to split by series (the "
+                            f"{' and '.join(empty)} part would be empty): split by time to hold out each series' "
+                            "tail (--split-by time, [split] by = \"time\")")
+        return sp, {name: ds.subset(sp.indices(name)) for name in ("train", "val", "test")}
+    cuts = time_cuts(ds, horizon, config.test_windows)
+    every = np.arange(ds.n_series)
+    parts = {"train": ds.cut([c[0] for c in cuts]),
+             "val": ds.cut([c[1] for c in cuts], [[c[0]] for c in cuts]),
+             "test": ds.cut([len(s) for s in ds.series], [c[1:] for c in cuts])}
+    return Split(every, every, every, config.seed, cuts), parts

@@ -39,24 +39,37 @@ def series_token_ids(series: list[np.ndarray], codec: LLMTimeCodec, tokenizer: A
     return [tokenizer(codec.encode(s), add_special_tokens=False).input_ids for s in series]
 
 
-def make_chunks(token_lists: list[list[int]], seq_len: int, pad_id: int, stride: int | None = None) -> Chunks:
+def target_starts(series: list[np.ndarray], steps: list[int], codec: LLMTimeCodec, tokenizer: Any) -> list[int]:
+    """Per series, the index of the first token of step ``steps[i]`` in its whole text (written with the whole
+    series' scale, as :func:`series_token_ids` writes it): where a time split's validation targets begin."""
+    return [len(tokenizer(codec.encode(s[:k], codec.series_scale(s)), add_special_tokens=False).input_ids)
+            for s, k in zip(series, steps)]
+
+
+def make_chunks(token_lists: list[list[int]], seq_len: int, pad_id: int, stride: int | None = None,
+                targets_from: list[int] | None = None) -> Chunks:
+    """Windows of ``seq_len`` tokens over each token list (see the module doc). With ``targets_from``, the tokens of
+    list ``i`` before index ``targets_from[i]`` are context only (a time split's validation: its history is
+    seen, its last horizon scored), and windows without a target are left out."""
     stride = stride or seq_len - 1
     ids, mask, labels = [], [], []
-    for toks in token_lists:
-        n = len(toks)
-        if n == 0:
+    for i, toks in enumerate(token_lists):
+        n, first = len(toks), targets_from[i] if targets_from is not None else 0
+        if n == 0 or first >= n:
             continue
         if n <= seq_len:
             pad = seq_len - n
             ids.append(toks + [pad_id] * pad)
             mask.append([1] * n + [0] * pad)
-            labels.append(toks + [IGNORE] * pad)
+            labels.append([IGNORE] * first + toks[first:] + [IGNORE] * pad)
             continue
-        covered = 0  # tokens [0, covered) are already targets
+        covered = first  # tokens [0, covered) are context or already targets
         starts = list(range(0, n - seq_len + 1, stride))
         if starts[-1] + seq_len < n:
             starts.append(n - seq_len)
         for st in starts:
+            if st + seq_len <= covered:
+                continue  # nothing new to score in this window
             window = toks[st:st + seq_len]
             lab = list(window)
             first_new = max(covered - st, 0)

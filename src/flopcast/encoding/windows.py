@@ -37,13 +37,16 @@ class Window:
 
 
 def build_windows(series: list[np.ndarray], codec: LLMTimeCodec, tokenizer: Any, S: int,
-                  cfg: EvalConfig) -> list[Window]:
-    """The windows of ``cfg.protocol`` at context length ``S`` (tokens); a warning names the variables some context
-    writes with fewer than two significant digits."""
+                  cfg: EvalConfig, origins: list[list[int]] | None = None) -> list[Window]:
+    """The windows of ``cfg.protocol`` at context length ``S`` (tokens), or with ``origins`` (per series, the steps
+    to forecast from: a time split's) aligned windows at exactly those; a warning names the variables some
+    context writes with fewer than two significant digits."""
+    if origins is not None and cfg.protocol == "seed":
+        raise FlopcastError("the seed protocol places its own windows; a time split needs protocol 'aligned'")
     if cfg.protocol == "seed":
         wins = seed_windows(series, codec, tokenizer, S, cfg.horizon, cfg.window_stride_tokens)
     else:
-        wins = aligned_windows(series, codec, tokenizer, S, cfg.horizon, cfg.stride, cfg.min_context_steps)
+        wins = aligned_windows(series, codec, tokenizer, S, cfg.horizon, cfg.stride, cfg.min_context_steps, origins)
     lost = collapse_warning([w.context for w in wins], [w.scale for w in wins], codec.config.decimals)
     if lost:
         warnings.warn(f"S={S}: {lost}", stacklevel=2)
@@ -66,8 +69,9 @@ def _step_token_counts(ids_offsets: list[tuple[int, int]], step_ends: list[int])
 
 
 def aligned_windows(series: list[np.ndarray], codec: LLMTimeCodec, tokenizer: Any, S: int, horizon: int,
-                    stride: int, min_context_steps: int) -> list[Window]:
-    """Contexts of whole steps (as many as fit in ``S`` tokens) before cut points every ``stride`` steps."""
+                    stride: int, min_context_steps: int, origins: list[list[int]] | None = None) -> list[Window]:
+    """Contexts of whole steps (as many as fit in ``S`` tokens) before cut points every ``stride`` steps (or at
+    ``origins[i]`` for series ``i``)."""
     sep = codec.config.step_sep
     out = []
     for i, s in enumerate(series):
@@ -77,7 +81,8 @@ def aligned_windows(series: list[np.ndarray], codec: LLMTimeCodec, tokenizer: An
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ends = [j + 1 for j, ch in enumerate(text) if ch == sep]
         per_step = _step_token_counts(enc["offset_mapping"], ends)
-        for c in range(min_context_steps, T - horizon + 1, stride):
+        cuts = origins[i] if origins is not None else range(min_context_steps, T - horizon + 1, stride)
+        for c in cuts:
             n, total = 0, 0
             while n < c and total + per_step[c - 1 - n] <= S:
                 total += per_step[c - 1 - n]

@@ -26,7 +26,7 @@ from ..budget.ledger import Ledger
 from ..budget.lock import DirLock
 from ..budget.memory import check_fits, decode_bytes
 from ..budget.rows import Charge
-from ..config import EvalConfig, ForecastConfig, result_settings, to_dict
+from ..config import CLASSICAL_BASELINES, EvalConfig, ForecastConfig, result_settings, to_dict
 from ..data.dataset import Dataset
 from ..encoding.codec import LLMTimeCodec
 from ..encoding.windows import Window, build_windows, window_grammar
@@ -34,6 +34,7 @@ from ..errors import FlopcastError
 from ..forecasting.forecast import ForecastResult, Prompts, forecast_prompts
 from ..model.load import free_memory
 from ..results import ContextScore, EvalResult, Score, read_json, write_atomic
+from .backtest import backtest_scores, classical_forecasts, sampled_scores, season_for
 from .baselines import stored_baseline
 from .metrics import per_window, score
 from .plots import plot_error_vs_horizon, plot_forecasts
@@ -82,8 +83,10 @@ def _evaluate(model: Any, tokenizer: Any, codec: LLMTimeCodec, ds: Dataset, cfg:
                         run.fingerprint)
     rows: list[dict[str, Any]] = []
     examples: dict[int, tuple[list[Window], dict[str, np.ndarray]]] = {}
+    season = season_for(ds, cfg)
+    origins = ds.origins[: len(series)] if ds.origins is not None else None
     for S in cfg.contexts:
-        wins = build_windows(series, codec, tokenizer, S, cfg)
+        wins = build_windows(series, codec, tokenizer, S, cfg, origins)
         if not wins:  # e.g. the seed protocol at an S longer than the series' text
             reason = f"no windows of {S} tokens: series too short for protocol {cfg.protocol!r} (horizon {cfg.horizon})"
             warnings.warn(reason, stacklevel=2)
@@ -91,14 +94,17 @@ def _evaluate(model: Any, tokenizer: Any, codec: LLMTimeCodec, ds: Dataset, cfg:
             continue
         preds: dict[str, np.ndarray] = {}
         info: dict[str, Any] = {}
+        truth = np.stack([w.truth for w in wins])
         if model is not None:
             info = _model_forecasts(model, tokenizer, codec, wins, S, cfg, run)
             preds["model"] = info.pop("point")
-        for b in cfg.baselines:
-            if b != "lv_ode" or wins[0].truth.shape[1] == 2:
-                preds[b] = stored_baseline(b, [w.context for w in wins], cfg.horizon, _dt(ds), run.baselines)
-        truth = np.stack([w.truth for w in wins])
-        result.contexts[S] = _context_score(S, wins, truth, preds, cfg, info)
+            kept = info.pop("quantiles", None) or {}
+            info.update(sampled_scores({float(q): np.asarray(a, float) for q, a in kept.items()}, truth))
+        extra = _baseline_forecasts(preds, ds, series, wins, cfg, season, run)
+        extra["model"] = {**extra.get("model", {}), **info}
+        for m, more in backtest_scores(preds, wins, series, truth, season, cfg).items():
+            extra.setdefault(m, {}).update(more)
+        result.contexts[S] = _context_score(S, wins, truth, preds, cfg, extra)
         rows += _window_rows(S, wins, truth, preds)
         examples[S] = (wins, preds)
     if not examples:
@@ -107,6 +113,20 @@ def _evaluate(model: Any, tokenizer: Any, codec: LLMTimeCodec, ds: Dataset, cfg:
     if run.out_dir is not None:
         write_results(result, rows, examples, run.out_dir, ds)
     return result
+
+
+def _baseline_forecasts(preds: dict[str, np.ndarray], ds: Dataset, series: list[np.ndarray], wins: list[Window],
+                        cfg: EvalConfig, season: int, run: EvalRun) -> dict[str, dict[str, Any]]:
+    """Each baseline's forecasts into ``preds`` (the LV-ODE only for two variables); per classical method, the
+    windows it could not forecast."""
+    notes: dict[str, dict[str, Any]] = {}
+    for b in cfg.baselines:
+        if b in CLASSICAL_BASELINES:
+            preds[b], note = classical_forecasts(b, series, wins, cfg.horizon, season, run.baselines)
+            notes[b] = {"unavailable": note} if note else {}
+        elif b != "lv_ode" or wins[0].truth.shape[1] == 2:
+            preds[b] = stored_baseline(b, [w.context for w in wins], cfg.horizon, _dt(ds), run.baselines)
+    return notes
 
 
 def forecast_windows(model: Any, tokenizer: Any, codec: LLMTimeCodec, windows: list[Window], cfg: ForecastConfig,
@@ -159,7 +179,7 @@ def _forecast_context(model: Any, tokenizer: Any, codec: LLMTimeCodec, wins: lis
                  batch=batch) as charge:
         fr = forecast_windows(model, tokenizer, codec, wins, fcfg, run.progress, charge)
     return {"point": fr.point, "flops": int(charge.used), "wall_s": time.time() - t0, "capped_rate": fr.capped_rate,
-            "int_digits": grammar.max_int}
+            "int_digits": grammar.max_int, "quantiles": {str(q): a.tolist() for q, a in fr.quantiles.items()}}
 
 
 # ----------------------------------------------------------------------------- finished contexts, kept
@@ -192,10 +212,9 @@ def _cache_context(out_dir: Path, S: int, key: str, done: dict[str, Any]) -> Non
 # ----------------------------------------------------------------------------- scores and files
 
 def _context_score(S: int, wins: list[Window], truth: np.ndarray, preds: dict[str, np.ndarray], cfg: EvalConfig,
-                   model_info: dict[str, Any]) -> ContextScore:
+                   extra: dict[str, dict[str, Any]]) -> ContextScore:
     alphas = np.stack([w.scale.alphas(truth.shape[2]) for w in wins])
-    scores = {m: Score.from_dict({**score(p, truth, alphas, cfg.n_boot, cfg.seed),
-                                  **(model_info if m == "model" else {})})
+    scores = {m: Score.from_dict({**score(p, truth, alphas, cfg.n_boot, cfg.seed), **extra.get(m, {})})
               for m, p in preds.items()}
     return ContextScore(S, len(wins), scores, float(np.mean([len(w.context) for w in wins])),
                         float(np.mean([len(w.prompt) for w in wins])))

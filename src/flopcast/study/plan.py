@@ -223,6 +223,8 @@ def plan_from_dict(d: dict[str, Any], where: str = "plan") -> Plan:
         problems.append("a plan needs at least one [[stages]] entry")
     _check_stage_settings([s for s in stages if s is not None], kwargs.get("train", TrainConfig()),
                           kwargs.get("lora", LoraSpec()), problems)
+    if "split" in kwargs and kwargs["split"].by == "time" and kwargs.get("eval", EvalConfig()).protocol == "seed":
+        problems.append("[split] by = \"time\" scores each series' tail; it needs [eval] protocol = \"aligned\"")
     if not problems:
         try:
             return from_dict(Plan, {**d, **kwargs, "stages": tuple(stages)})

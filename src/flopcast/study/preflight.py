@@ -24,7 +24,7 @@ from ..budget.ledger import Ledger
 from ..budget.memory import check_fits, train_step_bytes
 from ..budget.records import check_covered
 from ..config import save_toml, to_dict
-from ..data.dataset import Dataset, split
+from ..data.dataset import Dataset, split_dataset
 from ..data.io import load, save_h5
 from ..data.simulate import simulate
 from ..encoding.codec import LLMTimeCodec
@@ -48,10 +48,9 @@ def prepare(plan: Plan, out_dir: str | Path, progress: bool = True, restart: tup
     fingerprint.check_fingerprints(out, settings, tuple(restart))
     fingerprint.archive_stages(out, tuple(restart))
     ds = _dataset(plan, out)
-    sp = split(ds.n_series, plan.split)
-    train = ds.subset(sp.train)
-    study = Study(plan, out, _open_ledger(out, plan.budget), train, ds.subset(sp.val), ds.subset(sp.test),
-                  LLMTimeCodec.fit(plan.codec, train.series), settings, progress)
+    sp, parts = split_dataset(ds, plan.split, plan.eval.horizon)
+    study = Study(plan, out, _open_ledger(out, plan.budget), parts["train"], parts["val"], parts["test"],
+                  LLMTimeCodec.fit(plan.codec, parts["train"].series), settings, progress)
     todo = [st for st in plan.stages if (not only or st.name in only) and not study.stage_done(st.name)]
     check_data(study, todo)
     check_memory(study, todo)

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from ..budget.ledger import Ledger
-from ..config import BASELINES, load_toml
+from ..config import load_toml
 from ..display import number
 from ..errors import FlopcastError
 from ..evaluation.plots import save_figure, subplots
-from ..results import RunResult, Score, StageResult, StudyResult, read_json
+from ..results import BASELINE_ORDER, RunResult, Score, StageResult, StudyResult, read_json
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -96,13 +96,36 @@ def _metrics_section(stages: dict[str, StageResult]) -> list[str]:
     rows = [[S] + [v for r in evals.values() for v in _mse_mae(r.score(S))] for S in contexts]
     lines = ["## Test metrics per stage", "", _table(header, rows), ""]
     first = next(iter(evals.values()))
-    brow = [[S, b, m.mse, m.mae] for S in contexts for b in BASELINES if (m := first.score(S, b)) is not None]
+    brow = [[S, b, m.mse, m.mae] for S in contexts for b in BASELINE_ORDER if (m := first.score(S, b)) is not None]
     if brow:
         lines += ["## Baselines (same windows)", "", _table(["S", "baseline", "MSE", "MAE"], brow), ""]
     ci_rows = [[n, S, str(np.round(m.mse_ci95, 5).tolist()) if m.mse_ci95 else "-", m.parse_failure_rate]
                for n, r in evals.items() for S in contexts if (m := r.score(S)) is not None]
     return lines + ["MSE 95% bootstrap CIs and parse failures:", "",
                     _table(["stage", "S", "MSE 95% CI", "parse failure rate"], ci_rows), ""]
+
+
+def _fine_tune_section(stages: dict[str, StageResult]) -> list[str]:
+    """"Should I fine-tune?": every evaluated stage (zero-shot or fine-tuned) and every baseline on the same
+    windows, by MASE and MASE relative to seasonal naive, with the FLOPs each cost (training: every run of the
+    stage; forecasting: the evaluation's)."""
+    evals = {n: st for n, st in stages.items() if st.test is not None}
+    if not evals:
+        return []
+    rows: list[list[object]] = []
+    for S in sorted({S for st in evals.values() for S in st.test.contexts}):  # type: ignore[union-attr]
+        for n, st in evals.items():
+            if (m := st.test.score(S)) is not None:  # type: ignore[union-attr]
+                trained = sum(r.flops for r in st.runs)
+                rows.append([S, f"{n} ({'fine-tuned' if st.runs else 'no training'})", m.mase, m.mase_relative,
+                             m.mae, trained, m.flops])
+        first = next(iter(evals.values())).test
+        rows += [[S, b, m.mase, m.mase_relative, m.mae, 0, 0] for b in BASELINE_ORDER
+                 if first is not None and (m := first.score(S, b)) is not None]
+    header = ["S", "method", "MASE", "MASE / seasonal naive", "MAE", "training FLOPs", "forecast FLOPs"]
+    return ["## Should I fine-tune? (same windows)", "",
+            "MASE relative to seasonal naive is a geometric mean over series (below 1: better than seasonal naive). "
+            "Baselines run on the CPU; their arithmetic is not counted in FLOPs.", "", _table(header, rows), ""]
 
 
 def _mse_mae(m: Score | None) -> tuple[float | None, float | None]:
@@ -164,6 +187,7 @@ def write_report(run_dir: str | Path) -> Path:
              f"`{ev.get('protocol', '?')}`, horizon {ev.get('horizon', '?')} steps, "
              "errors in original units.", ""]
     lines += _metrics_section(summary.stages)
+    lines += _fine_tune_section(summary.stages)
     lines += _figures_section(d, summary.stages)
     lines += _flops_section(d, led["budget"])
     lines += _energy_section(summary.stages, plan)

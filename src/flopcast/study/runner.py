@@ -118,7 +118,7 @@ def _train_run(study: Study, stage: Stage, run: RunPlan) -> RunResult:
     lm = load_model(study.plan.model, seed=study.plan.seed)
     d = study.stage_dir(stage.name) / run.name
     spec = RunSpec(d, run.lora, run.train, study.codec, study.train.series, study.val.series,
-                   name=f"{stage.name}/{run.name}", model_name=study.plan.model.name)
+                   name=f"{stage.name}/{run.name}", model_name=study.plan.model.name, val_from=study.val_from)
     r = train(lm.model, lm.tokenizer, spec, ledger=study.ledger, progress=study.progress)
     return RunResult(run.name, str(d), run.train.lr, run.lora.rank, run.train.seq_len, r.steps, r.flops,
                      r.best_val_loss, r.status, r.wall_s)

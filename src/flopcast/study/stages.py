@@ -119,7 +119,8 @@ def _val_chunks(study: Study, run: RunPlan) -> int:
         return 0
     tok, t = study.tokenizer, run.train
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    return val_chunks_used(len(make_chunks(study.val_token_ids, t.seq_len, pad, t.stride)), t)
+    chunks = make_chunks(study.val_token_ids, t.seq_len, pad, t.stride, study.val_targets_from)
+    return val_chunks_used(len(chunks), t)
 
 
 # ----------------------------------------------------------------------------- steps = "remaining"

@@ -19,7 +19,7 @@ from ..budget.flops import Arch
 from ..budget.ledger import Ledger
 from ..config import TrainConfig, load_toml
 from ..data.dataset import Dataset
-from ..encoding.chunks import series_token_ids
+from ..encoding.chunks import series_token_ids, target_starts
 from ..encoding.codec import LLMTimeCodec
 from ..encoding.grammar import LLMTimeGrammar
 from ..encoding.windows import Window, build_windows, window_grammar
@@ -66,6 +66,17 @@ class Study:
     def tokenizer(self) -> Any:
         return load_tokenizer(self.plan.model.name)
 
+    @property
+    def val_from(self) -> list[int] | None:
+        """A time split's validation origin per series (the steps before it are context), else None."""
+        return [o[0] for o in self.val.origins] if self.val.origins is not None else None
+
+    @cached_property
+    def val_targets_from(self) -> list[int] | None:
+        """Where each validation series' scored tokens begin (None: every token is scored)."""
+        vf = self.val_from
+        return target_starts(self.val.series, vf, self.codec, self.tokenizer) if vf is not None else None
+
     @cached_property
     def val_token_ids(self) -> list[list[int]]:
         """The validation series as token ids (once per study; each run length chunks them its own way)."""
@@ -88,9 +99,10 @@ class Study:
         """Evaluation windows and decoding grammar per context length (built once per study)."""
         cfg, ds = self.plan.eval, self.eval_data
         series = ds.series[: cfg.max_series] if cfg.max_series else ds.series
+        origins = ds.origins[: len(series)] if ds.origins is not None else None
         out: dict[int, tuple[list[Window], LLMTimeGrammar | None]] = {}
         for S in cfg.contexts:
-            wins = build_windows(series, self.codec, self.tokenizer, S, cfg)
+            wins = build_windows(series, self.codec, self.tokenizer, S, cfg, origins)
             out[S] = (wins, window_grammar(wins, self.tokenizer, self.codec, ds.n_vars) if wins else None)
         return out
 

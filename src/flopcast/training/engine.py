@@ -39,7 +39,7 @@ from ..budget.ledger import Ledger
 from ..budget.lock import DirLock
 from ..budget.records import Record
 from ..config import LoraSpec, TrainConfig, save_toml, to_dict
-from ..encoding.chunks import Chunks, make_chunks, series_token_ids
+from ..encoding.chunks import Chunks, make_chunks, series_token_ids, target_starts
 from ..encoding.codec import LLMTimeCodec
 from ..errors import FlopcastError, Interrupted
 from ..model.compile import compile_body, compile_on, graphs_on, uncompile_body
@@ -63,9 +63,10 @@ class RunSpec:
         dir: the run directory (created; a second process on it stops with one line).
         lora: the adapter's settings.
         train: the training settings (steps, batch, sequence length, learning rate, ...).
-        codec: the LLMTime codec (with its alpha) the series are written in.
+        codec: the LLMTime codec (with its scale) the series are written in.
         train_series: the series trained on, each (T_i, V).
         val_series: the series validated on (none: no validation loss, the last adapter is the best).
+        val_from: per validation series, the step its scored tokens start at (a time split's); None: all are.
         name: the run's name in the ledger and in wandb.
         model_name: the base model's name, written into the adapter's metadata and model card.
     """
@@ -77,6 +78,7 @@ class RunSpec:
     train_series: Sequence[np.ndarray]
     val_series: Sequence[np.ndarray] = ()
     name: str = "train"
+    val_from: Sequence[int] | None = None
     model_name: str = ""
 
 
@@ -197,7 +199,9 @@ def _chunks(tokenizer: Any, spec: RunSpec) -> tuple[Chunks, Chunks | None]:
                          cfg.stride)
     if not spec.val_series:
         return chunks, None
-    val = make_chunks(series_token_ids(list(spec.val_series), spec.codec, tokenizer), cfg.seq_len, pad, cfg.stride)
+    val_series = list(spec.val_series)
+    starts = target_starts(val_series, list(spec.val_from), spec.codec, tokenizer) if spec.val_from else None
+    val = make_chunks(series_token_ids(val_series, spec.codec, tokenizer), cfg.seq_len, pad, cfg.stride, starts)
     k = val_chunks_used(len(val), cfg)
     return chunks, (Chunks(val.input_ids[:k], val.attention_mask[:k], val.labels[:k]) if k else None)
 

@@ -1,0 +1,125 @@
+"""Backtesting one's own series (issue 27): the time split, MASE and quantile scores, statsforecast's methods on the
+same windows, training on one series, and Forecaster.fit."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import run_cli as run
+
+from flopcast.config import CodecConfig, EvalConfig, SplitConfig
+from flopcast.data.dataset import Dataset, split_dataset
+from flopcast.encoding.codec import LLMTimeCodec
+from flopcast.errors import DataError
+from flopcast.evaluation.classical import run_classical
+from flopcast.evaluation.evaluate import EvalRun, evaluate
+from flopcast.evaluation.metrics import mase_per_window, mase_scale, quantile_scores
+
+
+def _seasonal(T: int = 60, season: int = 6, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(T)
+    return (10 + 3 * np.sin(2 * np.pi * t / season) + 0.05 * t + 0.3 * rng.normal(size=T))[:, None]
+
+
+def test_a_time_split_of_one_series_keeps_the_tail_out_of_training():
+    s = np.arange(40.0)[:, None]
+    sp, parts = split_dataset(Dataset([s]), SplitConfig(by="time", test_windows=3), horizon=5)
+    assert parts["train"].series[0].max() == 19  # nothing at or after the validation origin is trained on
+    assert parts["val"].origins == [[20]] and len(parts["val"].series[0]) == 25
+    assert parts["test"].origins == [[25, 30, 35]] and len(parts["test"].series[0]) == 40
+    assert sp.cuts == [[20, 25, 30, 35]] and '"by": "time"' in sp.to_json()
+    with pytest.raises(DataError, match=r"series 0 has 21 steps; .* needs 22"):
+        split_dataset(Dataset([s[:21]]), SplitConfig(by="time", test_windows=3), horizon=5)
+    with pytest.raises(DataError, match="too few to split by series .* split by time"):
+        split_dataset(Dataset([s]), SplitConfig(), horizon=5)
+
+
+def test_mase_against_a_hand_computation():
+    history = np.array([[1.0], [3.0], [2.0], [5.0], [4.0]])
+    scale = mase_scale(history, season=2)
+    assert scale.tolist() == [pytest.approx((1 + 2 + 2) / 3)]
+    pred, truth = np.array([[[6.0], [6.0]]]), np.array([[[5.0], [8.0]]])
+    assert mase_per_window(pred, truth, scale[None]).tolist() == [pytest.approx(1.5 / (5 / 3))]
+
+
+def test_weighted_quantile_loss_and_coverage_by_hand():
+    truth = np.array([[[1.0], [4.0]]])
+    q = {0.1: np.array([[[0.0], [5.0]]]), 0.9: np.array([[[2.0], [6.0]]])}
+    # pinball at 0.1: (1-0)*0.1 + (4-5)*(0.1-1) = 0.1 + 0.9; at 0.9: (1-2)*(0.9-1) + (4-6)*(0.9-1) = 0.1 + 0.2
+    got = quantile_scores(q, truth)
+    assert got["wql"] == pytest.approx(np.mean([2 * 1.0 / 5, 2 * 0.3 / 5]))
+    assert got["coverage"] == {"0.1-0.9": 0.5}
+
+
+def test_a_method_that_cannot_forecast_a_window_says_so():
+    pred, missing = run_classical("auto_ets", [_seasonal(8), _seasonal(40)], horizon=3, season=6)
+    assert np.isnan(pred[0]).all() and np.isfinite(pred[1]).all()
+    assert str(missing) == "1 window(s): history shorter than 12 steps (season 6)"
+
+
+def test_statsforecast_methods_score_the_time_splits_windows(tiny, tmp_path):
+    from statsforecast.models import AutoETS
+
+    s = _seasonal()
+    test = split_dataset(Dataset([s]), SplitConfig(by="time", test_windows=3), horizon=6)[1]["test"]
+    cfg = EvalConfig(contexts=(64,), horizon=6, baselines=("seasonal_naive", "auto_ets", "theta"), season=6,
+                     n_boot=10)
+    res = evaluate(tiny.model, tiny.tokenizer, LLMTimeCodec(CodecConfig(scale_mode="per_series")), test, cfg,
+                   EvalRun(out_dir=tmp_path, progress=False))
+    with open(tmp_path / "windows.csv") as fh:
+        cuts = {(r["method"], int(r["cut"])) for r in csv.DictReader(fh)}
+    assert cuts == {(m, c) for m in ("model", "seasonal_naive", "auto_ets", "theta") for c in (42, 48, 54)}
+    scores = res.contexts[64].scores
+    direct = [AutoETS(season_length=6).forecast(y=s[:c, 0], h=6)["mean"] for c in (42, 48, 54)]
+    want = np.mean([np.abs(d - s[c:c + 6, 0]).mean() / mase_scale(s[:c], 6)[0] for d, c in zip(direct, (42, 48, 54))])
+    assert scores["auto_ets"].mase == pytest.approx(want, rel=1e-6)
+    assert scores["seasonal_naive"].mase_relative == pytest.approx(1.0)
+    assert all(scores[m].mase is not None for m in scores) and scores["model"].flops > 0
+
+
+def test_train_on_one_series_split_by_time(tmp_path, capsys):
+    f = tmp_path / "one.csv"
+    months = pd.date_range("2000-01-01", periods=60, freq="MS").strftime("%Y-%m-%d")
+    pd.DataFrame({"ds": months, "y": _seasonal(60, 12)[:, 0]}).to_csv(f, index=False)
+    code, _, err = run(capsys, "train", "--model", "tiny-qwen2", "--data", f, "--steps", 2, "--seq-len", 32,
+                       "--batch-size", 1, "--context", 64, "--budget", 1e12, "-o", tmp_path / "T")
+    assert code == 2 and "split by time" in err  # one series cannot be split by series
+    code, out, err = run(capsys, "train", "--model", "tiny-qwen2", "--data", f, "--steps", 2, "--seq-len", 32,
+                         "--batch-size", 1, "--context", 64, "--budget", 1e12, "-o", tmp_path / "T",
+                         "--split-by", "time", "--test-windows", 2, "--horizon", 4)
+    assert code == 0, err
+    report = (tmp_path / "T" / "report.md").read_text()
+    assert "Should I fine-tune?" in report
+
+
+def test_fit_on_a_dataframe_returns_a_forecaster_with_its_adapter(tiny, tmp_path):
+    from flopcast.api.forecaster import Forecaster
+    from flopcast.budget.ledger import Ledger
+
+    df = pd.DataFrame({"unique_id": "a", "ds": np.arange(50), "y": _seasonal(50)[:, 0]})
+    base = Forecaster(tiny.model, tiny.tokenizer, "tiny-qwen2")
+    tuned = base.fit(df, tmp_path / "fit", budget=1e12, steps=2, seq_len=32, batch_size=1, horizon=4,
+                     progress=False)
+    assert tuned.adapter is not None and tuned.adapter.is_dir()
+    assert (tmp_path / "fit" / "report.md").is_file()
+    used = Ledger(tmp_path / "fit" / "ledger.db").used()
+    assert 0 < used <= 1e12
+    out = tuned.predict(df, horizon=3)
+    assert list(out["ds"]) == [50, 51, 52] and np.isfinite(out["y"]).all()
+
+
+def test_validation_under_a_time_split_scores_only_its_horizon():
+    from flopcast.encoding.chunks import IGNORE, make_chunks
+
+    toks = list(range(10, 60))  # 50 tokens; the validation horizon starts at token 40
+    whole = make_chunks([toks], 16, 0)
+    held = make_chunks([toks], 16, 0, targets_from=[40])
+    assert whole.n_targets == 50 and held.n_targets == 10  # every label once; none before the origin
+    scored = {int(t) for row in held.labels for t in row if t != IGNORE}
+    assert scored == set(toks[40:])
+    short = make_chunks([toks[:12]], 16, 0, targets_from=[8])
+    assert [int(t) for t in short.labels[0] if t != IGNORE] == toks[8:12]
