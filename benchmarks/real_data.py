@@ -152,6 +152,7 @@ def main() -> None:
                     "this many FLOPs (Forecaster.fit) and forecast with the adapter")
     ap.add_argument("--finetune-steps", type=int, default=60)
     ap.add_argument("--out", default="runs/real_data")
+    ap.add_argument("--skip-zero-shot", action="store_true", help="only the classical methods and the fine-tuned model")
     a = ap.parse_args()
     from flopcast.api.forecaster import Forecaster
 
@@ -168,8 +169,8 @@ def main() -> None:
         print(f"  classical {s.name}: {time.perf_counter() - t0:.0f} s", flush=True)
     warnings.simplefilter("ignore")
     fc = Forecaster.from_pretrained(a.model)
-    rows = flopcast_rows(fc, data, a.windows, a.codecs.split(","), a.context_tokens)
-    if a.samples > 1:
+    rows = {} if a.skip_zero_shot else flopcast_rows(fc, data, a.windows, a.codecs.split(","), a.context_tokens)
+    if a.samples > 1 and not a.skip_zero_shot:
         rows |= flopcast_rows(fc, data, a.windows, ["per_series+offset"], a.context_tokens, a.samples)
     if a.finetune_budget > 0:
         t0 = time.perf_counter()

@@ -123,3 +123,26 @@ def test_validation_under_a_time_split_scores_only_its_horizon():
     assert scored == set(toks[40:])
     short = make_chunks([toks[:12]], 16, 0, targets_from=[8])
     assert [int(t) for t in short.labels[0] if t != IGNORE] == toks[8:12]
+
+
+def test_eval_backtests_a_csv_against_the_classical_methods(tmp_path, capsys):
+    f = tmp_path / "sales.csv"
+    quarters = pd.date_range("2000-01-01", periods=48, freq="QS").strftime("%Y-%m-%d")
+    rows = [pd.DataFrame({"unique_id": k, "ds": quarters, "y": _seasonal(48, 4, seed)[:, 0]})
+            for seed, k in enumerate(("north", "south"))]
+    pd.concat(rows).to_csv(f, index=False)
+    code, out, err = run(capsys, "eval", "--model", "tiny-qwen2", "--data", f, "--split-by", "time",
+                         "--test-windows", 2, "--horizon", 4, "--context", 64, "--baselines",
+                         "seasonal_naive,theta", "-o", tmp_path / "E")
+    assert code == 0, err
+    assert "MASE" in out and "theta" in out
+    import json
+    metrics = json.loads((tmp_path / "E" / "metrics.json").read_text())
+    scores = metrics["contexts"]["64"]
+    assert scores["seasonal_naive"]["mase_relative"] == pytest.approx(1.0)
+    assert len(scores["model"]["mase_per_series"]) == 2 and scores["model"]["n_windows"] == 4
+    with open(tmp_path / "E" / "windows.csv") as fh:
+        naive = {(int(r["series"]), int(r["cut"])): float(r["mse"]) for r in csv.DictReader(fh)
+                 if r["method"] == "seasonal_naive"}
+    s = _seasonal(48, 4, 0)[:, 0]  # quarterly dates: a season of 4, read from the timestamps
+    assert naive[(0, 40)] == pytest.approx(np.mean((s[36:40] - s[40:44]) ** 2))
