@@ -129,7 +129,8 @@ def test_the_long_layout_and_a_year_column_are_recognised(tmp_path):
     p = tmp_path / "long.csv"
     p.write_text("unique_id,ds,y,price\nsun,1700,5.0,1\nsun,1701,11.0,2\nsun,1702,16.0,3\n"
                  "moon,1700,1.0,4\nmoon,1701,2.0,5\n")
-    ds = load_csv(p)
+    with pytest.warns(UserWarning, match="price are not forecast in the unique_id, ds, y layout"):
+        ds = load_csv(p)
     assert ds.ids == ("sun", "moon") and ds.variables == ("y",) and ds.time_column == "ds"
     assert load_csv(p, columns=["y", "price"]).variables == ("y", "price")  # --value-columns picks them
     q = tmp_path / "year.csv"

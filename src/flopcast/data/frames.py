@@ -128,13 +128,15 @@ def _targets(df: pd.DataFrame, id_column: Any, ts_column: Any, target_columns: A
     if target_columns is None:
         rest = [c for c in cols if c not in (id_column, ts_column)]
         numeric = [c for c in rest if _numeric(df[c]) or _mostly_numbers(df[c])]
-        nixtla = NIXTLA_TARGET in cols and (str(id_column).lower(), str(ts_column).lower()) != ("none", "none") and (
-            str(id_column).lower() == "unique_id" or str(ts_column).lower() == "ds")
+        named = {str(id_column).lower(), str(ts_column).lower()}
+        nixtla = NIXTLA_TARGET in cols and bool(named & {"unique_id", "ds"})  # statsforecast's layout: y alone
         target_columns = [NIXTLA_TARGET] if nixtla else numeric
-        text = [str(c) for c in rest if c not in numeric]
-        if text and not nixtla:
-            warnings.warn(f"{where}column(s) {', '.join(text)} hold text, not numbers: not variables (name the "
-                          "variables with target_columns=, CLI --value-columns)", stacklevel=4)
+        left = [str(c) for c in rest if c not in target_columns]
+        if left:
+            what = ("are not forecast in the unique_id, ds, y layout" if nixtla
+                    else "hold text, not numbers: not variables")
+            warnings.warn(f"{where}column(s) {', '.join(left)} {what} (name the variables with target_columns=, CLI "
+                          "--value-columns)", stacklevel=4)
     missing = [c for c in target_columns if c not in cols]
     if missing or not target_columns:
         raise DataError(f"{where}no value column(s) {missing or ''} (columns: {', '.join(map(str, cols))}); name "
