@@ -151,6 +151,8 @@ def main() -> None:
     ap.add_argument("--finetune-budget", type=float, default=0.0, help="> 0: also fine-tune on the corpus within "
                     "this many FLOPs (Forecaster.fit) and forecast with the adapter")
     ap.add_argument("--finetune-steps", type=int, default=60)
+    ap.add_argument("--finetune-rank", type=int, default=8)
+    ap.add_argument("--finetune-head", default="full", choices=["full", "numeric"])
     ap.add_argument("--out", default="runs/real_data")
     ap.add_argument("--skip-zero-shot", action="store_true", help="only the classical methods and the fine-tuned model")
     a = ap.parse_args()
@@ -175,7 +177,8 @@ def main() -> None:
     if a.finetune_budget > 0:
         t0 = time.perf_counter()
         tuned = fc.fit(corpus(), f"{a.out}/fit", budget=a.finetune_budget, steps=a.finetune_steps, horizon=8,
-                       seq_len=256, batch_size=4, lr=1e-3, progress=False)
+                       seq_len=256, batch_size=4, lr=1e-3, rank=a.finetune_rank, head=a.finetune_head,
+                       progress=False)
         print(f"  fine-tuned on the corpus in {time.perf_counter() - t0:.0f} s, see {a.out}/fit/report.md", flush=True)
         rows |= flopcast_rows(tuned, data, a.windows, ["per_series+offset"], a.context_tokens, label="fine-tuned")
         if a.samples > 1:

@@ -146,3 +146,15 @@ def test_eval_backtests_a_csv_against_the_classical_methods(tmp_path, capsys):
                  if r["method"] == "seasonal_naive"}
     s = _seasonal(48, 4, 0)[:, 0]  # quarterly dates: a season of 4, read from the timestamps
     assert naive[(0, 40)] == pytest.approx(np.mean((s[36:40] - s[40:44]) ** 2))
+
+
+def test_fit_settings_are_checked_before_any_work():
+    from flopcast.api.fit import FitSettings, fit_plan
+    from flopcast.errors import FlopcastError
+
+    for bad in (dict(head="bogus"), dict(steps=0), dict(budget=float("nan"))):
+        with pytest.raises(FlopcastError):
+            FitSettings(**{"budget": 1e12, **bad})
+    plan = fit_plan("tiny-qwen2", {"path": "s.csv"}, FitSettings(1e12, head="numeric", horizon=7))
+    assert plan["train"]["head"] == "numeric" and plan["split"] == {"by": "time", "test_windows": 1}
+    assert plan["eval"]["horizon"] == 7 and plan["codec"]["offset"] is True

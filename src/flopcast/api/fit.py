@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..checks import check_budget, check_ints
-from ..config import ZERO_SHOT_CODEC, to_dict
+from ..config import ZERO_SHOT_CODEC, TrainConfig, to_dict
 from ..data.frames import SeriesBatch
 from ..errors import FlopcastError
 from ..results import StudyResult
@@ -31,8 +31,9 @@ SERIES_FILE = "series.csv"
 @dataclass(frozen=True)
 class FitSettings:
     """One fine-tuning run: ``steps`` optimizer steps of ``batch_size`` chunks of ``seq_len`` tokens at ``lr``, LoRA
-    ``rank``; the tail held out is ``test_windows`` horizons of ``horizon`` steps; ``budget`` caps every FLOP of
-    the study (zero-shot evaluation, training, evaluation)."""
+    ``rank``, the LM head ``head`` (``numeric``: its softmax over the series' characters only); the tail held out is
+    ``test_windows`` horizons of ``horizon`` steps; ``budget`` caps every FLOP of the study (zero-shot evaluation,
+    training, evaluation)."""
 
     budget: float
     steps: int = 100
@@ -43,8 +44,10 @@ class FitSettings:
     horizon: int = 5
     test_windows: int = 1
     baselines: tuple[str, ...] = ("persistence", "seasonal_naive")
+    head: str = "full"
 
     def __post_init__(self) -> None:
+        TrainConfig(head=self.head)  # an unknown head stops here
         check_budget(self.budget)
         check_ints("steps, rank, seq_len, batch_size, horizon, test_windows",
                    [self.steps, self.rank, self.seq_len, self.batch_size, self.horizon, self.test_windows])
@@ -73,7 +76,8 @@ def fit_plan(model_name: str, data: dict[str, Any], fs: FitSettings) -> dict[str
                  "baselines": list(fs.baselines)},
         "lora": {"rank": fs.rank},
         "train": {"lr": fs.lr, "seq_len": fs.seq_len, "batch_size": fs.batch_size, "schedule": "cosine",
-                  "eval_every": max(1, fs.steps // 4), "checkpoint_every": max(1, fs.steps // 4), "wandb": False},
+                  "head": fs.head, "eval_every": max(1, fs.steps // 4), "checkpoint_every": max(1, fs.steps // 4),
+                  "wandb": False},
         "stages": [{"name": "zero_shot", "kind": "eval"}, {"name": "fit", "kind": "train", "steps": fs.steps}],
     }
 

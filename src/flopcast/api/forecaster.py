@@ -153,7 +153,8 @@ class Forecaster:
     def fit(self, data: Any, out_dir: str | Path, budget: float, steps: int = 100, *, horizon: int = 5,
             test_windows: int = 1, lr: float = 1e-4, rank: int = 8, seq_len: int = 256, batch_size: int = 4,
             id_column: str | None = None, timestamp_column: str | None = None,
-            target_columns: list[str] | None = None, fill: str | None = None, progress: bool = True) -> "Forecaster":
+            target_columns: list[str] | None = None, fill: str | None = None, head: str = "full",
+            progress: bool = True) -> "Forecaster":
         """Fine-tune a LoRA adapter of this base model on ``data`` (what :meth:`predict` takes) and return a
         Forecaster with it. A study in ``out_dir`` does the work -- zero-shot evaluation, training on each series'
         history, evaluation of the held-out tail (``test_windows`` horizons of ``horizon`` steps) beside seasonal
@@ -161,7 +162,7 @@ class Forecaster:
         fine-tuning paid off. Calling it again resumes (or reads back) that study."""
         if self.adapter is not None:
             raise FlopcastError("fit starts from a base model; this Forecaster already has an adapter")
-        settings = FitSettings(budget, steps, lr, rank, seq_len, batch_size, horizon, test_windows)
+        settings = FitSettings(budget, steps, lr, rank, seq_len, batch_size, horizon, test_windows, head=head)
         batch = _long_enough(series_from(data, id_column, timestamp_column, target_columns, fill))
         adapter, _ = train_adapter(batch, self.model_name, out_dir, settings, progress)
         return Forecaster.from_pretrained(adapter, ledger=self.ledger)
