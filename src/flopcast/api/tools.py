@@ -92,7 +92,7 @@ def encode_preview(data: DataSpec | None, series: int, steps: int, model: str,
     ds = dataset_or_simulated(data, n=50)
     if not 0 <= series < ds.n_series:
         raise DataError(f"series index {series} out of range (dataset has {ds.n_series})")
-    codec = fitted_codec(ds, codec_cfg) if codec_cfg.scale_mode == "global" else LLMTimeCodec(codec_cfg)
+    codec = fitted_codec(ds, codec_cfg)
     s = ds.series[series]
     scale = codec.series_scale(s[:steps] if codec_cfg.scale_mode == "per_series" else s)
     text = codec.encode(s[:steps], scale)

@@ -173,7 +173,7 @@ def _from_frame(df: pd.DataFrame, id_column: str | None, timestamp_column: str |
 
 def _values(g: pd.DataFrame, targets: list[Any], key: Any, where: str) -> np.ndarray:
     """The value columns as floats (empty text is missing); text that is no number is one line naming it."""
-    part = g[targets].replace(r"^\s*$", np.nan, regex=True)
+    part = _blank_as_missing(g[targets])
     out = part.apply(pd.to_numeric, errors="coerce")
     bad = out.isna() & part.notna()
     if bad.to_numpy().any():
@@ -181,6 +181,11 @@ def _values(g: pd.DataFrame, targets: list[Any], key: Any, where: str) -> np.nda
         raise DataError(f"{where}series {key!r}, row {g.index[r]}: {targets[c]!r} is {part.iat[r, c]!r}, not a "
                         "number")
     return out.to_numpy(dtype=np.float64)
+
+
+def _blank_as_missing(table: Any) -> Any:
+    """A Series or DataFrame with empty or all-space text cells as NaN (an empty CSV cell is a missing value)."""
+    return table.replace(r"^\s*$", np.nan, regex=True)
 
 
 def _numeric(col: pd.Series) -> bool:
@@ -193,7 +198,7 @@ def _mostly_numbers(col: pd.Series) -> bool:
     as numbers: a column of numbers with a typo in it is a variable (the typo is then named), not ignored."""
     if not (pd.api.types.is_string_dtype(col.dtype) or col.dtype == object):
         return False
-    text = col.replace(r"^\s*$", np.nan, regex=True).dropna()
+    text = _blank_as_missing(col).dropna()
     return len(text) > 0 and float(pd.to_numeric(text, errors="coerce").notna().mean()) >= 0.5
 
 

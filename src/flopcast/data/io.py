@@ -197,19 +197,18 @@ def _seconds(ts: Any) -> np.ndarray:
 
 
 def load(path: str | Path | DataSpec, id_column: str | None = None, time_column: str | None = None) -> Dataset:
-    """Load ``.h5``/``.hdf5`` or ``.csv`` by extension (a :class:`DataSpec` carries the CSV columns)."""
+    """Load ``.h5``/``.hdf5`` or ``.csv`` by extension (a :class:`DataSpec` carries the CSV columns and the fill)."""
+    columns: tuple[str, ...] | None = None
+    fill: str | None = None
     if isinstance(path, DataSpec):
-        if Path(path.path).suffix.lower() in (".csv", ".txt"):
-            return load_csv(path.path, path.id_column, path.time_column, path.value_columns, path.fill)
-        if Path(path.path).suffix.lower() in (".h5", ".hdf5", ".hdf"):
-            return load_h5(path.path, path.fill)
-        return load(path.path)
+        id_column, time_column, columns, fill = path.id_column, path.time_column, path.value_columns, path.fill
+        path = path.path
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix in (".h5", ".hdf5", ".hdf"):
-        return load_h5(p)
+        return load_h5(p, fill)
     if suffix in (".csv", ".txt"):
-        return load_csv(p, id_column, time_column)
+        return load_csv(p, id_column, time_column, columns, fill)
     raise DataError(f"{p}: unknown data format {suffix!r} (use .h5 or .csv)")
 
 
