@@ -40,7 +40,7 @@ from flopcast.encoding.codec import LLMTimeCodec
 from flopcast.encoding.windows import build_windows, window_grammar
 from flopcast.evaluation.baselines import run_baseline
 from flopcast.evaluation.evaluate import forecast_windows
-from flopcast.model.compile import compile_body, compile_on, graphs_on, uncompile_body
+from flopcast.model.compile import RECOMPILE_LIMIT, compile_body, compile_on, compiled_graphs, graphs_on, uncompile_body
 from flopcast.model.load import load_model
 from flopcast.model.lora import attach_lora
 from flopcast.model.loss import lm_loss
@@ -242,6 +242,7 @@ def run(a) -> None:
         print(f"train B=4 S={S:4d}: {ms:9.1f} ms/step, {rate_at[S] / 1e12:7.3f} TFLOP/s by the reference count, "
               f"{rate_at[S] / peak:5.1%} of the measured peak (compile {a.compile or 'auto'}: "
               f"{train_warm[S]:.1f} s compiling)")
+    print(f"compiled graphs so far: {compiled_graphs()} (torch keeps {RECOMPILE_LIMIT} variants per function)")
     if a.train_only:
         return
     cfg = plan.eval
@@ -253,6 +254,7 @@ def run(a) -> None:
               + ", ".join(f"S={S} {s:.1f} s" for S, s in w.items()))
         if setting == cfg.compile:
             rate, eval_warm = r, w
+    print(f"compiled graphs after the evaluations: {compiled_graphs()}")
     dt = float(ds.time[1] - ds.time[0]) if ds.time is not None and len(ds.time) > 1 else 1.0
     base_s, nb = baseline_seconds(codec, lm.tokenizer, test[: a.baseline_series], cfg, dt)
     print(f"baselines {', '.join(cfg.baselines)} on {nb} windows ({a.baseline_series} series): {base_s:.1f} s")

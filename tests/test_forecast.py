@@ -212,13 +212,17 @@ def test_a_failing_compiled_decode_step_warns_and_decodes_eagerly(monkeypatch):
 
 @pytest.mark.slow
 def test_compiled_decode_step_gives_the_eager_tokens(monkeypatch):
-    """torch.compile of the decode step (static shapes: the mask covers the whole cache) changes no token."""
+    """torch.compile of the decode step (static shapes: the mask covers the whole cache) changes no token; prompts
+    of different lengths and a short last batch compile one graph per (batch, cache-length bucket), not one per
+    prompt length or row count."""
     model, tok = lively_tiny()
     codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(0.5))
     rng = np.random.default_rng(4)
-    ctx = [rng.random((8, 2)) * 3 for _ in range(4)]  # two batches of one shape: one set of graphs (inductor is slow)
+    ctx = [rng.random((6 + i, 2)) * 3 for i in range(5)]  # five prompt lengths, three batches of two (one filler)
     import torch
     from torch._inductor.compile_fx import compile_fx
+
+    from flopcast.forecasting.decode import decode_span
 
     eager = forecast(model, tok, codec, ctx, ForecastConfig(horizon=4, batch_size=2, compile="off"))
     graphs, real_compile = [], torch.compile
@@ -227,8 +231,52 @@ def test_compiled_decode_step_gives_the_eager_tokens(monkeypatch):
     torch._dynamo.reset()
     compiled = forecast(model, tok, codec, ctx, ForecastConfig(horizon=4, batch_size=2, compile="on"))
     assert compiled.texts == eager.texts and len({t[0] for t in eager.texts}) > 1
-    # graphs per batch shape, not per decode step (a step whose shapes changed would compile again each time)
-    assert 0 < len(graphs) < sum(b["new_tokens"] for b in compiled.batches) // 4
+    assert len({b["prompt_len"] for b in compiled.batches}) == 3 and [b["B"] for b in compiled.batches] == [2, 2, 2]
+    limit = max(b["new_tokens"] for b in compiled.batches)
+    spans = {decode_span(b["prompt_len"], limit, True) for b in compiled.batches}
+    assert 0 < len(graphs) <= len(spans) < 3  # a graph per shape bucket, not per decode step or prompt length
+
+
+def test_compiled_decoding_fills_every_batch_to_one_shape(monkeypatch):
+    """Compiled decoding (torch.compile stubbed: the path, not the compiler) splits the rows evenly and fills each
+    batch up to one bucket size with rows that generate nothing: the eager texts, and the filler rows are charged
+    (computed, so counted) within the bound the callers reserve (:func:`decode_widths`)."""
+    import torch
+
+    from flopcast.budget.costs import decode_batches
+    from flopcast.forecasting.forecast import decode_widths
+
+    model, tok = lively_tiny()
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(0.5))
+    ctx = _contexts(np.random.default_rng(9), 7)
+    eager = forecast(model, tok, codec, ctx, ForecastConfig(horizon=3, batch_size=5, compile="off"))
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    cfg = ForecastConfig(horizon=3, batch_size=5, compile="on")
+    filled = forecast(model, tok, codec, ctx, cfg)
+    assert filled.texts == eager.texts and len({t[0] for t in eager.texts}) > 1
+    assert [b["B"] for b in eager.batches] == [5, 2] and [b["B"] for b in filled.batches] == [4, 4]
+    assert decode_widths(model, cfg, 7, 10, 20) == decode_batches(7, 5, True) == [4, 4]
+    assert forecast_flops(model, filled) > forecast_flops(model, eager)  # the filler rows are computed
+
+
+@pytest.mark.parametrize("family", ["tiny-qwen2", "tiny-llama"])
+def test_bf16_forecasts_follow_the_grammar_and_repeat(family):
+    """bf16 logits tie far more often than fp32 ones (greedy picks the lowest token id of a tie): forecasting on a
+    bf16 model, as on a GPU, still writes only the grammar, decodes every row, depends on the context and gives
+    the same texts for the same call (sampling included)."""
+    import torch
+
+    model, tok = lively_tiny(family)
+    model = model.to(torch.bfloat16)
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(0.5))
+    ctx = _contexts(np.random.default_rng(6), 6)
+    for cfg in (ForecastConfig(horizon=4, batch_size=4), ForecastConfig(horizon=4, n_samples=3, seed=2)):
+        a, b = forecast(model, tok, codec, ctx, cfg), forecast(model, tok, codec, ctx, cfg)
+        assert a.texts == b.texts and a.parse_ok.all() and np.isfinite(a.point).all()
+        for row in a.texts:
+            for t in row:
+                assert re.fullmatch(r"(\d{1,3}\.\d{2},\d{1,3}\.\d{2};){4}", t), t
+    assert len({t[0] for t in a.texts}) > 1 and len(set(a.texts[0])) > 1
 
 
 def test_batches_of_one_shape_share_a_kv_cache_and_forecast_as_one_batch():
@@ -389,3 +437,33 @@ def test_chunked_prefill_gives_the_whole_prompts_cache_and_forecasts(monkeypatch
     chunked = forecast(model, tok, codec, ctx, cfg)
     assert chunked.texts == once.texts and len({t[0] for t in once.texts}) > 1
     assert max(forwards) == 3 and len(forwards) > len(once.batches) * 20
+
+
+def test_decode_steps_copy_nothing_between_host_and_device(monkeypatch):
+    """Positions are built on the device once and samples are drawn there with a device generator: a longer
+    forecast makes no more host tensors (``torch.tensor``) or host copies (``.cpu()``) than a shorter one."""
+    import torch
+
+    model, tok = lively_tiny()
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(0.5))
+    ctx = _contexts(np.random.default_rng(2), 3)
+    calls = {"tensor": 0, "cpu": 0}
+    real_tensor, real_cpu = torch.tensor, torch.Tensor.cpu
+
+    def tensor(*a, **kw):
+        calls["tensor"] += 1
+        return real_tensor(*a, **kw)
+
+    def cpu(self, *a, **kw):
+        calls["cpu"] += 1
+        return real_cpu(self, *a, **kw)
+
+    monkeypatch.setattr(torch, "tensor", tensor)
+    monkeypatch.setattr(torch.Tensor, "cpu", cpu)
+    seen = []
+    for horizon in (2, 6):
+        calls.update(tensor=0, cpu=0)
+        res = forecast(model, tok, codec, ctx, ForecastConfig(horizon=horizon, n_samples=2, seed=1, batch_size=6))
+        assert sum(b["new_tokens"] for b in res.batches) > 4 * horizon  # many decode steps
+        seen.append(dict(calls))
+    assert seen[0] == seen[1], seen

@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import lively_tiny
 
 from flopcast.config import CodecConfig, ForecastConfig, LoraSpec, ModelSpec, SimConfig, TrainConfig
 from flopcast.encoding.codec import LLMTimeCodec
+from flopcast.encoding.scaling import Scale
 from flopcast.forecasting.decode import CPU_BATCH, rows_per_batch
 from flopcast.forecasting.forecast import forecast
 from flopcast.model.load import load_model
-from flopcast.training.engine import train
+from flopcast.training.engine import RunSpec, train
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -47,8 +49,8 @@ def test_compiled_cuda_training_gives_the_eager_losses(tmp_path, data):
         lm = load_model(ModelSpec("tiny-qwen2", device="cuda"), seed=0)
         cfg = TrainConfig(steps=20, batch_size=4, seq_len=64, lr=3e-3, eval_every=10, val_batches=2,
                           checkpoint_every=20, wandb=False, compile=setting)
-        train(lm.model, lm.tokenizer, codec, tr, va, LoraSpec(rank=4), cfg, tmp_path / setting, name="t",
-              model_name="tiny-qwen2", progress=False)
+        spec = RunSpec(tmp_path / setting, LoraSpec(rank=4), cfg, codec, tr, va, name="t", model_name="tiny-qwen2")
+        train(lm.model, lm.tokenizer, spec, progress=False)
         losses[setting] = _losses(tmp_path / setting)
     assert len(losses["off"]) == 20 and np.isfinite(losses["off"]).all()
     assert np.allclose(losses["off"], losses["on"], rtol=3e-2, atol=3e-2)
@@ -57,15 +59,35 @@ def test_compiled_cuda_training_gives_the_eager_losses(tmp_path, data):
 
 
 def test_compiled_cuda_decoding_gives_the_eager_tokens(data):
-    """CUDA graphs replayed across batches of one shape, the static cache reused: the greedy text of eager
-    decoding, batch after batch (fp32, so that the comparison is exact)."""
+    """CUDA graphs replayed across batches of one shape (short batches filled up), the static cache reused: the
+    greedy text of eager decoding, batch after batch, on a model whose rows decode different texts (fp32, so that
+    the comparison is exact); sampling on the device is reproducible for a seed."""
     _, te, codec = data
-    lm = load_model(ModelSpec("tiny-qwen2", device="cuda", dtype="float32"), seed=0)
+    model, tok = lively_tiny()
+    model = model.to("cuda")
     ctxs = [s[: 10 + i % 7] for i, s in enumerate(te * 3)]
-    out = {c: forecast(lm.model, lm.tokenizer, codec, ctxs, ForecastConfig(horizon=4, batch_size=8, compile=c))
+    out = {c: forecast(model, tok, codec, ctxs, ForecastConfig(horizon=4, batch_size=8, compile=c))
            for c in ("off", "on")}
-    assert out["off"].texts == out["on"].texts
+    assert out["off"].texts == out["on"].texts and len({t[0] for t in out["off"].texts}) > 1
     assert np.array_equal(out["off"].point, out["on"].point, equal_nan=True)
+    assert len({b["B"] for b in out["on"].batches}) == 1
+    cfg = ForecastConfig(horizon=4, batch_size=8, n_samples=3, seed=5)
+    assert forecast(model, tok, codec, ctxs, cfg).texts == forecast(model, tok, codec, ctxs, cfg).texts
+
+
+def test_memory_is_given_back_between_stages():
+    """A model with compiled, graph-recorded decoding, dropped and released: the free memory measured afterwards
+    is what the device had before (within 64 MiB)."""
+    from flopcast.model.load import free_memory, release_memory
+
+    before = free_memory("cuda")
+    model, tok = lively_tiny()
+    model = model.to("cuda")
+    codec = LLMTimeCodec(CodecConfig(), scale=Scale.from_state(0.5))
+    forecast(model, tok, codec, [np.ones((12, 2))] * 8, ForecastConfig(horizon=4, batch_size=8, compile="on"))
+    del model
+    release_memory()
+    assert abs(free_memory("cuda") - before) < 64 << 20
 
 
 def test_auto_batch_comes_from_free_cuda_memory(data):

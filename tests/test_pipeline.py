@@ -285,3 +285,25 @@ def test_a_damaged_checkpoint_is_one_line(tmp_path):
 def test_the_plan_a_study_keeps_runs_again_as_it_is(tiny_study):
     plan, out, _, _, _ = tiny_study
     assert load_plan(out / "plan.toml") == plan
+
+
+def test_a_study_compiling_past_torchs_limit_is_warned_before_it_starts(tmp_path, monkeypatch):
+    """With compiling on, the tiny plan's runs have 4 training shapes (seq_len 32/64 x rank 2/4) and its evaluations
+    3 decoded (context, adapter) pairs (the base, rank 2, rank 4 at S=64): at most 12 and 6 variants. A limit
+    below that is warned of before anything runs; compiling off counts none."""
+    import warnings
+
+    from flopcast.study import preflight
+
+    plan = tiny_plan()
+    plan["train"] = {**plan["train"], "compile": "on"}
+    plan["eval"] = {**plan["eval"], "compile": "on"}
+    study = prepare(plan_from_dict(plan), tmp_path / "on", progress=False)
+    assert preflight.compiled_variants(study, study.plan.stages) == (12, 6)
+    monkeypatch.setattr(preflight, "RECOMPILE_LIMIT", 8)
+    with pytest.warns(UserWarning, match=r"^training may compile up to 12 variants, more than the 8 torch keeps"):
+        prepare(plan_from_dict(plan), tmp_path / "on", progress=False)
+    off = prepare(plan_from_dict(TINY_PLAN), tmp_path / "off", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert preflight.compiled_variants(off, off.plan.stages) == (0, 0)

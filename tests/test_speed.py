@@ -3,6 +3,7 @@ message, random:DIR models (the batched LV-ODE fit, the device grammar and store
 the code they replace, in test_evaluate.py, test_forecast.py and test_pipeline.py)."""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,12 +71,14 @@ def test_chunked_cross_entropy_equals_the_whole_batch(data, head):
 def test_out_of_memory_is_one_line_naming_the_batch_that_fits(tmp_path, data, monkeypatch):
     import flopcast.training.engine as T
 
-    real = T._loss_fn
+    real, handling = T._loss_fn, []
 
     def limited(*a):  # a device on which only one sequence fits
         fn = real(*a)
 
         def loss(b):
+            if b["input_ids"].shape[0] < 4:  # a probe: what exception is being handled while it runs
+                handling.append(sys.exc_info()[0])
             if b["input_ids"].shape[0] > 1:
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 18.50 GiB")
             return fn(b)
@@ -92,6 +95,7 @@ def test_out_of_memory_is_one_line_naming_the_batch_that_fits(tmp_path, data, mo
     per_step = F.train_step(F.Arch.from_config(load_model("tiny-qwen2").model.config), 4, 64, F.LoraShape(4)).total
     # the failed step and both probes (batch 2 fails, batch 1 fits) are charged: the ledger never undercounts
     assert row.status == "failed" and row.flops_used == per_step + per_step * 2 // 4 + per_step // 4
+    assert handling == [None, None]  # probed after the handler: the failed step's traceback was let go first
 
 
 def test_random_dir_builds_the_architecture_without_weights(tmp_path):
@@ -272,3 +276,21 @@ def test_training_and_validation_build_no_kv_cache(monkeypatch, data):
     assert made == [] and np.isfinite(val)
     with_cache = model(**batch).loss  # what the model does by default
     assert made and torch.allclose(with_cache, lm_loss(model, batch))
+
+
+def test_free_gpu_memory_is_measured_after_what_torch_held_is_given_back(monkeypatch):
+    """CUDA faked (the path, on a CPU): free memory is read after the CUDA-graph pools are reset and the allocator's
+    cache emptied, and it is the device's free memory only (reserved-but-unused memory is not counted again)."""
+    from torch._inductor import cudagraph_trees
+
+    from flopcast.model.load import free_memory
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cudagraph_trees, "reset_cudagraph_trees", lambda: calls.append("graphs"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("cache"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: calls.append("measure") or (5 << 30, 80 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d: 7 << 30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d: 1 << 30)
+    assert free_memory("cuda") == 5 << 30
+    assert calls == ["graphs", "cache", "measure"]

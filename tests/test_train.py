@@ -358,3 +358,31 @@ def test_numeric_head_columns_are_computed_one_way():
     assert head_ids_for(tok, CodecConfig(), labels) == ids  # digits never seen in training still get a column
     with pytest.raises(FlopcastError, match="outside the series' alphabet"):
         head_ids_for(tok, CodecConfig(), np.array(tok("1.5 abc", add_special_tokens=False).input_ids))
+
+
+def test_checkpoints_load_onto_the_cpu_and_keep_each_gpus_rng(tmp_path, monkeypatch):
+    """A checkpoint is read with its tensors mapped to the CPU (the optimizer's state then follows its parameters
+    into the resumed run's device), so a run saved on a GPU resumes on any device; each GPU's RNG state is saved
+    and restored (CUDA faked here: the path, on a CPU)."""
+    from flopcast.training import checkpoint as ck
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.tensor([1, 2, 3], dtype=torch.uint8)])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    param = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([param])
+    param.grad = torch.ones(3)
+    opt.step()
+    mgr = ck.CheckpointManager(tmp_path)
+    mgr.save(lambda d: d.mkdir(parents=True), opt, ck.TrainState(step=3))
+    seen, real_load = {}, torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: seen.update(kw) or real_load(*a, **kw))
+    state, opt_state, rng = mgr.load()
+    assert seen["map_location"] == "cpu" and state.step == 3 and opt_state["state"][0]["step"] == 1
+    ck.set_rng_state(rng)
+    assert [t.tolist() for t in restored[0]] == [[1, 2, 3]]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # another machine: its GPUs keep their seeds
+    ck.set_rng_state(rng)
+    assert len(restored) == 1

@@ -36,7 +36,7 @@ from ..encoding.scaling import collapse_warning
 from ..encoding.windows import Window
 from ..errors import DataError, FlopcastError
 from ..evaluation.plots import plot_forecasts
-from ..forecasting.forecast import ForecastResult, Prompts, forecast_prompts
+from ..forecasting.forecast import ForecastResult, Prompts, decode_widths, forecast_prompts
 from ..model.adapter_files import ADAPTER_META, adapter_base, read_adapter_meta
 from ..model.load import EMBEDDED
 from ..model.lora import load_for_inference
@@ -104,8 +104,9 @@ class Forecaster:
         grammar = grammar_for(texts, self.codec.config, n_vars)
         fcfg = replace(fcfg, max_int_digits=grammar.max_int)
         arch, lora = model_shape(self.model)
-        bound = generation_bound(arch, len(prompts) * samples, max(map(len, prompts)), grammar.max_tokens(horizon),
-                                 lora)
+        longest, new = max(map(len, prompts)), grammar.max_tokens(horizon)
+        bound = generation_bound(arch, sum(decode_widths(self.model, fcfg, len(prompts) * samples, longest, new)),
+                                 longest, new, lora)
         with charged(self.ledger, name, "forecast", bound, model=self.model_name) as charge:
             res = forecast_prompts(self.model, self.tokenizer, self.codec, Prompts(prompts, scales, n_vars), fcfg,
                                    progress=progress, on_batch=charge_batches(charge, self.model))

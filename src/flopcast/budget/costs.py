@@ -6,8 +6,8 @@ those counts into what the rest of flopcast charges to the ledger:
 * a training run: FLOPs per optimizer step, per validation pass, and its planned total
   (:func:`run_cost`);
 * an evaluation or forecast: the bound reserved before it starts (:func:`generation_bound` with every
-  row generating the grammar's longest output) and the charge of each finished batch
-  (:func:`batch_flops`, :func:`charge_batches`);
+  row generating the grammar's longest output, over the rows decoding computes: :func:`decode_batches`) and the
+  charge of each finished batch (:func:`batch_flops`, :func:`charge_batches`);
 
 Padded tokens are computed, so they count.
 """
@@ -66,6 +66,29 @@ def generation_bound(arch: Arch, n_prompts: int, prompt_len: int, new_tokens: in
     """FLOPs to generate ``new_tokens`` after each of ``n_prompts`` prompts of ``prompt_len`` tokens (the count is
     linear in the batch, so how the prompts are batched does not change it)."""
     return generate_total(arch, n_prompts, prompt_len, new_tokens, lora)
+
+
+def shape_bucket(n: int, floor: int = 1) -> int:
+    """The smallest of ``floor`` and the sizes 2^k and 3 x 2^(k-1) (1, 2, 3, 4, 6, 8, 12, 16, 24, ...) that holds
+    ``n``: compiled decoding rounds its batch and KV-cache length up to these, so that a study compiles at most two
+    shapes per doubling of either, not one per prompt length or row count (less than half of any shape is filler)."""
+    n = max(n, floor, 1)
+    pow2 = 1 << (n - 1).bit_length()
+    return pow2 * 3 // 4 if pow2 >= 4 and pow2 * 3 // 4 >= n else pow2
+
+
+def decode_batches(n_rows: int, size: int, fixed: bool) -> list[int]:
+    """The rows each batch of a decoding computes: batches of ``size`` and the rest; with ``fixed`` (compiled
+    decoding, where every new shape is a compile) the rows are split into equally many per batch and each batch is
+    filled up to one :func:`shape_bucket` size of at most ``size`` with rows that are finished from the start. The
+    filler rows are computed, so the bound and the charges count them."""
+    size = max(1, size)
+    k = math.ceil(n_rows / size)
+    if not fixed:
+        return [min(size, n_rows)] * (k - 1) + [n_rows - size * (k - 1)]
+    while shape_bucket(math.ceil(n_rows / k)) > size:
+        k += 1
+    return [shape_bucket(math.ceil(n_rows / k))] * k
 
 
 def batch_flops(arch: Arch, batch: dict[str, int], lora: LoraShape | None = None) -> int:

@@ -15,7 +15,7 @@ import json
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from ..data.dataset import Dataset
 from ..encoding.codec import LLMTimeCodec
 from ..encoding.windows import Window, build_windows, window_grammar
 from ..errors import FlopcastError
-from ..forecasting.forecast import ForecastResult, Prompts, forecast_prompts
+from ..forecasting.forecast import ForecastResult, Prompts, decode_widths, forecast_prompts
 from ..model.load import free_memory
 from ..results import ContextScore, EvalResult, Score, read_json, write_atomic
 from .backtest import backtest_scores, classical_forecasts, sampled_scores, season_for
@@ -164,17 +164,18 @@ def _forecast_context(model: Any, tokenizer: Any, codec: LLMTimeCodec, wins: lis
     t0 = time.time()
     grammar = window_grammar(wins, tokenizer, codec, wins[0].truth.shape[1])
     arch, lora = model_shape(model)
-    rows = len(wins) * cfg.samples
-    bound = generation_bound(arch, rows, S, grammar.max_tokens(cfg.horizon), lora)
-    batch = cfg.batch_size if isinstance(cfg.batch_size, int) else None  # "auto": chosen per batch of rows
-    if batch is not None:  # before the charge: a batch that cannot fit is refused with one that does
-        p, longest = next(model.parameters()), max(len(w.prompt) for w in wins)
-        check_fits(f"decoding S={S}", lambda b: decode_bytes(arch, b, longest, grammar.max_tokens(cfg.horizon),
-                                                             p.element_size()),
-                   min(batch, rows), free_memory(p.device), str(p.device), "eval.batch_size (--batch-size)")
+    new, longest = grammar.max_tokens(cfg.horizon), max(len(w.prompt) for w in wins)
     fcfg = ForecastConfig(horizon=cfg.horizon, batch_size=cfg.batch_size, max_int_digits=grammar.max_int,
                           compile=cfg.compile, n_samples=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
                           seed=cfg.seed)
+    widths = decode_widths(model, fcfg, len(wins) * cfg.samples, longest, new)  # "auto" chosen once, here
+    fcfg = replace(fcfg, batch_size=max(widths))
+    bound = generation_bound(arch, sum(widths), S, new, lora)
+    batch = cfg.batch_size if isinstance(cfg.batch_size, int) else None
+    if batch is not None:  # before the charge: a batch that cannot fit is refused with one that does
+        p = next(model.parameters())
+        check_fits(f"decoding S={S}", lambda b: decode_bytes(arch, b, longest, new, p.element_size()),
+                   max(widths), free_memory(p.device), str(p.device), "eval.batch_size (--batch-size)")
     with charged(run.ledger, f"{run.name}/S={S}", "eval", bound, run.out_dir, model=run.model_name, seq=S,
                  batch=batch) as charge:
         fr = forecast_windows(model, tokenizer, codec, wins, fcfg, run.progress, charge)

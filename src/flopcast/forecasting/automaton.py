@@ -30,7 +30,7 @@ _UNBOUNDED = 1 << 30  # a target no row reaches while the tables are enumerated
 class Sampling:
     """How the next character is chosen among those the grammar allows: the most likely (``greedy``), or drawn
     from the softmax at ``temperature``, within the nucleus of probability ``top_p``, with ``generator`` (seeded, on
-    the CPU)."""
+    the logits' device: drawing there needs no copy to the host, and a seed gives the same samples on a device)."""
 
     greedy: bool = True
     temperature: float = 1.0
@@ -107,7 +107,7 @@ class TokenAutomaton:
         probs = torch.softmax(sub / sampling.temperature, -1)
         if sampling.top_p < 1:
             probs = nucleus(probs, sampling.top_p)
-        return torch.multinomial(probs.cpu(), 1, generator=sampling.generator).squeeze(-1).to(state.device)
+        return torch.multinomial(probs, 1, generator=sampling.generator).squeeze(-1)
 
     def advance(self, state: torch.Tensor, steps: torch.Tensor, char: torch.Tensor,
                 active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

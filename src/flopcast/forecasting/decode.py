@@ -23,16 +23,18 @@ from typing import Any
 import torch
 from transformers import StaticCache
 
+from ..budget.costs import shape_bucket
 from ..budget.flops import Arch
 from ..budget.memory import decode_row_bytes
 from ..model.compile import allow_recompiles
+from ..model.load import free_memory
 from ..model.parts import base_model, text_config
 from .automaton import Sampling, TokenAutomaton
 
 CPU_BATCH = 16            # rows per batch for batch_size "auto" on the CPU
 MAX_AUTO_BATCH = 512      # ... and at most this many on a GPU (a power of two)
 FREE_MEMORY_SHARE = 0.6   # share of the free GPU memory "auto" plans to use
-COMPILED_LENGTH_STEP = 64  # compiled decoding pads prompts to a multiple of this (a graph per length, not per prompt)
+MIN_CACHE_LENGTH = 64    # compiled decoding's KV cache holds at least this many positions (see decode_span)
 PREFILL_CHUNK_BYTES = 8 << 20  # on the CPU, a prefill forward's largest activation stays under this (prefill_tokens)
 
 
@@ -41,6 +43,7 @@ class Generation:
     texts: list[str]  # generated characters per row
     steps: int        # decode steps run (the batch's generated length, as computed)
     prompt_len: int   # the prompts' padded length, as computed
+    rows: int         # rows computed (compiled decoding fills a batch up to its fixed size)
 
 
 def cache_kwarg(model: Any) -> str:
@@ -94,10 +97,19 @@ class DecodeStep:
         return out
 
 
-def _left_padded(prompts: list[list[int]], pad_id: int, device: Any,
-                 multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids, attention mask, positions) of left-padded prompts, padded to a multiple of ``multiple`` tokens."""
-    B, L = len(prompts), math.ceil(max(len(p) for p in prompts) / multiple) * multiple
+def decode_span(prompt_len: int, new_tokens: int, compiled: bool) -> int:
+    """Positions of the KV cache for prompts of ``prompt_len`` tokens and ``new_tokens`` generated ones: exactly
+    that eagerly; compiled, rounded up to a :func:`~flopcast.budget.costs.shape_bucket` size (the compiled step
+    sees the cache's length, so a context compiles one or two shapes, not one per prompt length). The prefill
+    runs eagerly on the unpadded prompts; the unused positions are masked by causality."""
+    n = prompt_len + new_tokens
+    return shape_bucket(n, MIN_CACHE_LENGTH) if compiled else n
+
+
+def _left_padded(prompts: list[list[int]], pad_id: int,
+                 device: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention mask, positions) of left-padded prompts."""
+    B, L = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((B, L), pad_id, dtype=torch.long)
     attn = torch.zeros((B, L), dtype=torch.long)
     for i, p in enumerate(prompts):
@@ -122,20 +134,28 @@ class Decoder:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], targets: list[int], prefixes: list[str],
-                 max_new_tokens: int | None = None) -> Generation:
+                 max_new_tokens: int | None = None, rows: int | None = None) -> Generation:
         """Generate for one batch of token-id prompts: ``targets`` steps per row, after ``prefixes`` (each prompt's
-        text after its last complete step)."""
+        text after its last complete step). Compiled, the batch is filled up to ``rows`` rows with copies of the
+        first prompt that have nothing to generate (one batch shape for every batch of an evaluation)."""
         model, automaton, step = self.model, self.automaton, self.step
         device = next(model.parameters()).device
-        ids, attn, pos = _left_padded(prompts, self.pad_id, device, COMPILED_LENGTH_STEP if step.compiled else 1)
+        n = len(prompts)
+        if step.compiled and rows is not None and rows > n:
+            fill = rows - n  # copies of the first row with a target of 0 steps: done before they start
+            prompts, prefixes = prompts + prompts[:1] * fill, prefixes + prefixes[:1] * fill
+            targets = targets + [0] * fill
+        ids, attn, pos = _left_padded(prompts, self.pad_id, device)
         state, steps, target = automaton.start(targets, prefixes, device)
         limit = max_new_tokens or automaton.grammar.max_tokens(max(targets))
         B, L = ids.shape
-        cache = step.cache(B, L + limit)
-        mask = torch.cat([attn, torch.ones((B, limit), dtype=attn.dtype, device=device)], dim=1)
+        span = decode_span(L, limit, step.compiled)
+        cache = step.cache(B, span)
+        mask = torch.cat([attn, torch.ones((B, span - L), dtype=attn.dtype, device=device)], dim=1)
         written = torch.full((B, limit), -1, dtype=torch.long, device=device)
         logits = _prefill(model, ids, mask, pos, cache, prefill_tokens(model, B, L))
         pos = pos[:, -1:]
+        cache_pos = torch.arange(L, L + limit, device=device)  # on the device once: no host copy per token
         for t in range(limit):
             done = steps >= target
             char = automaton.choose(logits, state, done, self.sampling)
@@ -144,8 +164,8 @@ class Decoder:
             if (t + 1) % self.check_every == 0 and bool((steps >= target).all()):  # host sync
                 break
             pos = pos + 1
-            logits = step(automaton.token_ids[char][:, None], mask, pos, torch.tensor([L + t], device=device), cache)
-        return Generation(automaton.text(written), t + 1, L)
+            logits = step(automaton.token_ids[char][:, None], mask, pos, cache_pos[t:t + 1], cache)
+        return Generation(automaton.text(written)[:n], t + 1, L, B)
 
 
 def prefill_tokens(model: Any, rows: int, length: int) -> int:
@@ -176,18 +196,17 @@ def _prefill(model: Any, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tenso
     return logits
 
 
-def rows_per_batch(requested: int | str, model: Any, prompt_len: int, new_tokens: int) -> int:
+def rows_per_batch(requested: int | str, model: Any, prompt_len: int, new_tokens: int, compiled: bool = False) -> int:
     """``requested`` rows, or for "auto": :data:`CPU_BATCH` on the CPU, and on a GPU the most rows whose KV cache
-    and prefill activations fit in :data:`FREE_MEMORY_SHARE` of its free memory (at most :data:`MAX_AUTO_BATCH`).
-    Free memory counts what torch's allocator holds unused (a training run before leaves it reserved)."""
+    (of :func:`decode_span` positions) and prefill activations fit in :data:`FREE_MEMORY_SHARE` of its free memory
+    (at most :data:`MAX_AUTO_BATCH`), measured after :func:`~flopcast.model.load.release_memory`."""
     if requested != "auto":
         return int(requested)
     p = next(model.parameters())
     if not p.is_cuda:
         return CPU_BATCH
-    free, _ = torch.cuda.mem_get_info(p.device)
-    free += torch.cuda.memory_reserved(p.device) - torch.cuda.memory_allocated(p.device)
-    return batch_for_memory(free, model.config, prompt_len, new_tokens, p.element_size())
+    span = decode_span(prompt_len, new_tokens, compiled)
+    return batch_for_memory(free_memory(p.device) or 0, model.config, prompt_len, span - prompt_len, p.element_size())
 
 
 def batch_for_memory(free_bytes: int, config: Any, prompt_len: int, new_tokens: int, elem_bytes: int) -> int:

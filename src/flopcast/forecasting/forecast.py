@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..budget.costs import batch_flops, model_shape
+from ..budget.costs import batch_flops, decode_batches, model_shape
 from ..config import ForecastConfig
 from ..encoding.codec import LLMTimeCodec
 from ..encoding.grammar import LLMTimeGrammar, grammar_for, longest_int_part
@@ -119,36 +119,50 @@ def forecast_prompts(model: Any, tokenizer: Any, codec: LLMTimeCodec, prompts: P
 
 def _generate_rows(model: Any, tokenizer: Any, grammar: LLMTimeGrammar, prompts: Prompts, cfg: ForecastConfig,
                    progress: bool, on_batch: OnBatch | None) -> tuple[dict[tuple[int, int], str], list[dict[str, int]]]:
-    """Generated text per (series, sample) row, in batches of rows sorted by prompt length (little padding).
-    The head computes only the grammar's columns (the characters it can ever allow): the same logits for those
-    tokens, a fraction of the work."""
+    """Generated text per (series, sample) row, in batches of rows sorted by prompt length (little padding;
+    compiled, batches of one fixed shape: :func:`~flopcast.budget.costs.decode_batches`). The head computes only
+    the grammar's columns (the characters it can ever allow): the same logits for those tokens, a fraction of the
+    work."""
     device = next(model.parameters()).device
     automaton = TokenAutomaton(grammar, tokenizer, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids, extra, prefixes = prompts.ids, prompts.extra, prompts.prefixes or [""] * len(prompts.ids)
     rows = [(i, k) for i in range(len(ids)) for k in range(cfg.n_samples)]
     order = np.argsort([-len(ids[i]) for i, _ in rows], kind="stable")
-    longest = len(ids[rows[order[0]][0]])
-    size = rows_per_batch(cfg.batch_size, model, longest, grammar.max_tokens(cfg.horizon + max(extra)))
-    sampling = Sampling(cfg.greedy, cfg.temperature, torch.Generator().manual_seed(cfg.seed), cfg.top_p)
+    compiled = compile_on(cfg.compile, device)
+    widths = decode_widths(model, cfg, len(rows), len(ids[rows[order[0]][0]]),
+                           grammar.max_tokens(cfg.horizon + max(extra)))
+    sampling = Sampling(cfg.greedy, cfg.temperature, torch.Generator(device).manual_seed(cfg.seed), cfg.top_p)
     texts: dict[tuple[int, int], str] = {}
     batches: list[dict[str, int]] = []
     with numeric_head(model, automaton.token_ids.tolist()), grouped_decoding(model):
-        decoder = Decoder(model, automaton, pad_id, sampling, compile_on(cfg.compile, device),
-                          1 if device.type == "cpu" else CUDA_CHECK_EVERY)
-        for b in _batches(order, size, progress):
+        decoder = Decoder(model, automaton, pad_id, sampling, compiled, 1 if device.type == "cpu" else CUDA_CHECK_EVERY)
+        for b, width in _batches(order, widths, progress):
             sel = [rows[k] for k in b]
             res = decoder.generate([ids[i] for i, _ in sel], [cfg.horizon + extra[i] for i, _ in sel],
-                                   [prefixes[i] for i, _ in sel])
+                                   [prefixes[i] for i, _ in sel], rows=width)
             texts.update(zip(sel, res.texts))
-            batches.append({"B": len(sel), "prompt_len": res.prompt_len, "new_tokens": res.steps})
+            batches.append({"B": res.rows, "prompt_len": res.prompt_len, "new_tokens": res.steps})
             if on_batch:
                 on_batch(batches[-1])
     return texts, batches
 
 
-def _batches(order: np.ndarray, size: int, progress: bool) -> Iterable[np.ndarray]:
-    parts = [order[i:i + size] for i in range(0, len(order), size)]
+def decode_widths(model: Any, cfg: ForecastConfig, n_rows: int, longest: int, new_tokens: int) -> list[int]:
+    """The rows each batch of a forecast computes (:func:`~flopcast.budget.costs.decode_batches`): what its FLOP
+    bound counts and what :func:`forecast_prompts` runs, for ``n_rows`` rows whose longest prompt has ``longest``
+    tokens."""
+    compiled = compile_on(cfg.compile, next(model.parameters()).device)
+    return decode_batches(n_rows, rows_per_batch(cfg.batch_size, model, longest, new_tokens, compiled), compiled)
+
+
+def _batches(order: np.ndarray, widths: list[int], progress: bool) -> Iterable[tuple[np.ndarray, int]]:
+    """Consecutive rows of ``order`` per batch (equally many when the batches are filled up) and each batch's
+    width."""
+    k = len(widths)
+    counts = [len(order) // k + (j < len(order) % k) for j in range(k)] if len(set(widths)) == 1 else widths
+    starts = np.cumsum([0, *counts])
+    parts = [(order[starts[j]:starts[j + 1]], widths[j]) for j in range(k)]
     return tqdm(parts, desc="forecast", unit="batch", disable=None) if progress else parts
 
 

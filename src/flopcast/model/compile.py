@@ -4,7 +4,8 @@
   "auto" (None) = on for CUDA, off on the CPU, where a compiled step is not faster once its compile is counted;
 * :func:`compile_body` -- the decoder layers (one compile serves them all, since they share their code), or with
   ``graphs`` the whole body recorded as CUDA graphs; :func:`uncompile_body` gives the model back as it came;
-* :func:`allow_recompiles` -- torch keeps 8 compiled variants per function by default, fewer than a study needs.
+* :func:`allow_recompiles` -- torch keeps 8 compiled variants per function by default, fewer than a study needs;
+  :func:`compiled_graphs` counts what has been compiled.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 import torch._dynamo
 
+from .load import release_memory
 from .parts import body, decoder_layers
 
 RECOMPILE_LIMIT = 64  # compiled variants torch keeps per function (its default, 8, is fewer than one study needs)
@@ -47,6 +49,13 @@ def allow_recompiles(limit: int = RECOMPILE_LIMIT) -> None:
     setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
 
 
+def compiled_graphs() -> int:
+    """Graphs torch has compiled in this process so far (its own count), for benchmarks and checks."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def compile_body(model: Any, graphs: bool = False) -> None:
     """``torch.compile`` the transformer in place (the head and the loss stay eager, so the numeric head and
     chunked cross-entropy work unchanged); parameter names and the saved adapter are unaffected.
@@ -63,6 +72,7 @@ def compile_body(model: Any, graphs: bool = False) -> None:
 
 def uncompile_body(model: Any) -> None:
     """Undo :func:`compile_body`: the base model goes back to whoever shares it (an evaluation decodes with
-    other shapes, and compiles its own step) as it came."""
+    other shapes, and compiles its own step) as it came, and the memory its CUDA graphs held is given back."""
     for m in [body(model), *decoder_layers(model)]:
         m._compiled_call_impl = None
+    release_memory()

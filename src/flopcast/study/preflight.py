@@ -29,6 +29,7 @@ from ..data.io import load, save_h5
 from ..data.simulate import simulate
 from ..encoding.codec import LLMTimeCodec
 from ..errors import BudgetExceeded, DataError, FlopcastError
+from ..model.compile import RECOMPILE_LIMIT, compile_on
 from ..model.load import free_memory, resolve_device, resolve_dtype
 from . import fingerprint
 from .plan import Plan, Stage
@@ -54,6 +55,7 @@ def prepare(plan: Plan, out_dir: str | Path, progress: bool = True, restart: tup
     todo = [st for st in plan.stages if (not only or st.name in only) and not study.stage_done(st.name)]
     check_data(study, todo)
     check_memory(study, todo)
+    check_compiled_variants(study, todo)
     target = _budget_change(plan, out, study.ledger)
     check_affordable(study, todo, study.ledger.budget if target is None else target)
     if target is not None:
@@ -161,6 +163,35 @@ def check_memory(study: Study, stages: list[Stage]) -> None:
             need = partial(_step_bytes, study.arch, run.train.seq_len, elem, study.head_tokens(run.train))
             check_fits(f"stage {st.name!r}: a training step", need, run.train.batch_size, free, device,
                        "train.batch_size")
+
+
+TRAIN_VARIANTS = 3   # compiled variants of the decoder layer per training shape: first layer, the rest, validation
+DECODE_VARIANTS = 2  # ... of the decode step per context length and adapter shape: at most two cache-length buckets
+
+
+def compiled_variants(study: Study, stages: list[Stage]) -> tuple[int, int]:
+    """At most how many variants of the decoder layer (training) and of the decode step (evaluations) ``stages``
+    compile, where they compile: :data:`TRAIN_VARIANTS` per (sequence length, LoRA rank, head) and
+    :data:`DECODE_VARIANTS` per (context length, evaluated adapter's rank), as counted on tiny models (one compiled
+    variant serves every model instance of a shape)."""
+    device, plan = resolve_device(study.plan.model.device), study.plan
+    works = [w for st in stages for w in possible_work(study, st)]
+    shapes = {(r.train.seq_len, r.lora.rank, r.train.head) for w in works for r in w.runs
+              if compile_on(r.train.compile, device)}
+    decoded = {(S, w.eval_lora.rank if w.eval_lora else 0) for w in works for S in w.contexts
+               if compile_on(plan.eval.compile, device)}
+    return TRAIN_VARIANTS * len(shapes), DECODE_VARIANTS * len(decoded)
+
+
+def check_compiled_variants(study: Study, stages: list[Stage]) -> None:
+    """Warn when a study may compile more variants of one function than torch keeps (:data:`RECOMPILE_LIMIT`):
+    past the limit, torch runs every new shape eagerly, slower and with no word of its own."""
+    train, decode = compiled_variants(study, stages)
+    for what, n in (("training", train), ("decoding", decode)):
+        if n > RECOMPILE_LIMIT:
+            warnings.warn(f"{what} may compile up to {n} variants, more than the {RECOMPILE_LIMIT} torch keeps: "
+                          "the rest would run eagerly; fewer distinct sequence lengths, ranks or contexts per study "
+                          "avoid it", stacklevel=3)
 
 
 def _step_bytes(arch: Arch, seq: int, elem: int, head: int | None, batch: int) -> int:

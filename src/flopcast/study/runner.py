@@ -26,7 +26,7 @@ from ..budget.flops import lora_shape
 from ..budget.lock import DirLock
 from ..errors import FlopcastError
 from ..evaluation.evaluate import EvalRun, evaluate
-from ..model.load import load_model
+from ..model.load import load_model, released
 from ..model.lora import load_adapter
 from ..results import EvalResult, RunResult, StageResult, StudyResult
 from ..training.card import write_card
@@ -115,11 +115,15 @@ def _train_runs(study: Study, stage: Stage, work: StageWork) -> list[RunResult]:
 
 
 def _train_run(study: Study, stage: Stage, run: RunPlan) -> RunResult:
-    lm = load_model(study.plan.model, seed=study.plan.seed)
+    """One training run on a freshly loaded model, whose memory is given back when it ends (the next run or
+    evaluation measures free memory after that)."""
     d = study.stage_dir(stage.name) / run.name
     spec = RunSpec(d, run.lora, run.train, study.codec, study.train.series, study.val.series,
                    name=f"{stage.name}/{run.name}", model_name=study.plan.model.name, val_from=study.val_from)
-    r = train(lm.model, lm.tokenizer, spec, ledger=study.ledger, progress=study.progress)
+    with released():
+        lm = load_model(study.plan.model, seed=study.plan.seed)
+        r = train(lm.model, lm.tokenizer, spec, ledger=study.ledger, progress=study.progress)
+        del lm
     return RunResult(run.name, str(d), run.train.lr, run.lora.rank, run.train.seq_len, r.steps, r.flops,
                      r.best_val_loss, r.status, r.wall_s)
 
@@ -136,10 +140,13 @@ def _best(stage: Stage, runs: list[RunResult]) -> RunResult:
 
 
 def _evaluate(study: Study, stage: Stage, adapter: Path | None) -> EvalResult:
-    lm = load_model(study.plan.model, seed=study.plan.seed)
-    model = load_adapter(lm.model, adapter).eval() if adapter else lm.model
     run = EvalRun(name=f"{stage.name}/{study.plan.eval.split}", model_name=study.plan.model.name,
                   out_dir=study.stage_dir(stage.name) / "eval", ledger=study.ledger,
                   baseline_store=study.out / "baselines", fingerprint=fingerprint.digest(study.settings[stage.name]),
                   progress=study.progress)
-    return evaluate(model, lm.tokenizer, study.codec, study.eval_data, study.plan.eval, run)
+    with released():
+        lm = load_model(study.plan.model, seed=study.plan.seed)
+        model = load_adapter(lm.model, adapter).eval() if adapter else lm.model
+        result = evaluate(model, lm.tokenizer, study.codec, study.eval_data, study.plan.eval, run)
+        del lm, model
+    return result

@@ -17,11 +17,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..budget.costs import RunCost, generation_bound, run_cost, val_chunks_used
+from ..budget.costs import RunCost, decode_batches, generation_bound, run_cost, val_chunks_used
 from ..budget.flops import LoraShape, lora_shape
 from ..config import LoraSpec, load_toml
 from ..encoding.chunks import make_chunks
 from ..errors import BudgetExceeded
+from ..forecasting.decode import MAX_AUTO_BATCH
+from ..model.compile import compile_on
+from ..model.load import resolve_device
 from ..results import RunResult
 from ..training.checkpoint import CheckpointManager
 from ..training.rundir import finished_run
@@ -91,9 +94,16 @@ def run_price(study: Study, run: RunPlan) -> RunCost:
 
 
 def eval_price(study: Study, contexts: tuple[int, ...], lora: LoraShape | None = None) -> int:
-    """The bound an evaluation at ``contexts`` reserves (every window generating the grammar's longest output)."""
+    """The bound an evaluation at ``contexts`` reserves: every window generating the grammar's longest output, over
+    the rows decoding computes (compiled, each batch filled up: :func:`~flopcast.budget.costs.decode_batches`; an
+    "auto" batch priced at its most rows)."""
     windows, cfg = study.eval_windows, study.plan.eval
-    return sum(generation_bound(study.arch, len(wins) * cfg.samples, S, grammar.max_tokens(cfg.horizon), lora)
+    compiled = compile_on(cfg.compile, resolve_device(study.plan.model.device))
+    size = cfg.batch_size if isinstance(cfg.batch_size, int) else MAX_AUTO_BATCH
+
+    def rows(n: int) -> int:
+        return sum(decode_batches(n * cfg.samples, size, compiled))
+    return sum(generation_bound(study.arch, rows(len(wins)), S, grammar.max_tokens(cfg.horizon), lora)
                for S in contexts for wins, grammar in [windows[S]] if wins and grammar is not None)
 
 

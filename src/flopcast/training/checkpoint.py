@@ -52,13 +52,21 @@ class TrainState:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator a step draws from: Python's, numpy's, torch's CPU one and, on CUDA, each GPU's (dropout on a
+    GPU draws from the GPU's), so that a resumed run continues exactly."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
 
 
 def set_rng_state(s: dict) -> None:
+    """Restore :func:`rng_state`; the GPUs' states where the checkpoint has them for as many GPUs as this process
+    sees (a checkpoint from a CPU run, or from another machine, leaves them seeded as they are)."""
     random.setstate(s["python"])
     np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
+    torch.set_rng_state(s["torch"].cpu())
+    cuda = s.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([c.cpu() for c in cuda])
 
 
 class CheckpointManager:
@@ -84,10 +92,12 @@ class CheckpointManager:
         return (self.dir / "state.pt").is_file()
 
     def load(self) -> tuple[TrainState, dict, dict]:
-        """(train state, optimizer state dict, RNG state) of the checkpoint."""
+        """(train state, optimizer state dict, RNG state) of the checkpoint, its tensors on the CPU wherever it was
+        saved: the optimizer's state follows its parameters' device when loaded into it, so a run checkpointed on a
+        GPU resumes on the CPU or another GPU."""
         path = self.dir / "state.pt"
         try:
-            raw = torch.load(path, weights_only=False)  # our own file: optimizer and RNG states
+            raw = torch.load(path, map_location="cpu", weights_only=False)  # our own file: optimizer and RNG states
             return TrainState.from_dict(raw), raw["optimizer"], raw["rng"]
         except (RuntimeError, EOFError, OSError, KeyError, TypeError, pickle.UnpicklingError) as e:
             raise FlopcastError(f"{path}: damaged checkpoint ({type(e).__name__}); delete {self.dir} to train this "

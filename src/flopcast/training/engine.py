@@ -49,7 +49,7 @@ from ..model.loss import lm_loss
 from .card import write_card
 from .checkpoint import CheckpointManager, TrainState, set_rng_state
 from .losses import LossReader, StepRecord, sync_every
-from .oom import check_step_memory, largest_batch, out_of_memory
+from .oom import check_step_memory, probe_batch
 from .rundir import RunLog, TrainResult, finished_run, run_fingerprint, series_sha256
 from .signals import StopRequest, close_process_group_at_exit, stop_requested
 from .step import BatchOrder, Learner, lr_at, make_batch, make_optimizer, on_device, train_step, validation_loss
@@ -294,14 +294,16 @@ def _step(run: Run, bar: tqdm | None) -> None:
     order = run.batches.order
     before, lr = order.state(), lr_at(st.step, cfg)
     shard = order.next()[acc.process_index::acc.num_processes]  # each process takes its share
-    batch = make_batch(run.batches.train, shard, acc.device)
+    batch, out_of_memory = make_batch(run.batches.train, shard, acc.device), False
     try:
         loss = train_step(run.learner, batch, lr, cfg.grad_clip, run.losses.seen_nonfinite)
     except KeyboardInterrupt:  # cut short before its update: the resumed run takes the same batch again
         order.epoch, order.pos = before["epoch"], before["pos"]
         raise
-    except torch.OutOfMemoryError:
-        raise _out_of_memory(run, batch) from None
+    except torch.OutOfMemoryError:  # probed after the handler: its traceback holds the failed step's activations
+        out_of_memory = True
+    if out_of_memory:
+        raise _out_of_memory(run, batch)
     st.step, st.flops = st.step + 1, st.flops + run.cost.per_step
     run.losses.add(StepRecord(st.step, lr, st.charged, run.log.wall(), loss))
     run.log.charge(st)  # one UPDATE a step: a killed run has charged all its work
@@ -350,15 +352,13 @@ def _save(run: Run, directory: Path) -> None:
 
 
 def _out_of_memory(run: Run, batch: dict[str, torch.Tensor]) -> FlopcastError:
-    """The one-line error naming the largest batch that fits (probed by halving it); the failed step and every probe
-    are charged at their full size, and the run's ledger row is settled as failed."""
-    st, learner = run.state, run.learner
-    B, S = batch["input_ids"].shape
-    fits, probed = largest_batch(learner.loss_fn, batch, lambda: learner.opt.zero_grad(set_to_none=True))
-    learner.opt.zero_grad(set_to_none=True)
+    """The one-line error naming the largest batch that fits (:func:`~flopcast.training.oom.probe_batch`); the failed
+    step and every probe are charged at their full size, and the run's ledger row is settled as failed."""
+    st, B = run.state, batch["input_ids"].shape[0]
+    error, probed = probe_batch(run.learner, batch, run.spec.train.batch_size)
     st.flops_redone += run.cost.per_step + sum(run.cost.per_step * b // B for b in probed)
     run.log.settle(st, "failed")
-    return out_of_memory(run.spec.train.batch_size, S, learner.acc.device, fits * learner.acc.num_processes)
+    return error
 
 
 # ----------------------------------------------------------------------------- 3. finalize

@@ -6,7 +6,6 @@ done, so the caller charges it (the ledger never counts less than the work done)
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +15,9 @@ from ..budget.flops import Arch
 from ..budget.memory import check_fits, train_step_bytes
 from ..config import TrainConfig
 from ..errors import FlopcastError
-from ..model.load import free_memory
+from ..model.compile import uncompile_body
+from ..model.load import free_memory, release_memory
+from .step import Learner
 
 
 def check_step_memory(model: Any, cfg: TrainConfig, head_tokens: int | None, device: Any) -> None:
@@ -27,12 +28,6 @@ def check_step_memory(model: Any, cfg: TrainConfig, head_tokens: int | None, dev
                free_memory(device), str(device), "train.batch_size (--batch-size)")
 
 
-def free_device_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def largest_batch(loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], batch: dict[str, torch.Tensor],
                   zero_grad: Callable[[], None]) -> tuple[int, list[int]]:
     """The largest leading slice of ``batch`` (halving from half of it) whose forward and backward fit in memory,
@@ -40,7 +35,7 @@ def largest_batch(loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], ba
     probed, b = [], batch["input_ids"].shape[0] // 2
     while b >= 1:
         zero_grad()
-        free_device_memory()
+        release_memory()
         probed.append(b)
         try:
             loss_fn({k: v[:b] for k, v in batch.items()}).backward()
@@ -48,6 +43,18 @@ def largest_batch(loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], ba
         except torch.OutOfMemoryError:
             b //= 2
     return 0, probed
+
+
+def probe_batch(learner: Learner, batch: dict[str, torch.Tensor], batch_size: int) -> tuple[FlopcastError, list[int]]:
+    """After a training step ran out of memory (called outside its ``except``, so that the failed step's
+    activations are gone): the one-line error naming the largest batch that fits, and every size probed. The
+    probes run eagerly -- the compiled layers are given back first, since each new batch size would compile them
+    again -- so what fits is what the eager step needs (a compiled step needs no more)."""
+    uncompile_body(learner.acc.unwrap_model(learner.model))
+    fits, probed = largest_batch(learner.loss_fn, batch, lambda: learner.opt.zero_grad(set_to_none=True))
+    learner.opt.zero_grad(set_to_none=True)
+    S = batch["input_ids"].shape[1]
+    return out_of_memory(batch_size, S, learner.acc.device, fits * learner.acc.num_processes), probed
 
 
 def out_of_memory(batch_size: int, seq_len: int, device: Any, fits: int) -> FlopcastError:

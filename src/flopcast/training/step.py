@@ -114,8 +114,9 @@ def train_step(learner: Learner, batch: dict[str, torch.Tensor], lr: float, grad
 
 @torch.no_grad()
 def validation_loss(learner: Learner, chunks: Chunks | None, batch: int) -> float | None:
-    """Mean loss per target token over ``chunks`` (None when there are none); each process scores its share of
-    every batch, and the sums are read once at the end (one host sync)."""
+    """Mean loss per target token over ``chunks`` (None when there are none) in batches of ``batch`` rows, the last
+    one filled up (as the FLOP count assumes); each process scores its share of every batch, and the sums are read
+    once at the end (one host sync)."""
     if chunks is None or len(chunks) == 0:
         return None
     model, acc = learner.model, learner.acc
@@ -123,10 +124,12 @@ def validation_loss(learner: Learner, chunks: Chunks | None, batch: int) -> floa
     model.eval()
     tot = torch.zeros(2, dtype=torch.float64, device=acc.device)
     for i in range(0, len(chunks), batch):
-        idx = np.arange(i, min(i + batch, len(chunks)))[acc.process_index::acc.num_processes]
-        if len(idx) == 0:
-            continue
-        b = make_batch(chunks, idx, acc.device)
+        # a full last batch (one shape: no compiled variant for it), filled with rows that hold no targets
+        pos = np.arange(i, i + batch)[acc.process_index::acc.num_processes]
+        b = make_batch(chunks, pos % len(chunks), acc.device)
+        if pos[-1] >= len(chunks):
+            filler = torch.as_tensor(pos >= len(chunks), device=b["labels"].device)[:, None]
+            b["labels"] = b["labels"].masked_fill(filler, IGNORE)
         k = (b["labels"][:, 1:] != IGNORE).sum().double()
         tot += torch.stack([learner.loss_fn(b).double() * k, k])  # summed on the device
     tot = acc.reduce(tot, reduction="sum")
