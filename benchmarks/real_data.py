@@ -64,10 +64,14 @@ def load_all() -> list[Series]:
     return series
 
 
-def corpus() -> pd.DataFrame:
+CORPUS_SEASONS = {"austres": 4, "sunspots": 12, "co2": 52, "shampoo": 12, "macro": 4}  # the rest: none
+
+
+def corpus(difference: bool = False) -> pd.DataFrame:
     """Real series none of which is evaluated (airline's twin, pmdarima's airpassengers, left out): pmdarima's austres,
     heartrate, lynx and the last 600 monthly sunspots; statsmodels' weekly co2 (its gaps filled linearly, the last
-    600 steps) and the twelve quarterly macrodata series; sktime's shampoo sales. Long layout, ``unique_id, ds, y``."""
+    600 steps) and the twelve quarterly macrodata series; sktime's shampoo sales. Long layout, ``unique_id, ds, y``.
+    ``difference``: each series with a season (:data:`CORPUS_SEASONS`) as its seasonal differences."""
     import pmdarima.datasets as pm
     import statsmodels.api as sm
     from sktime.datasets import load_shampoo_sales
@@ -77,6 +81,11 @@ def corpus() -> pd.DataFrame:
     parts = {"austres": pm.load_austres(), "heartrate": pm.load_heartrate(), "lynx": pm.load_lynx(),
              "sunspots": np.asarray(pm.load_sunspots())[-600:], "co2": co2,
              "shampoo": np.asarray(load_shampoo_sales()), **{f"macro_{c}": macro[c].to_numpy() for c in macro}}
+    if difference:
+        from flopcast.data.differences import differenced
+
+        parts = {k: differenced(np.asarray(v, dtype=float)[:, None], CORPUS_SEASONS.get(k.split("_")[0], 0))[:, 0]
+                 for k, v in parts.items()}
     frames = [pd.DataFrame({"unique_id": k, "ds": np.arange(len(v)), "y": np.asarray(v, dtype=float)})
               for k, v in parts.items()]
     return pd.concat(frames, ignore_index=True)
@@ -119,8 +128,9 @@ def classical(s: Series, cut: int) -> dict[str, np.ndarray]:
 
 
 def flopcast_rows(fc, data: list[Series], windows: int, codecs: list[str], context_tokens: int, samples: int = 1,
-                  label: str = "flopcast"):
-    """Forecasts of every window under each codec setting: greedy, or the median of ``samples``."""
+                  label: str = "flopcast", difference: bool = False):
+    """Forecasts of every window under each codec setting: greedy, or the median of ``samples``; with
+    ``difference``, of each seasonal series' seasonal differences, integrated back."""
     from flopcast.config import CodecConfig
     from flopcast.encoding.codec import LLMTimeCodec
 
@@ -133,9 +143,10 @@ def flopcast_rows(fc, data: list[Series], windows: int, codecs: list[str], conte
         for s in data:
             cuts = origins(s, windows)
             res = fc.forecast([s.values[:c, None] for c in cuts], horizon=s.horizon, context_tokens=context_tokens,
-                              samples=samples, seed=0)
+                              samples=samples, seed=0, difference=s.season if difference and s.season > 1 else 0)
             preds.update({(s.name, c): res.point[k, :, 0] for k, c in enumerate(cuts)})
-        what = f"{label} {name}" + (f", median of {samples}" if samples > 1 else "")
+        what = f"{label} {name}" + (", seasonal differences" if difference else "") + (
+            f", median of {samples}" if samples > 1 else "")
         print(f"  {what}: {time.perf_counter() - t0:.0f} s", flush=True)
         out[what] = preds
     return out
@@ -153,8 +164,11 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=60)
     ap.add_argument("--finetune-rank", type=int, default=8)
     ap.add_argument("--finetune-head", default="full", choices=["full", "numeric"])
+    ap.add_argument("--finetune-seed", type=int, default=0)
     ap.add_argument("--out", default="runs/real_data")
     ap.add_argument("--skip-zero-shot", action="store_true", help="only the classical methods and the fine-tuned model")
+    ap.add_argument("--difference", action="store_true", help="forecast (and fine-tune on) each seasonal series' "
+                    "seasonal differences (Forecaster.forecast(difference=season))")
     a = ap.parse_args()
     from flopcast.api.forecaster import Forecaster
 
@@ -171,19 +185,22 @@ def main() -> None:
         print(f"  classical {s.name}: {time.perf_counter() - t0:.0f} s", flush=True)
     warnings.simplefilter("ignore")
     fc = Forecaster.from_pretrained(a.model)
-    rows = {} if a.skip_zero_shot else flopcast_rows(fc, data, a.windows, a.codecs.split(","), a.context_tokens)
+    diff = a.difference
+    rows = {} if a.skip_zero_shot else flopcast_rows(fc, data, a.windows, a.codecs.split(","), a.context_tokens,
+                                                     difference=diff)
     if a.samples > 1 and not a.skip_zero_shot:
-        rows |= flopcast_rows(fc, data, a.windows, ["per_series+offset"], a.context_tokens, a.samples)
+        rows |= flopcast_rows(fc, data, a.windows, ["per_series+offset"], a.context_tokens, a.samples, difference=diff)
     if a.finetune_budget > 0:
         t0 = time.perf_counter()
-        tuned = fc.fit(corpus(), f"{a.out}/fit", budget=a.finetune_budget, steps=a.finetune_steps, horizon=8,
+        tuned = fc.fit(corpus(diff), f"{a.out}/fit", budget=a.finetune_budget, steps=a.finetune_steps, horizon=8,
                        seq_len=256, batch_size=4, lr=1e-3, rank=a.finetune_rank, head=a.finetune_head,
-                       progress=False)
+                       seed=a.finetune_seed, progress=False)
         print(f"  fine-tuned on the corpus in {time.perf_counter() - t0:.0f} s, see {a.out}/fit/report.md", flush=True)
-        rows |= flopcast_rows(tuned, data, a.windows, ["per_series+offset"], a.context_tokens, label="fine-tuned")
+        rows |= flopcast_rows(tuned, data, a.windows, ["per_series+offset"], a.context_tokens, label="fine-tuned",
+                              difference=diff)
         if a.samples > 1:
             rows |= flopcast_rows(tuned, data, a.windows, ["per_series+offset"], a.context_tokens, a.samples,
-                                  label="fine-tuned")
+                                  label="fine-tuned", difference=diff)
     for m, preds in rows.items():
         for (name, c), p in preds.items():
             s = next(x for x in data if x.name == name)

@@ -158,3 +158,62 @@ def test_fit_settings_are_checked_before_any_work():
     plan = fit_plan("tiny-qwen2", {"path": "s.csv"}, FitSettings(1e12, head="numeric", horizon=7))
     assert plan["train"]["head"] == "numeric" and plan["split"] == {"by": "time", "test_windows": 1}
     assert plan["eval"]["horizon"] == 7 and plan["codec"]["offset"] is True
+
+
+def test_differences_integrate_back_and_zero_is_seasonal_naive():
+    """Integrating the true future differences after a history gives the true future, past one season too; zero
+    differences give the seasonal naive forecast (the classical baseline's own function)."""
+    from flopcast.data.differences import differenced, integrate
+    from flopcast.evaluation.classical import seasonal_naive
+
+    rng = np.random.default_rng(0)
+    y = np.cumsum(rng.normal(size=(40, 2)), axis=0) + 10 * np.sin(np.arange(40) * np.pi / 2)[:, None]
+    T, H, m = 30, 10, 4
+    future_d = differenced(y, m)[T - m:T - m + H]  # d_t = y_t - y_{t-m} for t = T..T+H-1
+    np.testing.assert_allclose(integrate(y[:T], future_d, m), y[T:T + H])
+    np.testing.assert_allclose(integrate(y[:T], np.zeros((H, 2)), m), seasonal_naive(y[:T], m, H))
+    paths = np.stack([future_d, np.zeros((H, 2))])  # (samples, H, V): each path integrated on its own
+    np.testing.assert_allclose(integrate(y[:T], paths, m)[1], seasonal_naive(y[:T], m, H))
+    assert differenced(y, 0) is not None and np.array_equal(integrate(y[:T], future_d, 0), future_d)
+
+
+def test_forecaster_forecasts_differences_and_returns_levels(tiny):
+    """``difference=m``: the model forecasts the lag-m differences (the same text as forecasting the differenced
+    series), and the point, samples and quantiles come back as levels; a lag the series cannot give is one line."""
+    from flopcast import Forecaster
+    from flopcast.data.differences import differenced, integrate
+
+    fc = Forecaster(tiny.model, tiny.tokenizer, "tiny-qwen2")
+    x = np.abs(np.cumsum(np.random.default_rng(3).normal(size=(24, 1)), axis=0)) + 5
+    plain = fc.forecast([differenced(x, 4)], horizon=6)
+    levels = fc.forecast([x], horizon=6, difference=4)
+    assert levels.texts == plain.texts
+    np.testing.assert_allclose(levels.point[0], integrate(x, plain.point[0], 4))
+    assert len(levels.contexts[0]) == len(x)
+    sampled = fc.forecast([x], horizon=6, samples=5, seed=1, difference=4)
+    raw = fc.forecast([differenced(x, 4)], horizon=6, samples=5, seed=1)
+    paths = integrate(x, raw.samples[0], 4)
+    np.testing.assert_allclose(sampled.samples[0], paths)
+    np.testing.assert_allclose(sampled.point[0], np.median(paths, axis=0))
+    np.testing.assert_allclose(sampled.quantiles[0.9][0], np.quantile(paths, 0.9, axis=0))
+    with pytest.raises(DataError, match=r"^series 0 has 24 step\(s\); difference=23 needs at least 25$"):
+        fc.forecast([x], horizon=2, difference=23)
+    with pytest.raises(DataError, match="difference must be a whole number"):
+        fc.forecast([x], horizon=2, difference=-1)
+
+
+def test_forecast_cli_differences_at_the_season(tmp_path, capsys):
+    """``flopcast forecast --difference 12`` on a monthly CSV: dated levels out; a lag longer than the series is one
+    line and exit 2, with nothing written."""
+    f, out = tmp_path / "m.csv", tmp_path / "f.csv"
+    months = pd.date_range("2000-01-01", periods=36, freq="MS").strftime("%Y-%m-%d")
+    pd.DataFrame({"ds": months, "y": _seasonal(36, 12)[:, 0] + 50}).to_csv(f, index=False)
+    code, _, err = run(capsys, "forecast", "--model", "tiny-qwen2", "-i", f, "--steps", 3, "--difference", 12,
+                       "-o", out)
+    assert code == 0, err
+    rows = list(csv.DictReader(out.open()))
+    assert [r["ds"] for r in rows] == ["2003-01-01", "2003-02-01", "2003-03-01"]
+    code, _, err = run(capsys, "forecast", "--model", "tiny-qwen2", "-i", f, "--steps", 3, "--difference", 40,
+                       "-o", tmp_path / "g.csv")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "difference=40 needs at least 42" in err
+    assert not (tmp_path / "g.csv").exists()

@@ -31,7 +31,8 @@ SERIES_FILE = "series.csv"
 @dataclass(frozen=True)
 class FitSettings:
     """One fine-tuning run: ``steps`` optimizer steps of ``batch_size`` chunks of ``seq_len`` tokens at ``lr``, LoRA
-    ``rank``, the LM head ``head`` (``numeric``: its softmax over the series' characters only); the tail held out is
+    ``rank``, the LM head ``head`` (``numeric``: its softmax over the series' characters only), seeded by ``seed``
+    (the adapter's initial weights, the batch order); the tail held out is
     ``test_windows`` horizons of ``horizon`` steps; ``budget`` caps every FLOP of the study (zero-shot evaluation,
     training, evaluation)."""
 
@@ -45,12 +46,14 @@ class FitSettings:
     test_windows: int = 1
     baselines: tuple[str, ...] = ("persistence", "seasonal_naive")
     head: str = "full"
+    seed: int = 0
 
     def __post_init__(self) -> None:
         TrainConfig(head=self.head)  # an unknown head stops here
         check_budget(self.budget)
         check_ints("steps, rank, seq_len, batch_size, horizon, test_windows",
                    [self.steps, self.rank, self.seq_len, self.batch_size, self.horizon, self.test_windows])
+        check_ints("seed", [self.seed], minimum=0)
 
 
 def write_series(batch: SeriesBatch, path: Path) -> dict[str, Any]:
@@ -69,7 +72,7 @@ def write_series(batch: SeriesBatch, path: Path) -> dict[str, Any]:
 def fit_plan(model_name: str, data: dict[str, Any], fs: FitSettings) -> dict[str, Any]:
     """The study behind :meth:`~flopcast.Forecaster.fit` (see the module doc)."""
     return {
-        "name": "fit", "budget": fs.budget, "model": {"name": model_name}, "data": data,
+        "name": "fit", "budget": fs.budget, "seed": fs.seed, "model": {"name": model_name}, "data": data,
         "codec": to_dict(ZERO_SHOT_CODEC),
         "split": {"by": "time", "test_windows": fs.test_windows},
         "eval": {"protocol": "aligned", "contexts": [fs.seq_len], "horizon": fs.horizon,
@@ -77,7 +80,7 @@ def fit_plan(model_name: str, data: dict[str, Any], fs: FitSettings) -> dict[str
         "lora": {"rank": fs.rank},
         "train": {"lr": fs.lr, "seq_len": fs.seq_len, "batch_size": fs.batch_size, "schedule": "cosine",
                   "head": fs.head, "eval_every": max(1, fs.steps // 4), "checkpoint_every": max(1, fs.steps // 4),
-                  "wandb": False},
+                  "wandb": False, "seed": fs.seed},
         "stages": [{"name": "zero_shot", "kind": "eval"}, {"name": "fit", "kind": "train", "steps": fs.steps}],
     }
 

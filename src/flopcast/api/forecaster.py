@@ -28,6 +28,7 @@ from ..checks import check_arg, check_ints
 from ..config import ZERO_SHOT_CODEC, CodecConfig, DataSpec, ForecastConfig, ModelSpec
 from ..data.calendar import future_timestamps, shown_stamp
 from ..data.dataset import Dataset
+from ..data.differences import check_lag, differenced, integrate
 from ..data.frames import SeriesBatch, series_from, to_frame
 from ..data.io import load
 from ..encoding.codec import LLMTimeCodec
@@ -83,22 +84,33 @@ class Forecaster:
     def forecast(self, series: Any, horizon: int = 5, samples: int = 1,
                  quantiles: tuple[float, ...] = (0.1, 0.5, 0.9), context_tokens: int | None = None, seed: int = 0,
                  batch_size: int = 16, temperature: float = 1.0, name: str = "forecast", progress: bool = False,
-                 top_p: float = 1.0, fill: str | None = None) -> ForecastResult:
+                 top_p: float = 1.0, fill: str | None = None, difference: int = 0) -> ForecastResult:
         """Forecast ``horizon`` steps after each ``(T_i, V)`` array; a
         :class:`~flopcast.forecasting.forecast.ForecastResult` (original units; ``contexts`` holds what each
         series was cut to: its newest steps that fit in ``context_tokens`` and in the model's positions, leaving
-        room for the forecast). Missing values are filled by ``fill`` (``linear``, ``ffill``) or refused."""
+        room for the forecast). Missing values are filled by ``fill`` (``linear``, ``ffill``) or refused.
+        ``difference`` = m > 0: the model forecasts each step less the step m before it, integrated back to levels
+        (:mod:`flopcast.data.differences`; zero differences are the seasonal naive forecast at season m). An
+        adapter fine-tuned on differenced series forecasts with the same m."""
         fcfg = ForecastConfig(horizon=horizon, batch_size=batch_size, n_samples=samples, temperature=temperature,
                               top_p=top_p, quantiles=quantiles, seed=seed)  # bad numbers stop here, before any work
         if context_tokens is not None:
             check_ints("context_tokens", [context_tokens])
         values = _long_enough(series_from(series, fill=fill)).values  # or one line naming the series at fault
+        check_lag(difference, values, MIN_STEPS)
+        res = self._forecast([differenced(v, difference) for v in values], fcfg, context_tokens, name, progress)
+        return _integrated(res, values, difference) if difference else res
+
+    def _forecast(self, values: list[np.ndarray], fcfg: ForecastConfig, context_tokens: int | None, name: str,
+                  progress: bool) -> ForecastResult:
+        """:meth:`forecast` of checked series: cut to fit, encoded, decoded under the ledger."""
+        horizon, samples = fcfg.horizon, fcfg.n_samples
         contexts = self.contexts(values, horizon, context_tokens)
         scales = [self.codec.series_scale(c) for c in contexts]
         texts = [self.codec.encode(c, a) for c, a in zip(contexts, scales)]
         lost = collapse_warning(contexts, scales, self.codec.config.decimals)
         if lost:
-            warnings.warn(lost, stacklevel=2)
+            warnings.warn(lost, stacklevel=3)
         prompts = [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
         n_vars = contexts[0].shape[1]
         grammar = grammar_for(texts, self.codec.config, n_vars)
@@ -135,41 +147,58 @@ class Forecaster:
             kept = sorted(n for _, n in cut)
             warnings.warn(f"{len(cut)} series longer than {limit} tokens ({why}): the newest "
                           f"{kept[0] if kept[0] == kept[-1] else f'{kept[0]}-{kept[-1]}'} steps of "
-                          f"{max(t for t, _ in cut)} are the context", stacklevel=3)
+                          f"{max(t for t, _ in cut)} are the context", stacklevel=4)
         return out
 
     def predict(self, data: Any, horizon: int = 5, samples: int = 1, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9),
                 context_tokens: int | None = None, *, id_column: str | None = None, timestamp_column: str | None = None,
                 target_columns: list[str] | None = None, seed: int = 0, batch_size: int = 16,
-                temperature: float = 1.0, top_p: float = 1.0, fill: str | None = None) -> Any:
+                temperature: float = 1.0, top_p: float = 1.0, fill: str | None = None, difference: int = 0) -> Any:
         """Forecast ``data`` -- an array (T, V), a list of arrays, or a long DataFrame (``id_column``,
         ``timestamp_column``, one column per variable; ``unique_id, ds, y`` too) -- and return a DataFrame: id,
         timestamp (continued on the calendar), the point forecast per variable (greedy; the median of ``samples`` >
-        1) and, when sampled, ``<variable>_q<level>`` per quantile."""
+        1) and, when sampled, ``<variable>_q<level>`` per quantile. ``difference`` as in :meth:`forecast`."""
         batch = _long_enough(series_from(data, id_column, timestamp_column, target_columns, fill))
         res = self.forecast(batch.values, horizon, samples, quantiles, context_tokens, seed, batch_size,
-                            temperature=temperature, top_p=top_p)
+                            temperature=temperature, top_p=top_p, difference=difference)
         return to_frame(batch, res.point, res.quantiles)
 
     def fit(self, data: Any, out_dir: str | Path, budget: float, steps: int = 100, *, horizon: int = 5,
             test_windows: int = 1, lr: float = 1e-4, rank: int = 8, seq_len: int = 256, batch_size: int = 4,
             id_column: str | None = None, timestamp_column: str | None = None,
             target_columns: list[str] | None = None, fill: str | None = None, head: str = "full",
-            progress: bool = True) -> "Forecaster":
+            seed: int = 0, progress: bool = True) -> "Forecaster":
         """Fine-tune a LoRA adapter of this base model on ``data`` (what :meth:`predict` takes) and return a
         Forecaster with it. A study in ``out_dir`` does the work -- zero-shot evaluation, training on each series'
         history, evaluation of the held-out tail (``test_windows`` horizons of ``horizon`` steps) beside seasonal
         naive -- with every FLOP charged to its ledger within ``budget``; ``out_dir/report.md`` says whether
-        fine-tuning paid off. Calling it again resumes (or reads back) that study."""
+        fine-tuning paid off. Calling it again resumes (or reads back) that study. ``seed`` seeds the adapter's
+        initial weights and the batch order. To fine-tune for ``forecast(..., difference=m)``, give it the
+        series' lag-m differences (:func:`flopcast.data.differences.differenced`)."""
         if self.adapter is not None:
             raise FlopcastError("fit starts from a base model; this Forecaster already has an adapter")
-        settings = FitSettings(budget, steps, lr, rank, seq_len, batch_size, horizon, test_windows, head=head)
+        settings = FitSettings(budget, steps, lr, rank, seq_len, batch_size, horizon, test_windows, head=head,
+                               seed=seed)
         batch = _long_enough(series_from(data, id_column, timestamp_column, target_columns, fill))
         adapter, _ = train_adapter(batch, self.model_name, out_dir, settings, progress)
         return Forecaster.from_pretrained(adapter, ledger=self.ledger)
 
     def __repr__(self) -> str:
         return f"Forecaster({self.model_name!r}, adapter={str(self.adapter) if self.adapter else None!r})"
+
+
+def _integrated(res: ForecastResult, histories: list[np.ndarray], lag: int) -> ForecastResult:
+    """A forecast of lag-``lag`` differences as levels: each sample path (or the greedy path) integrated after its
+    series' history, the median and quantiles taken over the integrated paths; ``contexts`` in levels."""
+    if res.samples is None:
+        point = np.stack([integrate(h, p, lag) for h, p in zip(histories, res.point)])
+        samples, quantiles = None, {}
+    else:
+        samples = np.stack([integrate(h, s, lag) for h, s in zip(histories, res.samples)])
+        point = np.nanmedian(samples, axis=1) if np.isfinite(samples).any() else samples[:, 0]
+        quantiles = {q: np.nanquantile(samples, q, axis=1) for q in res.quantiles}
+    contexts = [h[-(len(c) + lag):] for h, c in zip(histories, res.contexts or histories)]
+    return replace(res, point=point, samples=samples, quantiles=quantiles, contexts=contexts)
 
 
 def _long_enough(batch: SeriesBatch) -> SeriesBatch:
@@ -219,6 +248,7 @@ class ForecastJob:
         ledger: charge the FLOPs to this ledger (``budget`` creates it).
         codec: how numbers are written when there is no adapter (default :data:`ZERO_SHOT_CODEC`).
         force: replace ``out`` and ``plot`` when they exist (never an input, nor a ledger).
+        difference: > 0: forecast the differences at this lag, integrated back (:meth:`Forecaster.forecast`).
     """
 
     data: DataSpec
@@ -236,12 +266,14 @@ class ForecastJob:
     force: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
+    difference: int = 0
 
     def __post_init__(self) -> None:
         ForecastConfig(horizon=self.steps, n_samples=self.samples, seed=self.seed, temperature=self.temperature,
                        top_p=self.top_p)  # bad numbers stop here
         if self.context_tokens is not None:
             check_ints("context_tokens", [self.context_tokens])
+        check_lag(self.difference, [], MIN_STEPS)
 
 
 def forecast_file(job: ForecastJob) -> dict[str, Any]:
@@ -258,7 +290,7 @@ def forecast_file(job: ForecastJob) -> dict[str, Any]:
         fc.codec = fitted_codec(None, job.codec)
     res = fc.forecast(ds.series, job.steps, job.samples, context_tokens=job.context_tokens, seed=job.seed,
                       temperature=job.temperature, top_p=job.top_p, name=f"forecast/{Path(job.data.path).name}",
-                      progress=len(ds.series) > 16)
+                      progress=len(ds.series) > 16, difference=job.difference)
     rows = _forecast_rows(ds, res, job.steps)
     if job.out is not None:
         _write_csv(rows, job.out)

@@ -176,6 +176,8 @@ def forecast_cmd(
     value_columns: ValueColumns = None,
     fill: Fill = None,
     force: Force = False,
+    difference: int = typer.Option(0, help="forecast each step less the step N before it (N = the season: zero "
+                                   "differences are seasonal naive), integrated back; 0: the values themselves"),
 ) -> None:
     """Forecast the next steps of your own series (dated on their calendar when the file has dates)."""
     from ..api.forecaster import ForecastJob, forecast_file
@@ -183,7 +185,7 @@ def forecast_cmd(
     codec = codec_cfg(ZERO_SHOT_CODEC.decimals, scale, False, pooled, offset)
     res = forecast_file(ForecastJob(file_spec(input, id_column, time_column, value_columns, fill), model, adapter,
                                     steps, samples, context_tokens, seed, out_file, plot, ledger, budget, codec,
-                                    force, temperature, top_p))
+                                    force, temperature, top_p, difference))
     print_table(f"forecast ({model or adapter or MODEL})", res["rows"])
     if res["parse_failure_rate"]:
         err.print(f"warning: {100 * res['parse_failure_rate']:.1f}% of forecasts did not parse completely")
