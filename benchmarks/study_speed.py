@@ -170,16 +170,26 @@ def compile_seconds(plan, train_warm: dict[int, float], eval_warm: dict[int, flo
     return tr + ev, lines
 
 
+def makespan(seconds: list[float], devices: int) -> float:
+    """Wall time of independent runs of ``seconds`` on ``devices`` workers, a run per worker at a time, longest
+    first to the least loaded (what ``flopcast run --ray`` does with a stage's runs, at best)."""
+    load = [0.0] * devices
+    for s in sorted(seconds, reverse=True):
+        load[load.index(min(load))] += s
+    return max(load)
+
+
 def plan_seconds(plan, arch, rate_at: dict[int, float], windows: dict[int, int], win_rate: float, base_s: float,
-                 val_chunks: int, grammar) -> tuple[float, list[str]]:
+                 val_chunks: int, grammar, devices: int = 1) -> tuple[float, list[str]]:
     """Extrapolated wall time of ``plan``: every run's planned FLOPs at the measured rate for its S (the nearest
-    measured S), every evaluation's windows at the measured rate, baselines once; the lines that add up to it."""
+    measured S), a stage's runs spread over ``devices`` (one run per device, :func:`makespan`), every
+    evaluation's windows at the measured rate, baselines once; the lines that add up to it."""
     cfg, spent, total, lines = plan.eval, 0, base_s, [f"  baselines once            {base_s:8.1f} s"]
     n_eval = sum(windows.values())
     ev_flops = sum(generation_bound(arch, n, S, grammar.max_tokens(cfg.horizon)) for S, n in windows.items())
     train, lora = plan.train, plan.lora
     for st in plan.stages:
-        runs, secs = st.runs(train, lora), 0.0  # a stage on a base takes its lr/rank: the plan's stand in
+        runs, each = st.runs(train, lora), []  # a stage on a base takes its lr/rank: the plan's stand in
         for run in runs:
             t, lo = run.train, run.lora
             if st.steps == "remaining":
@@ -188,7 +198,8 @@ def plan_seconds(plan, arch, rate_at: dict[int, float], windows: dict[int, int],
                 t = replace(t, steps=max(1, int(left // per)))
             c = run_cost(arch, t, flops.LoraShape(lo.rank), val_chunks)
             spent += c.planned
-            secs += c.planned / rate_at[min(rate_at, key=lambda s: abs(s - t.seq_len))]
+            each.append(c.planned / rate_at[min(rate_at, key=lambda s: abs(s - t.seq_len))])
+        secs = makespan(each, devices) if each else 0.0
         evals = st.kind == "eval" or st.evaluate
         secs += n_eval / win_rate if evals else 0.0
         spent += ev_flops if evals else 0
@@ -270,6 +281,10 @@ def run(a) -> None:
           f"extrapolated: {(total + comp_s) / 60:.1f} min")
     print("\n".join(lines + comp_lines))
     print(f"(the hardware limit by the reference count at the measured peak: {plan.budget / peak / 60:.1f} min)")
+    for k in (1, 4, 8):  # flopcast run --ray: a stage's runs on k such devices, one run each
+        t_k, _ = plan_seconds(plan, arch, rate_at, windows, rate, base_s * len(test) / max(1, a.baseline_series),
+                              val_chunks, grammar, devices=k)
+        print(f"whole plan on {k} device(s), a stage's runs in parallel (--ray): {(t_k + comp_s) / 60:.1f} min")
 
 
 if __name__ == "__main__":

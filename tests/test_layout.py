@@ -11,7 +11,7 @@ SRC = ROOT / "src" / "flopcast"
 # importing these takes a second or more, or pulls torch in: a module that only sometimes needs them imports them
 # inside the function that does, so `import flopcast`, `flopcast --help` and the torch-free commands start without
 HEAVY = {"torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "huggingface_hub", "matplotlib",
-         "scipy", "pandas", "h5py", "wandb", "tqdm", "statsforecast"}
+         "scipy", "pandas", "h5py", "wandb", "tqdm", "statsforecast", "ray"}
 
 
 def _modules() -> dict[str, ast.Module]:

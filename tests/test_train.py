@@ -386,3 +386,36 @@ def test_checkpoints_load_onto_the_cpu_and_keep_each_gpus_rng(tmp_path, monkeypa
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # another machine: its GPUs keep their seeds
     ck.set_rng_state(rng)
     assert len(restored) == 1
+
+
+@pytest.mark.slow
+def test_train_cli_on_two_processes_without_a_script(tmp_path, capsys):
+    """``flopcast train --processes 2``: the run under accelerate launch (2 CPU processes, gloo), the same steps,
+    FLOPs and ledger rows as on one process, and its test evaluation after it; a user error inside comes back as
+    one line."""
+    from helpers import run_cli
+
+    from flopcast.config import load_toml
+
+    common = ["train", "--model", "tiny-qwen2", "--steps", 4, "--seq-len", 32, "--batch-size", 2, "--context", 64,
+              "--max-series", 2, "--budget", 1e12]
+    code, _, err = run_cli(capsys, *common, "-o", tmp_path / "one")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, *common, "-o", tmp_path / "two", "--processes", 2)
+    assert code == 0, err
+    one, two = (json.loads((tmp_path / d / "stages/train/run/flops.json").read_text()) for d in ("one", "two"))
+    assert two["steps"] == one["steps"] == 4 and two["total"] == one["total"]
+    rows = [json.loads(ln) for ln in (tmp_path / "two/stages/train/run/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]  # one process logs
+    assert load_toml(tmp_path / "two" / "plan.toml")["train"]["processes"] == 2
+    used = {d: Ledger(tmp_path / d / "ledger.db").used() for d in ("one", "two")}
+    assert used["one"] == used["two"]
+    from flopcast.config import ModelSpec
+    from flopcast.errors import FlopcastError
+    from flopcast.training.launch import train_in_processes
+
+    tr, va, codec = train_data()  # a user error in the launched processes comes back as its one line
+    spec = RunSpec(tmp_path / "poor" / "run", LoraSpec(rank=4), TrainConfig(steps=4, **TRAIN_CFG), codec, tr, va,
+                   name="poor")
+    with pytest.raises(FlopcastError, match=r"^train 'poor' needs .* FLOPs but only 1\.000e\+06 .* are left"):
+        train_in_processes(spec, ModelSpec("tiny-qwen2"), 0, Ledger(tmp_path / "poor.db", 1e6), 2)

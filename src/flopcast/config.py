@@ -1,8 +1,7 @@
 """Typed, validated configuration dataclasses and their TOML (de)serialisation.
 
-Every config validates itself in ``__post_init__`` and raises :class:`FlopcastError` with a
-one-line message. ``to_dict``/``from_dict`` round-trip through plain TOML-able data.
-"""
+Every config validates itself in ``__post_init__`` and raises :class:`FlopcastError` with a one-line message.
+``to_dict``/``from_dict`` round-trip through plain TOML-able data."""
 
 from __future__ import annotations
 
@@ -291,7 +290,7 @@ class EvalConfig:
 
 SCHEDULES = ("constant", "cosine", "linear")
 HEADS = ("full", "numeric")
-NOT_FINGERPRINTED = ("wandb", "checkpoint_every", "compile", "sync_every")  # settings that change no result
+NOT_FINGERPRINTED = ("wandb", "checkpoint_every", "compile", "sync_every", "processes")  # change no result
 
 
 @dataclass(frozen=True)
@@ -314,9 +313,9 @@ class TrainConfig:
     seed: int = 0
     head: str = "full"                 # "numeric": train the LM head's softmax over the series' tokens only
     wandb: bool = True                 # log to wandb when installed (offline unless logged in)
-    compile: str | None = None         # torch.compile the decoder layers: "on", "off", "auto" (= None: on for
-                                       # CUDA), "graphs" (the whole body, under CUDA graphs on CUDA)
+    compile: str | None = None         # torch.compile: "on", "off", "auto" (None: on CUDA), "graphs" (CUDA graphs)
     sync_every: int | None = None      # steps between reads of the loss from the device (None: 1 on CPU, 16 on GPU)
+    processes: int = 1                 # > 1: the run on that many processes/devices (accelerate launch)
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -337,7 +336,8 @@ class TrainConfig:
                f"max_flops must be a finite number > 0, got {self.max_flops}")
         require(self.head in HEADS, f"head must be one of {HEADS}, got {self.head!r}")
         _check_compile(self.compile)
-        require(self.sync_every is None or self.sync_every >= 1, f"sync_every must be >= 1, got {self.sync_every}")
+        require((self.sync_every is None or self.sync_every >= 1) and self.processes >= 1,
+                f"sync_every and processes must be >= 1, got {self.sync_every}, {self.processes}")
         require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
 
 

@@ -13,7 +13,7 @@ from ..checks import check_arg, stage_names
 from ..config import CodecConfig, DataSpec, EvalConfig, SplitConfig, from_dict, to_dict
 from ..data.dataset import Dataset, split, split_dataset
 from ..encoding.codec import LLMTimeCodec
-from ..errors import DataError
+from ..errors import DataError, FlopcastError
 from ..evaluation.evaluate import EvalRun
 from ..evaluation.evaluate import evaluate as evaluate_model
 from ..model.adapter_files import adapter_base, read_adapter_meta
@@ -22,25 +22,33 @@ from ..model.lora import load_for_inference
 from ..results import EvalResult, StudyResult
 from ..study.plan import Plan, load_plan, plan_from_dict
 from ..study.runner import run_plan
+from ..study.scale_out import check_ray_address
 from ..study.state import recorded_budget as _recorded_budget
 from .outputs import ensure_writable
 from .tools import dataset_or_simulated, fitted_codec
 
 
 def run_study(plan: Plan | dict[str, Any] | str | Path, out_dir: str | Path, progress: bool = True,
-              restart: tuple[str, ...] | str = (), only: list[str] | str | None = None) -> StudyResult:
+              restart: tuple[str, ...] | str = (), only: list[str] | str | None = None, executor: str = "local",
+              address: str | None = None) -> StudyResult:
     """Run a study plan (a TOML path, a dict, or a :class:`~flopcast.study.plan.Plan`) in ``out_dir``, resuming
     what is there: what ``flopcast run PLAN --out DIR`` does. ``restart`` and ``only`` name stages (a list, or
-    one string of comma-separated names). Returns every stage's typed results."""
+    one string of comma-separated names). ``executor="ray"`` trains each stage's runs in parallel on the Ray
+    cluster at ``address`` ("auto": a running one; None: a local instance), under the study's one ledger
+    (``flopcast run --ray``). Returns every stage's typed results."""
     check_arg("plan", plan, Plan, dict, str, os.PathLike, optional=False)
     check_arg("out_dir", out_dir, str, os.PathLike, optional=False)
+    if executor not in ("local", "ray"):
+        raise FlopcastError(f"executor must be 'local' or 'ray', got {executor!r}")
+    check_ray_address(address)
     again, chosen = stage_names("restart", restart), stage_names("only", only) or None
     if isinstance(plan, dict):
         plan = plan_from_dict(plan)
     elif not isinstance(plan, Plan):
         plan = load_plan(plan)
     ensure_writable(out_dir, directory=True)
-    return run_plan(plan, Path(out_dir), progress=progress, restart=tuple(again), only=chosen)
+    return run_plan(plan, Path(out_dir), progress=progress, restart=tuple(again), only=chosen,
+                    ray=(address or "local") if executor == "ray" else None)
 
 
 def evaluate(model: str | None = None, data: DataSpec | str | Path | None = None, adapter: str | Path | None = None,

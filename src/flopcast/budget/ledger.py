@@ -25,13 +25,27 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..checks import check_budget
 from ..errors import BudgetExceeded, FlopcastError
 from .lock import HOST, owner_alive
 from .records import Record, write_record
 from .rows import ACTIVE, COLUMNS, COMMITTED, FINISHED, HOLD, LEASE_COLUMNS, RESUMABLE, SCHEMA, Charge, Entry
+
+
+class RunLedger(Protocol):
+    """What a training run asks of its ledger: a :class:`Ledger`, or a stand-in that forwards these calls to the
+    process that owns it (:class:`flopcast.study.scale_out.RemoteLedger`)."""
+
+    def reserve(self, name: str, kind: str, flops_planned: float, *, model: str | None = None,
+                seq: int | None = None, batch: int | None = None, rank: int | None = None,
+                steps: int | None = None, info: dict | None = None) -> int: ...
+    def resume(self, name: str) -> Entry | None: ...
+    def adopt(self, id: int) -> Entry | None: ...
+    def progress(self, id: int, flops_used: float, wall_s: float | None = None, steps: int | None = None) -> None: ...
+    def settle(self, id: int, flops_used: float, status: str = "done", wall_s: float | None = None,
+               steps: int | None = None, info: dict | None = None) -> Entry: ...
 
 
 class Ledger:
@@ -202,8 +216,9 @@ class Ledger:
     # ------------------------------------------------------------------ updates
     def reserve(self, name: str, kind: str, flops_planned: float, *, model: str | None = None,
                 seq: int | None = None, batch: int | None = None, rank: int | None = None,
-                steps: int | None = None, info: dict | None = None) -> int:
-        """Reserve FLOPs for an experiment; refuses (BudgetExceeded) if they are not left."""
+                steps: int | None = None, info: dict | None = None, owner: tuple[int, str] | None = None) -> int:
+        """Reserve FLOPs for an experiment; refuses (BudgetExceeded) if they are not left. The lease is this
+        process's, or ``owner``'s (pid, host): a worker whose ledger is served by another process."""
         planned = int(flops_planned)
         if planned < 0:
             raise FlopcastError(f"planned FLOPs must be >= 0, got {planned}")
@@ -219,7 +234,7 @@ class Ledger:
                 "INSERT INTO experiments (name, kind, model, seq, batch, rank, steps, flops_planned, status, created,"
                 " updated, info, owner_pid, owner_host, lease_start) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (name, kind, model, seq, batch, rank, steps, planned, "reserved", now, now, json.dumps(info or {}),
-                 os.getpid(), HOST, now))
+                 *(owner or (os.getpid(), HOST)), now))
             return int(cur.lastrowid)
 
     def resume(self, name: str) -> Entry | None:
@@ -227,13 +242,15 @@ class Ledger:
         e = self.find(name)
         return e if e is not None and e.status in RESUMABLE else None
 
-    def adopt(self, id: int) -> Entry | None:
+    def adopt(self, id: int, owner: tuple[int, str] | None = None) -> Entry | None:
         """Take over an unfinished row (a training run resuming from its checkpoint): it becomes this
-        process's lease again. None if the row is gone or finished for good."""
+        process's lease again (or ``owner``'s, as for :meth:`reserve`). None if the row is gone or finished for
+        good."""
         now = time.time()
         with self._tx() as db:
             cur = db.execute(f"UPDATE experiments SET status='running', owner_pid=?, owner_host=?, lease_start=?,"
-                             f" updated=? WHERE id=? AND status IN {RESUMABLE}", (os.getpid(), HOST, now, now, id))
+                             f" updated=? WHERE id=? AND status IN {RESUMABLE}", (*(owner or (os.getpid(), HOST)),
+                                                                              now, now, id))
         return self.get(id) if cur.rowcount else None
 
     def release(self, id: int) -> Entry:

@@ -31,6 +31,16 @@ def raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
+def optional_value(args: list[str], option: str, default: str) -> list[str]:
+    """``args`` with ``default`` after ``option`` where it has no value of its own (``--ray`` alone, at the end or
+    before another option): ``--ray [ADDRESS]``."""
+    out = [str(a) for a in args]
+    for i, a in enumerate(out):
+        if a == option and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            return out[:i + 1] + [default] + out[i + 1:]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of raising for user errors."""
     saved_env = {k: os.environ.get(k) for k in ENV}  # -q/-v set these for this run only
@@ -40,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     if own_term:  # SIGTERM unwinds like Ctrl-C: ledger rows settle, training checkpoints (training.signals.StopRequest)
         signal.signal(signal.SIGTERM, raise_interrupted)
     try:
-        rc = app(args=argv, prog_name="flopcast", standalone_mode=False)  # usage errors come here, raised
+        rc = app(args=optional_value(sys.argv[1:] if argv is None else argv, "--ray", "local"), prog_name="flopcast",
+                 standalone_mode=False)  # usage errors come here, raised
         return rc if isinstance(rc, int) else 0
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

@@ -53,13 +53,18 @@ def run_cmd(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (default runs/<plan name>)"),
     only: Optional[str] = typer.Option(None, help="comma-separated stages to run"),
     restart: Optional[str] = typer.Option(None, help=RESTART_HELP),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                                      help="train each stage's runs in parallel on Ray: a local instance, or the "
+                                      "cluster at ADDRESS ('auto': the running one); needs flopcast[ray]"),
 ) -> None:
     """Run (or resume) a whole study: every stage inside one FLOP budget, then the report."""
     from ..api.study import run_study
 
     p = load_plan(plan)
     d = out_dir or Path("runs") / p.name
-    _show_study(run_study(p, d, only=list(names(only)) or None, restart=names(restart)), d)
+    executor, address = ("ray", None if ray == "local" else ray) if ray else ("local", None)
+    _show_study(run_study(p, d, only=list(names(only)) or None, restart=names(restart), executor=executor,
+                          address=address), d)
 
 
 def _show_study(summary: Any, d: Path) -> None:
@@ -99,6 +104,8 @@ def train_cmd(
     split_by: SplitBy = SPLIT.by,
     test_windows: TestWindows = SPLIT.test_windows,
     horizon: int = typer.Option(EVAL.horizon, help="timesteps forecast and scored by the test evaluation"),
+    processes: int = typer.Option(TRAIN.processes, help="train on this many processes or GPUs (accelerate launch; "
+                                  "CPU processes with gloo where there are no GPUs)"),
 ) -> None:
     """Train one LoRA adapter (resumable), then evaluate it on the test split."""
     from ..api.study import run_study
@@ -107,7 +114,7 @@ def train_cmd(
                       _data_table(data, id_column, time_column, value_columns, fill),
                       _eval_table(context, max_series, horizon), split={"by": split_by, "test_windows": test_windows},
                       train={"lr": lr, "seq_len": seq_len, "batch_size": batch_size, "schedule": schedule,
-                             "head": head}, lora={"rank": rank})
+                             "head": head, "processes": processes}, lora={"rank": rank})
     _show_study(run_study(plan, out_dir, restart=("train",) if restart else ()), out_dir)
 
 

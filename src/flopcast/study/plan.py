@@ -100,6 +100,23 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What each training run of a study asks of a Ray cluster (``flopcast run --ray``), the plan's
+    ``[resources]``: ``cpus`` (also the run's torch threads, so that runs on one machine do not fight over cores),
+    ``gpus`` (None: one where the cluster has GPUs, else none; fractions share a GPU) and ``retries`` (how often
+    a run whose worker died is started again from its checkpoint). Changes no result."""
+
+    cpus: float = 1.0
+    gpus: float | None = None
+    retries: int = 3
+
+    def __post_init__(self) -> None:
+        require(self.cpus > 0, f"resources.cpus must be > 0, got {self.cpus}")
+        require(self.gpus is None or self.gpus >= 0, f"resources.gpus must be >= 0, got {self.gpus}")
+        require(self.retries >= 0, f"resources.retries must be >= 0, got {self.retries}")
+
+
+@dataclass(frozen=True)
 class Plan:
     name: str
     budget: float
@@ -112,6 +129,7 @@ class Plan:
     eval: EvalConfig = field(default_factory=EvalConfig)
     lora: LoraSpec = field(default_factory=LoraSpec)
     train: TrainConfig = field(default_factory=TrainConfig)
+    resources: Resources = field(default_factory=Resources)
     seed: int = 0
     device_power_w: float = 65.0       # for the energy estimate (a laptop CPU package; A100: 400)
     carbon_g_per_kwh: float = 300.0
@@ -149,7 +167,7 @@ def _stage_table(stage: Stage) -> dict[str, Any]:
 
 
 SECTIONS = {"model": ModelSpec, "simulate": SimConfig, "split": SplitConfig, "codec": CodecConfig,
-            "eval": EvalConfig, "lora": LoraSpec, "train": TrainConfig}
+            "eval": EvalConfig, "lora": LoraSpec, "train": TrainConfig, "resources": Resources}
 
 
 def _stage(raw: Any, i: int, problems: list[str]) -> Stage | None:

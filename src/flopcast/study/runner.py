@@ -31,8 +31,9 @@ from ..model.lora import load_adapter
 from ..results import EvalResult, RunResult, StageResult, StudyResult
 from ..training.card import write_card
 from ..training.engine import RunSpec, train
-from ..training.rundir import finished_run
-from . import fingerprint
+from ..training.launch import train_in_processes
+from ..training.rundir import TrainResult, finished_run
+from . import fingerprint, scale_out
 from .plan import Plan, RunPlan, Stage
 from .preflight import check_selection, prepare
 from .report import write_report
@@ -41,11 +42,15 @@ from .state import Study
 
 
 def run_plan(plan: Plan, out_dir: str | Path, progress: bool = True, only: list[str] | None = None,
-             restart: tuple[str, ...] = ()) -> StudyResult:
-    """Execute (or continue) every stage; finished stages with unchanged settings are reused."""
+             restart: tuple[str, ...] = (), ray: str | None = None) -> StudyResult:
+    """Execute (or continue) every stage; finished stages with unchanged settings are reused. With ``ray`` (an
+    address, "auto", or "local" for an instance of its own) a stage's runs train in parallel on that Ray cluster
+    (:mod:`flopcast.study.scale_out`)."""
     check_selection(plan, only, restart)  # before the directory is made
     with DirLock(out_dir):  # a second process on this study stops here
         study = prepare(plan, out_dir, progress, restart, only)
+        if ray is not None:
+            study.cluster = scale_out.start(None if ray == "local" else ray, study.ledger)
         results = {}
         for stage in plan.stages:
             if only and stage.name not in only:  # left out this time; the summary still shows it when done
@@ -105,27 +110,37 @@ def _train_runs(study: Study, stage: Stage, work: StageWork) -> list[RunResult]:
         hold = study.ledger.hold(f"{stage.name}/{study.plan.eval.split} (held)",
                                  eval_price(study, work.contexts, lora))
     try:
-        runs = []
-        for run in work.runs:
-            run_dir = study.stage_dir(stage.name) / run.name
-            runs.append(_train_run(study, stage, remaining_run(study, stage, run, run_dir) if work.remaining else run))
-        return runs
+        runs = [remaining_run(study, stage, run, study.stage_dir(stage.name) / run.name) if work.remaining else run
+                for run in work.runs]
+        specs = [_spec(study, stage, run) for run in runs]
+        if study.cluster is not None and len(runs) > 1:
+            done = scale_out.train_parallel(specs, study.plan.model, study.plan.seed, study.plan.resources,
+                                            study.out, study.cluster, study.progress)
+        else:
+            done = [_train_run(study, spec) for spec in specs]
+        return [RunResult(run.name, str(spec.dir), run.train.lr, run.lora.rank, run.train.seq_len, r.steps, r.flops,
+                          r.best_val_loss, r.status, r.wall_s) for run, spec, r in zip(runs, specs, done)]
     finally:
         study.ledger.drop_hold(hold)
 
 
-def _train_run(study: Study, stage: Stage, run: RunPlan) -> RunResult:
+def _spec(study: Study, stage: Stage, run: RunPlan) -> RunSpec:
+    return RunSpec(study.stage_dir(stage.name) / run.name, run.lora, run.train, study.codec, study.train.series,
+                   study.val.series, name=f"{stage.name}/{run.name}", model_name=study.plan.model.name,
+                   val_from=study.val_from)
+
+
+def _train_run(study: Study, spec: RunSpec) -> TrainResult:
     """One training run on a freshly loaded model, whose memory is given back when it ends (the next run or
-    evaluation measures free memory after that)."""
-    d = study.stage_dir(stage.name) / run.name
-    spec = RunSpec(d, run.lora, run.train, study.codec, study.train.series, study.val.series,
-                   name=f"{stage.name}/{run.name}", model_name=study.plan.model.name, val_from=study.val_from)
+    evaluation measures free memory after that); on ``train.processes`` processes under accelerate when more
+    than one (:mod:`flopcast.training.launch`)."""
+    if spec.train.processes > 1:
+        return train_in_processes(spec, study.plan.model, study.plan.seed, study.ledger, spec.train.processes)
     with released():
         lm = load_model(study.plan.model, seed=study.plan.seed)
-        r = train(lm.model, lm.tokenizer, spec, ledger=study.ledger, progress=study.progress)
+        result = train(lm.model, lm.tokenizer, spec, ledger=study.ledger, progress=study.progress)
         del lm
-    return RunResult(run.name, str(d), run.train.lr, run.lora.rank, run.train.seq_len, r.steps, r.flops,
-                     r.best_val_loss, r.status, r.wall_s)
+    return result
 
 
 def _best(stage: Stage, runs: list[RunResult]) -> RunResult:

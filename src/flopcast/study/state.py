@@ -55,6 +55,7 @@ class Study:
     codec: LLMTimeCodec
     settings: dict[str, dict[str, Any]]   # each stage's resolved settings (see flopcast.study.fingerprint)
     progress: bool = True
+    cluster: Any = None                   # the ledger actor when a stage's runs go to Ray (flopcast.study.scale_out)
 
     @property
     def eval_data(self) -> Dataset:

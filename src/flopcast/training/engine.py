@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ..budget.costs import RunCost, run_cost, val_chunks_used
 from ..budget.flops import Arch, lora_shape
-from ..budget.ledger import Ledger
+from ..budget.ledger import RunLedger
 from ..budget.lock import DirLock
 from ..budget.records import Record
 from ..config import LoraSpec, TrainConfig, save_toml, to_dict
@@ -114,7 +114,7 @@ OnStep = Callable[[int, float], None]
 LossFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 
-def train(model: Any, tokenizer: Any, spec: RunSpec, ledger: Ledger | None = None, progress: bool = True,
+def train(model: Any, tokenizer: Any, spec: RunSpec, ledger: RunLedger | None = None, progress: bool = True,
           on_step: OnStep | None = None) -> TrainResult:
     """Train a LoRA adapter on ``model`` as ``spec`` says; resumes from ``spec.dir/checkpoint`` if present.
 
@@ -158,7 +158,7 @@ def _fit_until_stopped(run: Run, progress: bool, on_step: OnStep | None) -> tupl
 
 # ----------------------------------------------------------------------------- 1. setup
 
-def setup(acc: Accelerator, model: Any, tokenizer: Any, spec: RunSpec, ledger: Ledger | None,
+def setup(acc: Accelerator, model: Any, tokenizer: Any, spec: RunSpec, ledger: RunLedger | None,
           data_sha: str) -> Run:
     """Seeds, data, model and optimizer (restored from the checkpoint when there is one), cost, ledger row, files."""
     cfg = spec.train
@@ -231,7 +231,7 @@ def _loss_fn(model: Any, head_ids: list[int] | None, vocab: int, device: Any) ->
     return lambda b: lm_loss(model, b, table)
 
 
-def _ledger_row(run: Run, ledger: Ledger | None) -> None:
+def _ledger_row(run: Run, ledger: RunLedger | None) -> None:
     """Continue the run's own ledger row when resuming (charging again what a kill made it redo), else reserve one."""
     if ledger is None:
         return

@@ -1,0 +1,159 @@
+"""A study's training runs on a local Ray (2 CPUs, 2 workers), against the same plan run sequentially: the same
+best runs, validation losses and ledger total; one ledger written by one process; a worker killed in the middle of
+a run is settled as abandoned and the run retried from its checkpoint, its redone steps charged."""
+
+import json
+import os
+import signal
+import sqlite3
+import threading
+import time
+
+import pytest
+from helpers import tiny_plan
+
+from flopcast.budget.ledger import Ledger
+from flopcast.study.plan import plan_from_dict
+from flopcast.study.runner import run_plan
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+GRID = {"name": "grid", "kind": "grid", "lr": [1e-3, 3e-3], "rank": [2], "steps": 3, "evaluate": False}
+CONTEXT = {"name": "context", "kind": "context", "base": "grid", "seq_len": [32, 64], "steps": 3, "evaluate": False}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _runs(summary):
+    return {(name, r.run): (r.steps, r.flops, r.status, r.val_loss) for name, st in summary.stages.items()
+            for r in st.runs}
+
+
+def test_flopcast_run_ray_gives_the_sequential_answers(local_ray, tmp_path, capsys):
+    """``flopcast run PLAN --ray`` (no address: the running local instance): the same runs, validation losses,
+    best runs and ledger total as the sequential study; leases in two workers' names; a later sequential run
+    reuses every run."""
+    from helpers import run_cli
+
+    from flopcast.cli import optional_value
+    from flopcast.config import save_toml
+
+    assert optional_value(["run", "p.toml", "--ray"], "--ray", "local") == ["run", "p.toml", "--ray", "local"]
+    assert optional_value(["run", "--ray", "-o", "d"], "--ray", "local") == ["run", "--ray", "local", "-o", "d"]
+    assert optional_value(["run", "--ray", "auto"], "--ray", "local") == ["run", "--ray", "auto"]
+    plan = tiny_plan(name="t", stages=[GRID, CONTEXT])
+    seq = run_plan(plan_from_dict(plan), tmp_path / "seq", progress=False)
+    save_toml(plan, tmp_path / "p.toml")
+    code, _, err = run_cli(capsys, "run", tmp_path / "p.toml", "--ray", "-o", tmp_path / "ray")
+    assert code == 0, err
+    par = run_plan(plan_from_dict(plan), tmp_path / "ray", progress=False)  # sequential again: everything read back
+    assert [st.best.run for st in par.stages.values()] == [st.best.run for st in seq.stages.values()]
+    a, b = _runs(seq), _runs(par)
+    assert a.keys() == b.keys() and len(a) == 4
+    for k in a:
+        assert a[k][:3] == b[k][:3] and a[k][3] == pytest.approx(b[k][3], rel=1e-4), k
+    led_seq, led_par = Ledger(tmp_path / "seq" / "ledger.db"), Ledger(tmp_path / "ray" / "ledger.db")
+    assert led_par.used() == led_seq.used() > 0
+    rows = [e for e in led_par.entries() if e.kind == "train"]
+    assert len(rows) == 4 and all(e.status == "done" for e in rows)
+    assert len({e.owner_pid for e in rows} - {os.getpid()}) >= 2  # leases in the workers' names, two workers
+    for st, r in b:
+        assert (tmp_path / "ray" / "stages" / st / r / "adapter_best").is_dir()
+
+
+def _kill_a_running_worker(db, killed: list, stop: threading.Event) -> None:
+    """Kill (SIGKILL) the worker of the first training run that has charged a few steps."""
+    while not stop.is_set() and not killed:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:  # never creates the file
+                row = c.execute("SELECT name, owner_pid, steps FROM experiments WHERE kind='train' AND "
+                                "status='running' AND steps >= 6").fetchone()
+        except sqlite3.Error:
+            row = None
+        if row and row[1] != os.getpid():
+            os.kill(row[1], signal.SIGKILL)
+            killed.append(row)
+        time.sleep(0.02)
+
+
+def test_a_killed_worker_is_settled_and_its_run_retried_from_its_checkpoint(local_ray, tmp_path):
+    grid = {**GRID, "steps": 12, "train": {"checkpoint_every": 4, "eval_every": 4}}
+    plan = plan_from_dict(tiny_plan(name="t", stages=[grid]))
+    killed: list = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_kill_a_running_worker, args=(tmp_path / "ray" / "ledger.db", killed, stop))
+    watcher.start()
+    try:
+        par = run_plan(plan, tmp_path / "ray", progress=False, ray="local")
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, "no worker was killed"
+    name = killed[0][0]
+    rows = Ledger(tmp_path / "ray" / "ledger.db").entries()
+    (mine,) = [e for e in rows if e.name == name]  # one row, settled as abandoned, then adopted by the retry
+    (other,) = [e for e in rows if e.kind == "train" and e.name != name]  # the same shape, never killed
+    assert mine.status == other.status == "done" and mine.steps == other.steps == 12
+    assert {r.status for r in par.stages["grid"].runs} == {"done"}
+    assert mine.flops_used > other.flops_used  # the steps after its last checkpoint ran twice and are charged twice
+    redone = json.loads((tmp_path / "ray" / "stages" / name / "flops.json").read_text())["redone"]
+    assert mine.flops_used == other.flops_used + redone > other.flops_used
+
+
+def test_runs_shipped_back_from_workers_that_do_not_see_the_study(local_ray, tmp_path):
+    """Workers without the study directory train in their own and send each run back: the same run directories,
+    results and ledger rows as runs written in place. Runs asking for both CPUs train one after the other: a run
+    waiting on the ledger's actor does not lend its CPUs to another run."""
+    from dataclasses import replace
+
+    from flopcast.study import scale_out
+    from flopcast.study.preflight import prepare
+    from flopcast.study.runner import _spec
+    from flopcast.study.stages import stage_work
+
+    plan = plan_from_dict(tiny_plan(name="t", stages=[GRID]))
+    study = prepare(plan, tmp_path / "s", progress=False)
+    specs = [_spec(study, plan.stages[0], r) for r in stage_work(plan, plan.stages[0]).runs]
+    actor = scale_out.start(None, study.ledger)
+    shipped = scale_out.train_parallel(specs, plan.model, plan.seed, replace(plan.resources, cpus=2), study.out,
+                                       actor, False, False)
+    assert [r.run_dir for r in shipped] == [s.dir for s in specs]
+    for spec, r in zip(specs, shipped):
+        assert r.status == "done" and r.steps == 3
+        assert {"adapter_best", "checkpoint", "metrics.jsonl", "flops.json"} <= {p.name for p in spec.dir.iterdir()}
+    rows = sorted((e for e in study.ledger.entries() if e.kind == "train"), key=lambda e: e.created)
+    assert sorted(e.name for e in rows) == sorted(s.name for s in specs) and all(e.status == "done" for e in rows)
+    assert sum(e.flops_used for e in rows) == sum(r.flops for r in shipped)
+    assert rows[0].updated <= rows[1].created  # one at a time: the second reserved after the first settled
+
+
+def test_a_run_waiting_on_the_ledger_keeps_its_cpus(local_ray):
+    """A task blocked in ``ray.get`` lends its CPUs to the scheduler, which starts another run on them (both then
+    share the cores for the rest of their training: each run 5x slower in benchmarks/scale_out.py). A run waiting
+    for the ledger's answer keeps them: a second run asking for the same CPUs starts only after the first ends."""
+
+    class SlowService:  # defined here, so that Ray ships it by value to workers that cannot import the tests
+        def call(self, method, args, kwargs):
+            time.sleep(4)
+            return method
+
+    def wait_on_the_ledger(actor):
+        from flopcast.study.scale_out import RemoteLedger
+
+        t0 = time.time()
+        RemoteLedger(actor)._call("find")
+        return t0, time.time()
+
+    actor = ray.remote(num_cpus=0)(SlowService).remote()
+    task = ray.remote(num_cpus=2)(wait_on_the_ledger)
+    first = task.remote(actor)
+    time.sleep(1.0)
+    second = task.remote(actor)
+    (_, first_end), (second_start, _) = ray.get([first, second])
+    assert second_start >= first_end - 0.05
