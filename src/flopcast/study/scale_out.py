@@ -159,7 +159,7 @@ def _result(spec: RunSpec, ref: Any, actor: Any) -> TrainResult:
         if isinstance(cause, (FlopcastError, Interrupted)):
             raise cause from None
         raise _abandoned(spec, actor, str(e).splitlines()[0]) from None
-    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.RayError) as e:
+    except ray.exceptions.RayError as e:  # every try's worker died, the node was lost, the task was cancelled
         raise _abandoned(spec, actor, type(e).__name__) from None
     if packed is not None:
         shutil.rmtree(spec.dir, ignore_errors=True)
