@@ -37,8 +37,8 @@ def _runs(summary):
 
 def test_flopcast_run_ray_gives_the_sequential_answers(local_ray, tmp_path, capsys):
     """``flopcast run PLAN --ray`` (no address: the running local instance): the same runs, validation losses,
-    best runs and ledger total as the sequential study; leases in two workers' names; a later sequential run
-    reuses every run."""
+    best runs, test scores and ledger total as the sequential study; training and evaluations in the workers'
+    names; a later sequential run reuses every run."""
     from helpers import run_cli
 
     from flopcast.cli import optional_value
@@ -47,13 +47,16 @@ def test_flopcast_run_ray_gives_the_sequential_answers(local_ray, tmp_path, caps
     assert optional_value(["run", "p.toml", "--ray"], "--ray", "local") == ["run", "p.toml", "--ray", "local"]
     assert optional_value(["run", "--ray", "-o", "d"], "--ray", "local") == ["run", "--ray", "local", "-o", "d"]
     assert optional_value(["run", "--ray", "auto"], "--ray", "local") == ["run", "--ray", "auto"]
-    plan = tiny_plan(name="t", stages=[GRID, CONTEXT])
+    plan = tiny_plan(name="t", stages=[{"name": "zero_shot", "kind": "eval"}, GRID, {**CONTEXT, "evaluate": True}])
     seq = run_plan(plan_from_dict(plan), tmp_path / "seq", progress=False)
     save_toml(plan, tmp_path / "p.toml")
     code, _, err = run_cli(capsys, "run", tmp_path / "p.toml", "--ray", "-o", tmp_path / "ray")
     assert code == 0, err
     par = run_plan(plan_from_dict(plan), tmp_path / "ray", progress=False)  # sequential again: everything read back
-    assert [st.best.run for st in par.stages.values()] == [st.best.run for st in seq.stages.values()]
+    assert [st.best.run for st in par.stages.values() if st.best] == [st.best.run for st in seq.stages.values()
+                                                                      if st.best]
+    for name in ("zero_shot", "context"):  # evaluated on a worker: the same scores
+        assert par.stages[name].test.score(64).mse == pytest.approx(seq.stages[name].test.score(64).mse, rel=1e-6)
     a, b = _runs(seq), _runs(par)
     assert a.keys() == b.keys() and len(a) == 4
     for k in a:
@@ -63,6 +66,8 @@ def test_flopcast_run_ray_gives_the_sequential_answers(local_ray, tmp_path, caps
     rows = [e for e in led_par.entries() if e.kind == "train"]
     assert len(rows) == 4 and all(e.status == "done" for e in rows)
     assert len({e.owner_pid for e in rows} - {os.getpid()}) >= 2  # leases in the workers' names, two workers
+    evals = [e for e in led_par.entries() if e.kind == "eval"]
+    assert len(evals) == 2 and os.getpid() not in {e.owner_pid for e in evals}  # evaluated on workers
     for st, r in b:
         assert (tmp_path / "ray" / "stages" / st / r / "adapter_best").is_dir()
 
@@ -157,3 +162,55 @@ def test_a_run_waiting_on_the_ledger_keeps_its_cpus(local_ray):
     second = task.remote(actor)
     (_, first_end), (second_start, _) = ray.get([first, second])
     assert second_start >= first_end - 0.05
+
+
+CTRL_C_DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+import ray
+from helpers import tiny_plan
+from flopcast.study.plan import plan_from_dict
+from flopcast.study.runner import run_plan
+
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+try:
+    run_plan(plan_from_dict(tiny_plan(name="t", stages=[{grid!r}])), {out!r}, progress=False, ray="local")
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_on_the_driver_stops_every_run_and_a_rerun_resumes(tmp_path):
+    """Ctrl-C on a study's driver (a process of its own with its own Ray): every run on Ray stops as SIGTERM stops
+    a run -- checkpointed, its ledger row settled, none left running -- and the same study run again resumes each
+    run from its checkpoint in its own row."""
+    import subprocess
+    import sys
+
+    from helpers import TESTS
+
+    grid = {**GRID, "steps": 60, "train": {"checkpoint_every": 5, "eval_every": 20}}
+    out = tmp_path / "s"
+    script = tmp_path / "driver.py"
+    script.write_text(CTRL_C_DRIVER.format(tests=str(TESTS), grid=grid, out=str(out)))
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    db, deadline = out / "ledger.db", time.time() + 240
+    while time.time() < deadline and p.poll() is None:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+                steps = [r[0] for r in c.execute("SELECT steps FROM experiments WHERE kind='train'")]
+        except sqlite3.Error:
+            steps = []
+        if len(steps) == 2 and min(s or 0 for s in steps) >= 3:
+            break
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=240)
+    assert p.returncode == 130, err[-3000:]
+    rows = [e for e in Ledger(db).entries() if e.kind == "train"]
+    assert len(rows) == 2 and all(e.status == "interrupted" for e in rows), [e.status for e in rows]
+    assert all(0 < e.steps < 60 for e in rows)
+    again = run_plan(plan_from_dict(tiny_plan(name="t", stages=[grid])), out, progress=False)
+    rows = [e for e in Ledger(db).entries() if e.kind == "train"]
+    assert len(rows) == 2 and all(e.status == "done" and e.steps == 60 for e in rows)
+    assert all(r.steps == 60 for r in again.stages["grid"].runs)

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..config import TrainConfig
 from .flops import Arch, LoraShape, forward, generate_total, train_step
-from .ledger import Ledger
+from .ledger import RunLedger
 from .rows import Charge
 
 
@@ -106,7 +106,7 @@ def model_shape(model: Any) -> tuple[Arch, LoraShape | None]:
     return Arch.from_config(model.config), lora
 
 
-def charged(ledger: Ledger | None, name: str, kind: str, flops: int, record: Path | None = None,
+def charged(ledger: RunLedger | None, name: str, kind: str, flops: int, record: Path | None = None,
             **fields: Any) -> AbstractContextManager[Charge]:
     """``ledger.reserved(name, kind, flops, ...)``: ``flops`` reserved before the block, each addition to the
     yielded :class:`~flopcast.budget.rows.Charge` reported at once (and kept in ``record/charges.json``), the

@@ -23,7 +23,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,8 +35,8 @@ from .rows import ACTIVE, COLUMNS, COMMITTED, FINISHED, HOLD, LEASE_COLUMNS, RES
 
 
 class RunLedger(Protocol):
-    """What a training run asks of its ledger: a :class:`Ledger`, or a stand-in that forwards these calls to the
-    process that owns it (:class:`flopcast.study.scale_out.RemoteLedger`)."""
+    """What a training run or an evaluation asks of its ledger: a :class:`Ledger`, or a stand-in that forwards
+    these calls to the process that owns it (:class:`flopcast.study.scale_out.RemoteLedger`)."""
 
     def reserve(self, name: str, kind: str, flops_planned: float, *, model: str | None = None,
                 seq: int | None = None, batch: int | None = None, rank: int | None = None,
@@ -46,6 +46,8 @@ class RunLedger(Protocol):
     def progress(self, id: int, flops_used: float, wall_s: float | None = None, steps: int | None = None) -> None: ...
     def settle(self, id: int, flops_used: float, status: str = "done", wall_s: float | None = None,
                steps: int | None = None, info: dict | None = None) -> Entry: ...
+    def reserved(self, name: str, kind: str, flops_planned: float, record: Path | None = None,
+                 **fields: Any) -> AbstractContextManager[Charge]: ...
 
 
 class Ledger:
@@ -295,37 +297,10 @@ class Ledger:
                        (int(flops_used), status, wall_s, steps, json.dumps(merged), time.time(), id))
         return self.get(id)
 
-    @contextmanager
     def reserved(self, name: str, kind: str, flops_planned: float, record: Path | None = None,
-                 **fields: Any) -> Iterator[Charge]:
-        """Reserve, run the block, settle: the block counts its work with ``add`` on the yielded :class:`Charge`,
-        each addition reported to the ledger at once (and to ``record/charges.json``, see
-        :mod:`flopcast.budget.records`).
-
-        If the block raises (Ctrl-C included), the experiment is settled as failed with the FLOPs the
-        block had counted so far (work done before the error stays counted), and the error propagates.
-        """
-        row = self.reserve(name, kind, flops_planned, **fields)
-        keep = {k: v for k, v in fields.items() if k in ("model", "seq", "batch", "rank", "steps")}
-
-        def note(used: int, status: str) -> None:
-            if record is not None:
-                write_record(record, Record(name, kind, used, status, row, **keep))
-
-        def report(used: int) -> None:
-            self.progress(row, used)
-            note(used, "running")
-        charge = Charge(row, report=report)
-        note(0, "running")
-        t0 = time.time()
-        try:
-            yield charge
-        except BaseException:
-            self.settle(row, charge.used, status="failed", wall_s=time.time() - t0)
-            note(charge.used, "failed")
-            raise
-        self.settle(row, charge.used, wall_s=time.time() - t0)
-        note(charge.used, "done")
+                 **fields: Any) -> AbstractContextManager[Charge]:
+        """:func:`reserved_on` this ledger."""
+        return reserved_on(self, name, kind, flops_planned, record, **fields)
 
     def restore(self, records: list[Record]) -> int:
         """Add a settled row per record (``flopcast budget rebuild``): a record still ``running``
@@ -352,3 +327,36 @@ class Ledger:
     def summary(self) -> dict:
         b, used, left = self.budget, self.used(), self.left()
         return {"budget": b, "used": used, "reserved": b - left - used, "left": left, "used_share": used / max(b, 1)}
+
+
+@contextmanager
+def reserved_on(ledger: RunLedger, name: str, kind: str, flops_planned: float, record: Path | None = None,
+                **fields: Any) -> Iterator[Charge]:
+    """Reserve on ``ledger`` (a :class:`Ledger` or a stand-in for it), run the block, settle: the block counts its
+    work with ``add`` on the yielded :class:`Charge`, each addition reported to the ledger at once (and to
+    ``record/charges.json``, see :mod:`flopcast.budget.records`).
+
+    If the block raises (Ctrl-C included), the experiment is settled as failed with the FLOPs the
+    block had counted so far (work done before the error stays counted), and the error propagates.
+    """
+    row = ledger.reserve(name, kind, flops_planned, **fields)
+    keep = {k: v for k, v in fields.items() if k in ("model", "seq", "batch", "rank", "steps")}
+
+    def note(used: int, status: str) -> None:
+        if record is not None:
+            write_record(record, Record(name, kind, used, status, row, **keep))
+
+    def report(used: int) -> None:
+        ledger.progress(row, used)
+        note(used, "running")
+    charge = Charge(row, report=report)
+    note(0, "running")
+    t0 = time.time()
+    try:
+        yield charge
+    except BaseException:
+        ledger.settle(row, charge.used, status="failed", wall_s=time.time() - t0)
+        note(charge.used, "failed")
+        raise
+    ledger.settle(row, charge.used, wall_s=time.time() - t0)
+    note(charge.used, "done")

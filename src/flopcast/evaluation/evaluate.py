@@ -22,17 +22,18 @@ from typing import Any
 import numpy as np
 
 from ..budget.costs import charge_batches, charged, generation_bound, model_shape
-from ..budget.ledger import Ledger
+from ..budget.ledger import RunLedger
 from ..budget.lock import DirLock
 from ..budget.memory import check_fits, decode_bytes
 from ..budget.rows import Charge
-from ..config import CLASSICAL_BASELINES, EvalConfig, ForecastConfig, result_settings, to_dict
+from ..config import CLASSICAL_BASELINES, EvalConfig, ForecastConfig, ModelSpec, result_settings, to_dict
 from ..data.dataset import Dataset
 from ..encoding.codec import LLMTimeCodec
 from ..encoding.windows import Window, build_windows, window_grammar
 from ..errors import FlopcastError
 from ..forecasting.forecast import ForecastResult, Prompts, decode_widths, forecast_prompts
-from ..model.load import free_memory
+from ..model.load import free_memory, load_model, released
+from ..model.lora import load_adapter
 from ..results import ContextScore, EvalResult, Score, read_json, write_atomic
 from .backtest import backtest_scores, classical_forecasts, sampled_scores, season_for
 from .baselines import stored_baseline
@@ -57,7 +58,7 @@ class EvalRun:
     name: str = "eval"
     model_name: str = ""
     out_dir: Path | None = None
-    ledger: Ledger | None = None
+    ledger: RunLedger | None = None
     baseline_store: Path | None = None
     fingerprint: str | None = None
     progress: bool = True
@@ -65,6 +66,29 @@ class EvalRun:
     @property
     def baselines(self) -> Path | None:
         return self.baseline_store or (self.out_dir / "baselines" if self.out_dir is not None else None)
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """An evaluation to run wherever it runs (a study's process, a Ray worker): the model to load (with ``adapter``
+    when given), the codec, data and settings, and where it reports (``run``, whose ledger :meth:`run` sets)."""
+
+    model: ModelSpec
+    seed: int
+    adapter: Path | None
+    codec: LLMTimeCodec
+    data: Dataset
+    cfg: EvalConfig
+    run: EvalRun
+
+    def run_on(self, ledger: RunLedger | None) -> EvalResult:
+        """Load the model (and adapter), evaluate, charge ``ledger``; the model's memory is given back after."""
+        with released():
+            lm = load_model(self.model, seed=self.seed)
+            model = load_adapter(lm.model, self.adapter).eval() if self.adapter else lm.model
+            result = evaluate(model, lm.tokenizer, self.codec, self.data, self.cfg, replace(self.run, ledger=ledger))
+            del lm, model
+        return result
 
 
 def evaluate(model: Any, tokenizer: Any, codec: LLMTimeCodec, ds: Dataset, cfg: EvalConfig,

@@ -25,9 +25,8 @@ from pathlib import Path
 from ..budget.flops import lora_shape
 from ..budget.lock import DirLock
 from ..errors import FlopcastError
-from ..evaluation.evaluate import EvalRun, evaluate
+from ..evaluation.evaluate import EvalJob, EvalRun
 from ..model.load import load_model, released
-from ..model.lora import load_adapter
 from ..results import EvalResult, RunResult, StageResult, StudyResult
 from ..training.card import write_card
 from ..training.engine import RunSpec, train
@@ -155,13 +154,13 @@ def _best(stage: Stage, runs: list[RunResult]) -> RunResult:
 
 
 def _evaluate(study: Study, stage: Stage, adapter: Path | None) -> EvalResult:
+    """The stage's test evaluation: on a Ray worker when the study runs on Ray (and the worker sees the study
+    directory), else here."""
     run = EvalRun(name=f"{stage.name}/{study.plan.eval.split}", model_name=study.plan.model.name,
-                  out_dir=study.stage_dir(stage.name) / "eval", ledger=study.ledger,
-                  baseline_store=study.out / "baselines", fingerprint=fingerprint.digest(study.settings[stage.name]),
-                  progress=study.progress)
-    with released():
-        lm = load_model(study.plan.model, seed=study.plan.seed)
-        model = load_adapter(lm.model, adapter).eval() if adapter else lm.model
-        result = evaluate(model, lm.tokenizer, study.codec, study.eval_data, study.plan.eval, run)
-        del lm, model
-    return result
+                  out_dir=study.stage_dir(stage.name) / "eval", baseline_store=study.out / "baselines",
+                  fingerprint=fingerprint.digest(study.settings[stage.name]), progress=study.progress)
+    job = EvalJob(study.plan.model, study.plan.seed, adapter, study.codec, study.eval_data, study.plan.eval, run)
+    result = None
+    if study.cluster is not None:
+        result = scale_out.evaluate_remote(job, study.plan.resources, study.out, study.cluster)
+    return result if result is not None else job.run_on(study.ledger)

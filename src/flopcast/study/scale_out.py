@@ -1,8 +1,8 @@
 """A stage's training runs in parallel on Ray (``flopcast run PLAN --ray [ADDRESS]``), under the study's one ledger.
 
 Only the study driver opens the SQLite ledger: :class:`LedgerService` wraps it in a Ray actor on the driver's node,
-and each worker reaches it through :class:`RemoteLedger`, which offers the engine the five calls a run makes
-(reserve or resume-and-adopt its row, report every step, settle). The actor serves one call at a time, so
+and each worker reaches it through :class:`RemoteLedger`, which offers the calls a run or an evaluation makes
+(reserve or resume-and-adopt its row, report every step or batch, settle). The actor serves one call at a time, so
 concurrent runs reserve their planned FLOPs one after another and can never overspend the budget, and no SQLite
 file is shared over a network filesystem. A lease names the worker process that holds it, so a worker killed
 on the driver's machine is settled as ``abandoned`` (with the FLOPs it reported) before its run is retried.
@@ -12,6 +12,9 @@ set the run's torch threads; a GPU where the cluster has GPUs). A task whose wor
 (``resources.retries``) and resumes from the run's last checkpoint, adopting its own ledger row and charging the
 steps it redoes, as a re-run of ``flopcast run`` does. Ctrl-C on the driver cancels every task: each stops as
 SIGTERM stops a run (checkpoint, ledger row settled), and running the same command again resumes the study.
+
+A stage's evaluation runs as a Ray task too (:func:`evaluate_remote`: on a GPU where there are GPUs), when its
+worker sees the study directory; otherwise on the driver.
 
 Artifacts: when the workers see the study directory (one machine, or a filesystem every node mounts), runs write
 there; otherwise each run trains in a directory of its worker and ships it back, and the driver unpacks it into
@@ -29,16 +32,19 @@ import shutil
 import sys
 import tarfile
 import tempfile
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..budget.ledger import Ledger
+from ..budget.ledger import Ledger, reserved_on
 from ..budget.lock import HOST
-from ..budget.rows import ACTIVE, Entry
+from ..budget.rows import ACTIVE, Charge, Entry
 from ..config import ModelSpec
 from ..errors import FlopcastError, Interrupted
+from ..evaluation.evaluate import EvalJob
 from ..model.load import load_model
+from ..results import EvalResult
 from ..training.engine import RunSpec, train
 from ..training.rundir import TrainResult
 from .plan import Resources
@@ -89,6 +95,10 @@ class RemoteLedger:
                steps: int | None = None, info: dict | None = None) -> Entry:
         return self._call("settle", id, flops_used, status=status, wall_s=wall_s, steps=steps, info=info)
 
+    def reserved(self, name: str, kind: str, flops_planned: float, record: Path | None = None,
+                 **fields: Any) -> AbstractContextManager[Charge]:
+        return reserved_on(self, name, kind, flops_planned, record, **fields)
+
 
 ADDRESS = re.compile(r"(ray://)?[A-Za-z0-9.\-_]+:\d{1,5}")
 
@@ -126,12 +136,9 @@ def train_parallel(specs: list[RunSpec], model: ModelSpec, seed: int, res: Resou
     worker could see the study directory."""
     import ray
 
-    mark = study_dir / SHARED_MARK
-    mark.write_text(secrets.token_hex(8) if shared else "")
-    gpus = res.gpus if res.gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) else 0.0)
-    task = ray.remote(_train_task).options(num_cpus=res.cpus, num_gpus=gpus, max_retries=res.retries)
-    refs = [task.remote(spec, model, seed, max(1, int(res.cpus)), actor, str(mark), mark.read_text())
-            for spec in specs]
+    mark, token = _share_mark(study_dir, shared)
+    task = _task(_train_task, res)
+    refs = [task.remote(spec, model, seed, max(1, int(res.cpus)), actor, mark, token) for spec in specs]
     try:
         out = []
         for spec, ref in zip(specs, refs):
@@ -145,6 +152,51 @@ def train_parallel(specs: list[RunSpec], model: ModelSpec, seed: int, res: Resou
             ray.cancel(ref)
         ray.wait(refs, num_returns=len(refs), timeout=120)
         raise Interrupted(2) from None
+
+
+def _share_mark(study_dir: Path, shared: bool) -> tuple[str, str]:
+    """A token in the study directory (empty: runs are to be shipped back); a worker that reads the same token there
+    sees the directory."""
+    mark = study_dir / SHARED_MARK
+    mark.write_text(secrets.token_hex(8) if shared else "")
+    return str(mark), mark.read_text()
+
+
+def _task(fn: Any, res: Resources) -> Any:
+    """``fn`` as a Ray task asking for ``res`` (a GPU where the cluster has them, unless ``res.gpus`` says)."""
+    import ray
+
+    gpus = res.gpus if res.gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) else 0.0)
+    return ray.remote(fn).options(num_cpus=res.cpus, num_gpus=gpus, max_retries=res.retries)
+
+
+def evaluate_remote(job: EvalJob, res: Resources, study_dir: Path, actor: Any) -> EvalResult | None:
+    """Evaluate on a Ray worker that sees the study directory (its files, stored baselines and finished contexts
+    are written there, its FLOPs charged through ``actor``); None where the worker does not see it (the driver then
+    evaluates)."""
+    import ray
+
+    mark, token = _share_mark(study_dir, True)
+    ref = _task(_evaluate_task, res).remote(job, max(1, int(res.cpus)), actor, mark, token)
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, (FlopcastError, Interrupted)):
+            raise e.cause from None
+        raise
+    except KeyboardInterrupt:  # the evaluation stops too, its ledger row settled with the batches it finished
+        ray.cancel(ref)
+        ray.wait([ref], timeout=60)
+        raise Interrupted(2) from None
+
+
+def _evaluate_task(job: EvalJob, threads: int, actor: Any, mark: str, token: str) -> EvalResult | None:
+    import torch
+
+    if not (Path(mark).is_file() and Path(mark).read_text() == token):
+        return None
+    torch.set_num_threads(threads)
+    return job.run_on(RemoteLedger(actor))
 
 
 def _result(spec: RunSpec, ref: Any, actor: Any) -> TrainResult:
