@@ -181,9 +181,9 @@ except KeyboardInterrupt:
 
 
 def test_ctrl_c_on_the_driver_stops_every_run_and_a_rerun_resumes(tmp_path):
-    """Ctrl-C on a study's driver (a process of its own with its own Ray): every run on Ray stops as SIGTERM stops
-    a run -- checkpointed, its ledger row settled, none left running -- and the same study run again resumes each
-    run from its checkpoint in its own row."""
+    """Ctrl-C on a study's driver (a process of its own with its own Ray): every run still training on Ray stops
+    as SIGTERM stops a run -- checkpointed, its ledger row settled, none left running -- and the same study run
+    again resumes each run from its checkpoint in its own row."""
     import subprocess
     import sys
 
@@ -208,8 +208,10 @@ def test_ctrl_c_on_the_driver_stops_every_run_and_a_rerun_resumes(tmp_path):
     _, err = p.communicate(timeout=240)
     assert p.returncode == 130, err[-3000:]
     rows = [e for e in Ledger(db).entries() if e.kind == "train"]
-    assert len(rows) == 2 and all(e.status == "interrupted" for e in rows), [e.status for e in rows]
-    assert all(0 < e.steps < 60 for e in rows)
+    # every run still training stopped with a checkpoint (one may have finished before the signal came)
+    stopped = [e for e in rows if e.status == "interrupted"]
+    assert len(rows) == 2 and stopped and all(e.status in ("interrupted", "done") for e in rows), rows
+    assert all(0 < e.steps < 60 for e in stopped)
     again = run_plan(plan_from_dict(tiny_plan(name="t", stages=[grid])), out, progress=False)
     rows = [e for e in Ledger(db).entries() if e.kind == "train"]
     assert len(rows) == 2 and all(e.status == "done" and e.steps == 60 for e in rows)
