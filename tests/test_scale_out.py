@@ -95,7 +95,7 @@ def test_a_killed_worker_is_settled_and_its_run_retried_from_its_checkpoint(loca
     watcher = threading.Thread(target=_kill_a_running_worker, args=(tmp_path / "ray" / "ledger.db", killed, stop))
     watcher.start()
     try:
-        par = run_plan(plan, tmp_path / "ray", progress=False, ray="local")
+        par = run_plan(plan, tmp_path / "ray", progress=False, executor="ray")
     finally:
         stop.set()
         watcher.join()
@@ -175,7 +175,7 @@ from flopcast.study.runner import run_plan
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 try:
     run_plan(plan_from_dict(tiny_plan(name="t", budget=1e11, stages=[{grid!r}])), {out!r}, progress=False,
-             ray="local")
+             executor="ray")
 except KeyboardInterrupt:
     sys.exit(130)
 """

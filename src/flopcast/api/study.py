@@ -47,8 +47,8 @@ def run_study(plan: Plan | dict[str, Any] | str | Path, out_dir: str | Path, pro
     elif not isinstance(plan, Plan):
         plan = load_plan(plan)
     ensure_writable(out_dir, directory=True)
-    return run_plan(plan, Path(out_dir), progress=progress, restart=tuple(again), only=chosen,
-                    ray=(address or "local") if executor == "ray" else None)
+    return run_plan(plan, Path(out_dir), progress=progress, restart=tuple(again), only=chosen, executor=executor,
+                    address=address)
 
 
 def evaluate(model: str | None = None, data: DataSpec | str | Path | None = None, adapter: str | Path | None = None,

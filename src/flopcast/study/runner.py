@@ -41,15 +41,15 @@ from .state import Study
 
 
 def run_plan(plan: Plan, out_dir: str | Path, progress: bool = True, only: list[str] | None = None,
-             restart: tuple[str, ...] = (), ray: str | None = None) -> StudyResult:
-    """Execute (or continue) every stage; finished stages with unchanged settings are reused. With ``ray`` (an
-    address, "auto", or "local" for an instance of its own) a stage's runs train in parallel on that Ray cluster
-    (:mod:`flopcast.study.scale_out`)."""
+             restart: tuple[str, ...] = (), executor: str = "local", address: str | None = None) -> StudyResult:
+    """Execute (or continue) every stage; finished stages with unchanged settings are reused. With ``executor =
+    "ray"`` a stage's runs and evaluation run on the Ray cluster at ``address`` ("auto": the running one; None: an
+    instance of its own; :mod:`flopcast.study.scale_out`)."""
     check_selection(plan, only, restart)  # before the directory is made
     with DirLock(out_dir):  # a second process on this study stops here
         study = prepare(plan, out_dir, progress, restart, only)
-        if ray is not None:
-            study.cluster = scale_out.start(None if ray == "local" else ray, study.ledger)
+        if executor == "ray":
+            study.cluster = scale_out.start(address, study.ledger)
         results = {}
         for stage in plan.stages:
             if only and stage.name not in only:  # left out this time; the summary still shows it when done

@@ -162,6 +162,11 @@ def _share_mark(study_dir: Path, shared: bool) -> tuple[str, str]:
     return str(mark), mark.read_text()
 
 
+def _sees(mark: str, token: str) -> bool:
+    """Whether this worker sees the study directory: the token :func:`_share_mark` wrote is there (none: never)."""
+    return bool(token) and Path(mark).is_file() and Path(mark).read_text() == token
+
+
 def _task(fn: Any, res: Resources) -> Any:
     """``fn`` as a Ray task asking for ``res`` (a GPU where the cluster has them, unless ``res.gpus`` says)."""
     import ray
@@ -193,7 +198,7 @@ def evaluate_remote(job: EvalJob, res: Resources, study_dir: Path, actor: Any) -
 def _evaluate_task(job: EvalJob, threads: int, actor: Any, mark: str, token: str) -> EvalResult | None:
     import torch
 
-    if not (Path(mark).is_file() and Path(mark).read_text() == token):
+    if not _sees(mark, token):
         return None
     torch.set_num_threads(threads)
     return job.run_on(RemoteLedger(actor))
@@ -239,8 +244,7 @@ def _train_task(spec: RunSpec, model: ModelSpec, seed: int, threads: int, actor:
     import torch
 
     torch.set_num_threads(threads)
-    shared = bool(token) and Path(mark).is_file() and Path(mark).read_text() == token
-    local = None if shared else Path(tempfile.mkdtemp(prefix="flopcast-run-"))
+    local = None if _sees(mark, token) else Path(tempfile.mkdtemp(prefix="flopcast-run-"))
     if local is not None:
         spec = replace(spec, dir=local / spec.dir.name)
     lm = load_model(model, seed=seed)
