@@ -88,14 +88,16 @@ def _kill_a_running_worker(db, killed: list, stop: threading.Event) -> None:
 
 
 def test_a_killed_worker_is_settled_and_its_run_retried_from_its_checkpoint(local_ray, tmp_path):
-    grid = {**GRID, "steps": 12, "train": {"checkpoint_every": 4, "eval_every": 4}}
+    """(Its runs ask for two processes, which Ray does not give them: a warning says so.)"""
+    grid = {**GRID, "steps": 12, "train": {"checkpoint_every": 4, "eval_every": 4, "processes": 2}}
     plan = plan_from_dict(tiny_plan(name="t", stages=[grid]))
     killed: list = []
     stop = threading.Event()
     watcher = threading.Thread(target=_kill_a_running_worker, args=(tmp_path / "ray" / "ledger.db", killed, stop))
     watcher.start()
     try:
-        par = run_plan(plan, tmp_path / "ray", progress=False, executor="ray")
+        with pytest.warns(UserWarning, match=r"'grid': its runs train on Ray in one process each; \[train\] proc"):
+            par = run_plan(plan, tmp_path / "ray", progress=False, executor="ray")
     finally:
         stop.set()
         watcher.join()
@@ -166,12 +168,22 @@ def test_a_run_waiting_on_the_ledger_keeps_its_cpus(local_ray):
 
 CTRL_C_DRIVER = """
 import sys
+import time
 sys.path.insert(0, {tests!r})
 import ray
 from helpers import tiny_plan
 from flopcast.study.plan import plan_from_dict
+from flopcast.study import scale_out
 from flopcast.study.runner import run_plan
 
+
+class SlowLedger(scale_out.LedgerService):  # runs wait on the ledger most of the time: a signal finds a call
+    def call(self, method, args, kwargs):
+        time.sleep(0.05)
+        return super().call(method, args, kwargs)
+
+
+scale_out.LedgerService = SlowLedger
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 try:
     run_plan(plan_from_dict(tiny_plan(name="t", budget=1e11, stages=[{grid!r}])), {out!r}, progress=False,
@@ -181,11 +193,12 @@ except KeyboardInterrupt:
 """
 
 
-@pytest.mark.skip(reason="flaky: failed 1 of 3 local runs (the driver did not exit 130), cause not found yet")
 def test_ctrl_c_on_the_driver_stops_every_run_and_a_rerun_resumes(tmp_path):
     """Ctrl-C on a study's driver (a process of its own with its own Ray): every run still training on Ray stops
     as SIGTERM stops a run -- checkpointed, its ledger row settled, none left running -- and the same study run
-    again resumes each run from its checkpoint in its own row."""
+    again resumes each run from its checkpoint in its own row. The driver's ledger answers slowly, so the signal
+    finds a run waiting on it: the cancel must stop the run, not its call to the ledger (which left the row running,
+    1 time in 8 with a ledger answering at once)."""
     import subprocess
     import sys
 
@@ -208,7 +221,7 @@ def test_ctrl_c_on_the_driver_stops_every_run_and_a_rerun_resumes(tmp_path):
         time.sleep(0.1)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=240)
-    assert p.returncode == 130, err[-3000:]
+    assert p.returncode == 130, (p.returncode, err[-5000:])
     rows = [e for e in Ledger(db).entries() if e.kind == "train"]
     # every run still training stopped with a checkpoint (one may have finished before the signal came)
     stopped = [e for e in rows if e.status == "interrupted"]

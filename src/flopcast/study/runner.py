@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 from ..budget.flops import lora_shape
@@ -113,6 +114,7 @@ def _train_runs(study: Study, stage: Stage, work: StageWork) -> list[RunResult]:
                 for run in work.runs]
         specs = [_spec(study, stage, run) for run in runs]
         if study.cluster is not None and len(runs) > 1:
+            _warn_processes(stage, specs)
             done = scale_out.train_parallel(specs, study.plan.model, study.plan.seed, study.plan.resources,
                                             study.out, study.cluster, study.progress)
         else:
@@ -121,6 +123,15 @@ def _train_runs(study: Study, stage: Stage, work: StageWork) -> list[RunResult]:
                           r.best_val_loss, r.status, r.wall_s) for run, spec, r in zip(runs, specs, done)]
     finally:
         study.ledger.drop_hold(hold)
+
+
+def _warn_processes(stage: Stage, specs: list[RunSpec]) -> None:
+    """A run on Ray trains in one process: say so where the plan asks for more (``processes`` serves a stage of
+    one run, which trains on the driver)."""
+    n = max(spec.train.processes for spec in specs)
+    if n > 1:
+        warnings.warn(f"stage {stage.name!r}: its runs train on Ray in one process each; [train] processes = {n} "
+                      "applies to a stage of one run (trained on the driver)", stacklevel=3)
 
 
 def _spec(study: Study, stage: Stage, run: RunPlan) -> RunSpec:

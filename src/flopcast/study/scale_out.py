@@ -149,7 +149,7 @@ def train_parallel(specs: list[RunSpec], model: ModelSpec, seed: int, res: Resou
         return out
     except KeyboardInterrupt:
         for ref in refs:  # each run stops as SIGTERM stops it: checkpoint, ledger row settled
-            ray.cancel(ref)
+            ray.cancel(ref, recursive=False)  # recursive would cancel its call to the ledger actor under way
         ray.wait(refs, num_returns=len(refs), timeout=120)
         raise Interrupted(2) from None
 
@@ -190,7 +190,7 @@ def evaluate_remote(job: EvalJob, res: Resources, study_dir: Path, actor: Any) -
             raise e.cause from None
         raise
     except KeyboardInterrupt:  # the evaluation stops too, its ledger row settled with the batches it finished
-        ray.cancel(ref)
+        ray.cancel(ref, recursive=False)
         ray.wait([ref], timeout=60)
         raise Interrupted(2) from None
 
