@@ -193,21 +193,20 @@ except KeyboardInterrupt:
 """
 
 
-def test_ctrl_c_on_the_driver_stops_every_run_and_a_rerun_resumes(tmp_path):
-    """Ctrl-C on a study's driver (a process of its own with its own Ray): every run still training on Ray stops
-    as SIGTERM stops a run -- checkpointed, its ledger row settled, none left running -- and the same study run
-    again resumes each run from its checkpoint in its own row. The driver's ledger answers slowly, so the signal
-    finds a run waiting on it: the cancel must stop the run, not its call to the ledger (which left the row running,
-    1 time in 8 with a ledger answering at once)."""
+CTRL_C_GRID = {**GRID, "steps": 150, "train": {"checkpoint_every": 5, "eval_every": 50}}
+
+
+def _driver_in_training(tmp_path):
+    """A study's driver (a process of its own with its own Ray), once both its runs have charged 3 steps; the
+    process and the study directory."""
     import subprocess
     import sys
 
     from helpers import TESTS
 
-    grid = {**GRID, "steps": 150, "train": {"checkpoint_every": 5, "eval_every": 50}}
     out = tmp_path / "s"
     script = tmp_path / "driver.py"
-    script.write_text(CTRL_C_DRIVER.format(tests=str(TESTS), grid=grid, out=str(out)))
+    script.write_text(CTRL_C_DRIVER.format(tests=str(TESTS), grid=CTRL_C_GRID, out=str(out)))
     p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     db, deadline = out / "ledger.db", time.time() + 240
     while time.time() < deadline and p.poll() is None:
@@ -219,15 +218,56 @@ def test_ctrl_c_on_the_driver_stops_every_run_and_a_rerun_resumes(tmp_path):
         if len(steps) == 2 and min(s or 0 for s in steps) >= 3:
             break
         time.sleep(0.1)
+    return p, out
+
+
+def _rerun_finishes_both_runs(out):
+    """The same study run again (sequentially) finishes both runs in their own rows."""
+    again = run_plan(plan_from_dict(tiny_plan(name="t", budget=1e11, stages=[CTRL_C_GRID])), out, progress=False)
+    rows = [e for e in Ledger(out / "ledger.db").entries() if e.kind == "train"]
+    assert len(rows) == 2 and all(e.status == "done" and e.steps == 150 for e in rows), rows
+    assert all(r.steps == 150 for r in again.stages["grid"].runs)
+
+
+def test_ctrl_c_on_the_driver_stops_every_run_and_a_rerun_resumes(tmp_path):
+    """Ctrl-C on a study's driver: every run still training on Ray stops as SIGTERM stops a run -- checkpointed,
+    its ledger row settled, none left running -- and the same study run again resumes each run from its
+    checkpoint in its own row. The driver's ledger answers slowly, so the signal finds a run waiting on it: the
+    cancel must stop the run, not its call to the ledger (which left the row running, 1 time in 8 with a ledger
+    answering at once)."""
+    p, out = _driver_in_training(tmp_path)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=240)
     assert p.returncode == 130, (p.returncode, err[-5000:])
-    rows = [e for e in Ledger(db).entries() if e.kind == "train"]
+    rows = [e for e in Ledger(out / "ledger.db").entries() if e.kind == "train"]
     # every run still training stopped with a checkpoint (one may have finished before the signal came)
     stopped = [e for e in rows if e.status == "interrupted"]
     assert len(rows) == 2 and stopped and all(e.status in ("interrupted", "done") for e in rows), rows
     assert all(0 < e.steps < 150 for e in stopped)
-    again = run_plan(plan_from_dict(tiny_plan(name="t", budget=1e11, stages=[grid])), out, progress=False)
-    rows = [e for e in Ledger(db).entries() if e.kind == "train"]
-    assert len(rows) == 2 and all(e.status == "done" and e.steps == 150 for e in rows)
-    assert all(r.steps == 150 for r in again.stages["grid"].runs)
+    _rerun_finishes_both_runs(out)
+
+
+def test_a_killed_driver_resumes_on_rerun(tmp_path):
+    """kill -9 on a study's driver: its Ray's workers exit within seconds (until then a re-run stops with one line:
+    the run's directory is in use), and the same study run again settles the runs' leases as abandoned (FLOPs
+    kept) and resumes each run from its checkpoint in its own row."""
+    p, out = _driver_in_training(tmp_path)
+    before = {e.id: e for e in Ledger(out / "ledger.db").entries() if e.kind == "train"}
+    p.kill()
+    p.communicate(timeout=60)
+    deadline = time.time() + 60
+    while time.time() < deadline and any(_alive(e.owner_pid) for e in before.values()):
+        time.sleep(0.2)
+    rows = {e.id: e for e in Ledger(out / "ledger.db").entries() if e.kind == "train"}  # opening it reaps
+    assert {e.status for e in rows.values()} == {"abandoned"} and rows.keys() == before.keys()
+    assert all(rows[i].flops_used >= before[i].flops_used > 0 for i in rows)
+    _rerun_finishes_both_runs(out)
+    assert {e.id for e in Ledger(out / "ledger.db").entries() if e.kind == "train"} == before.keys()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
