@@ -72,15 +72,25 @@ def test_flopcast_run_ray_gives_the_sequential_answers(local_ray, tmp_path, caps
         assert (tmp_path / "ray" / "stages" / st / r / "adapter_best").is_dir()
 
 
+def _query(db, sql: str) -> list:
+    """The rows of ``sql`` on the ledger ``db`` while a study writes it; none before the file exists (never made
+    here). Not opened read-only: between two of the study's connections a WAL database has no -wal and -shm files,
+    and a read-only connection cannot make them ("unable to open database file")."""
+    if not db.is_file():
+        return []
+    try:
+        with sqlite3.connect(db, timeout=5) as c:
+            return c.execute(sql).fetchall()
+    except sqlite3.Error:
+        return []
+
+
 def _kill_a_running_worker(db, killed: list, stop: threading.Event) -> None:
     """Kill (SIGKILL) the worker of the first training run that has charged a few steps."""
     while not stop.is_set() and not killed:
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:  # never creates the file
-                row = c.execute("SELECT name, owner_pid, steps FROM experiments WHERE kind='train' AND "
-                                "status='running' AND steps >= 6").fetchone()
-        except sqlite3.Error:
-            row = None
+        rows = _query(db, "SELECT name, owner_pid, steps FROM experiments WHERE kind='train' AND "
+                      "status='running' AND steps >= 6")
+        row = rows[0] if rows else None
         if row and row[1] != os.getpid():
             os.kill(row[1], signal.SIGKILL)
             killed.append(row)
@@ -167,6 +177,7 @@ def test_a_run_waiting_on_the_ledger_keeps_its_cpus(local_ray):
 
 
 CTRL_C_DRIVER = """
+import signal
 import sys
 import time
 sys.path.insert(0, {tests!r})
@@ -179,11 +190,15 @@ from flopcast.study.runner import run_plan
 
 class SlowLedger(scale_out.LedgerService):  # runs wait on the ledger most of the time: a signal finds a call
     def call(self, method, args, kwargs):
+        if method == "reserve":  # a file says a run is reserving (still setting up)
+            open({out!r} + ".reserving", "w").close()
+            time.sleep({reserve_s!r})
         time.sleep(0.05)
         return super().call(method, args, kwargs)
 
 
 scale_out.LedgerService = SlowLedger
+signal.signal(signal.SIGINT, signal.default_int_handler)  # not the SIG_IGN a background job's parent passes on
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 try:
     run_plan(plan_from_dict(tiny_plan(name="t", budget=1e11, stages=[{grid!r}])), {out!r}, progress=False,
@@ -196,9 +211,10 @@ except KeyboardInterrupt:
 CTRL_C_GRID = {**GRID, "steps": 150, "train": {"checkpoint_every": 5, "eval_every": 50}}
 
 
-def _driver_in_training(tmp_path):
-    """A study's driver (a process of its own with its own Ray), once both its runs have charged 3 steps; the
-    process and the study directory."""
+def _driver_in_training(tmp_path, reserving: bool = False):
+    """A study's driver (a process of its own with its own Ray), once both its runs have charged 3 steps (or,
+    ``reserving``, once a run has begun to reserve its row, which then takes 3 s); the process and the study
+    directory."""
     import subprocess
     import sys
 
@@ -206,18 +222,21 @@ def _driver_in_training(tmp_path):
 
     out = tmp_path / "s"
     script = tmp_path / "driver.py"
-    script.write_text(CTRL_C_DRIVER.format(tests=str(TESTS), grid=CTRL_C_GRID, out=str(out)))
+    script.write_text(CTRL_C_DRIVER.format(tests=str(TESTS), grid=CTRL_C_GRID, out=str(out),
+                                           reserve_s=3.0 if reserving else 0.0))
     p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     db, deadline = out / "ledger.db", time.time() + 240
-    while time.time() < deadline and p.poll() is None:
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
-                steps = [r[0] for r in c.execute("SELECT steps FROM experiments WHERE kind='train'")]
-        except sqlite3.Error:
-            steps = []
-        if len(steps) == 2 and min(s or 0 for s in steps) >= 3:
+    while time.time() < deadline and p.poll() is None:  # a row just reserved shows its planned steps, no FLOPs
+        if reserving and (tmp_path / "s.reserving").is_file():
+            break
+        rows = _query(db, "SELECT steps, flops_used FROM experiments WHERE kind='train' AND status='running'")
+        if not reserving and len(rows) == 2 and all(s is not None and s >= 3 and f > 0 for s, f in rows):
             break
         time.sleep(0.1)
+    if p.poll() is not None or time.time() >= deadline:
+        p.kill()
+        raise AssertionError(f"the driver did not get both runs to step 3 (exit {p.wait()}): "
+                             f"{p.communicate()[1][-5000:]}")
     return p, out
 
 
@@ -247,6 +266,20 @@ def test_ctrl_c_on_the_driver_stops_every_run_and_a_rerun_resumes(tmp_path):
     _rerun_finishes_both_runs(out)
 
 
+def test_ctrl_c_while_runs_set_up_closes_their_rows(tmp_path):
+    """Ctrl-C on the driver while its runs are still setting up (one waiting for its row's reservation): no row is
+    left open -- a Ray worker outlives its task, so an open lease would never be reaped -- and a re-run trains both
+    runs."""
+    p, out = _driver_in_training(tmp_path, reserving=True)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=240)
+    assert p.returncode == 130, (p.returncode, err[-5000:])
+    rows = [e for e in Ledger(out / "ledger.db").entries() if e.kind == "train"]
+    assert rows and all(e.status == "interrupted" and e.flops_used == 0 for e in rows), rows
+    again = run_plan(plan_from_dict(tiny_plan(name="t", budget=1e11, stages=[CTRL_C_GRID])), out, progress=False)
+    assert [r.steps for r in again.stages["grid"].runs] == [150, 150]  # no checkpoint yet: new rows, from step 0
+
+
 def test_a_killed_driver_resumes_on_rerun(tmp_path):
     """kill -9 on a study's driver: its Ray's workers exit within seconds (until then a re-run stops with one line:
     the run's directory is in use), and the same study run again settles the runs' leases as abandoned (FLOPs
@@ -259,8 +292,10 @@ def test_a_killed_driver_resumes_on_rerun(tmp_path):
     while time.time() < deadline and any(_alive(e.owner_pid) for e in before.values()):
         time.sleep(0.2)
     rows = {e.id: e for e in Ledger(out / "ledger.db").entries() if e.kind == "train"}  # opening it reaps
-    assert {e.status for e in rows.values()} == {"abandoned"} and rows.keys() == before.keys()
-    assert all(rows[i].flops_used >= before[i].flops_used > 0 for i in rows)
+    seen = {i: (e.status, e.steps, e.flops_used) for i, e in rows.items()}, {i: (e.status, e.steps, e.flops_used)
+                                                                            for i, e in before.items()}
+    assert {e.status for e in rows.values()} == {"abandoned"} and rows.keys() == before.keys(), seen
+    assert all(rows[i].flops_used >= before[i].flops_used > 0 for i in rows), seen
     _rerun_finishes_both_runs(out)
     assert {e.id for e in Ledger(out / "ledger.db").entries() if e.kind == "train"} == before.keys()
 

@@ -150,7 +150,10 @@ def train_parallel(specs: list[RunSpec], model: ModelSpec, seed: int, res: Resou
     except KeyboardInterrupt:
         for ref in refs:  # each run stops as SIGTERM stops it: checkpoint, ledger row settled
             ray.cancel(ref, recursive=False)  # recursive would cancel its call to the ledger actor under way
-        ray.wait(refs, num_returns=len(refs), timeout=120)
+        ended, _ = ray.wait(refs, num_returns=len(refs), timeout=120)
+        for spec, ref in zip(specs, refs):  # stopped before its loop began (loading, setup): its row is closed here
+            if ref in ended:
+                _close_row(spec, actor, "interrupted")
         raise Interrupted(2) from None
 
 
@@ -227,12 +230,18 @@ def _result(spec: RunSpec, ref: Any, actor: Any) -> TrainResult:
     return result
 
 
-def _abandoned(spec: RunSpec, actor: Any, why: str) -> FlopcastError:
+def _close_row(spec: RunSpec, actor: Any, status: str) -> None:
+    """Settle the run's ledger row with the FLOPs it reported, when its task has ended and left it open (a Ray
+    worker outlives its task, so the lease would not be reaped as a dead process's)."""
     import ray
 
     entry = ray.get(actor.call.remote("find", (spec.name,), {}))
     if entry is not None and entry.status in ACTIVE:
-        ray.get(actor.call.remote("settle", (entry.id, entry.flops_used), {"status": "abandoned"}))
+        ray.get(actor.call.remote("settle", (entry.id, entry.flops_used), {"status": status}))
+
+
+def _abandoned(spec: RunSpec, actor: Any, why: str) -> FlopcastError:
+    _close_row(spec, actor, "abandoned")
     return FlopcastError(f"run {spec.name} failed on every try on Ray ({why}); its FLOPs so far stay charged, "
                          "running the same command again resumes it")
 
