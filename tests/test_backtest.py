@@ -112,6 +112,41 @@ def test_fit_on_a_dataframe_returns_a_forecaster_with_its_adapter(tiny, tmp_path
     assert list(out["ds"]) == [50, 51, 52] and np.isfinite(out["y"]).all()
 
 
+def test_fit_on_differences_records_the_lag_and_forecasts_levels(tiny, tmp_path, capsys):
+    """``fit(..., difference=m)`` trains on each series' lag-m differences, and its adapter says m: reloaded (API
+    or ``flopcast forecast --adapter``), it forecasts differences and integrates them back unless told otherwise;
+    a lag the series cannot give is one line before anything is written."""
+    from flopcast.api.forecaster import Forecaster
+    from flopcast.data.differences import differenced
+
+    y = _seasonal(50)
+    df = pd.DataFrame({"unique_id": "a", "ds": np.arange(50), "y": y[:, 0]})
+    base = Forecaster(tiny.model, tiny.tokenizer, "tiny-qwen2")
+    with pytest.raises(DataError, match=r"^series 0 has 50 step\(s\); difference=49 needs at least 51$"):
+        base.fit(df, tmp_path / "bad", budget=1e12, difference=49, progress=False)
+    with pytest.raises(DataError, match="difference must be a whole number"):
+        base.fit(df, tmp_path / "bad", budget=1e12, difference=-6, progress=False)
+    assert not (tmp_path / "bad").exists()
+    tuned = base.fit(df, tmp_path / "fit", budget=1e12, steps=2, seq_len=32, batch_size=1, horizon=4,
+                     difference=6, progress=False)
+    seen = pd.read_csv(tmp_path / "fit" / "series.csv")
+    assert list(seen["time"]) == list(range(6, 50)) and np.allclose(seen["y"], differenced(y, 6)[:, 0])
+    again = Forecaster.from_pretrained(tuned.adapter)
+    assert tuned.difference == again.difference == 6 and "difference=6" in repr(again)
+    own, said, levels = (again.forecast([y], horizon=3, difference=d).point for d in (None, 6, 0))
+    assert np.array_equal(own, said) and not np.array_equal(own, levels)
+    f = tmp_path / "y.csv"
+    df.to_csv(f, index=False)
+    outs = []
+    for extra in ([], ["--difference", 6]):
+        code, _, err = run(capsys, "forecast", "--adapter", tuned.adapter, "-i", f, "--steps", 3,
+                           "-o", tmp_path / f"f{len(extra)}.csv", *extra)
+        assert code == 0, err
+        outs.append(pd.read_csv(tmp_path / f"f{len(extra)}.csv"))
+    pd.testing.assert_frame_equal(outs[0], outs[1])
+    assert np.allclose(outs[0]["y"], own[0][:, 0])
+
+
 def test_validation_under_a_time_split_scores_only_its_horizon():
     from flopcast.encoding.chunks import IGNORE, make_chunks
 

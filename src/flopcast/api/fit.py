@@ -10,7 +10,7 @@ FLOPs; the adapter of the lowest validation loss is what :meth:`~flopcast.Foreca
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ import pandas as pd
 
 from ..checks import check_budget, check_ints
 from ..config import ZERO_SHOT_CODEC, TrainConfig, to_dict
+from ..data.differences import check_lag, differenced
 from ..data.frames import SeriesBatch
 from ..errors import FlopcastError
+from ..model.adapter_files import note_adapter_meta
 from ..results import StudyResult
 from .outputs import ensure_writable
 from .study import run_study
@@ -34,7 +36,7 @@ class FitSettings:
     ``rank``, the LM head ``head`` (``numeric``: its softmax over the series' characters only), seeded by ``seed``
     (the adapter's initial weights, the batch order); the tail held out is
     ``test_windows`` horizons of ``horizon`` steps; ``budget`` caps every FLOP of the study (zero-shot evaluation,
-    training, evaluation)."""
+    training, evaluation); ``difference`` = m > 0: the study sees each series' lag-m differences."""
 
     budget: float
     steps: int = 100
@@ -47,9 +49,11 @@ class FitSettings:
     baselines: tuple[str, ...] = ("persistence", "seasonal_naive")
     head: str = "full"
     seed: int = 0
+    difference: int = 0
 
     def __post_init__(self) -> None:
         TrainConfig(head=self.head)  # an unknown head stops here
+        check_lag(self.difference, [], 0)
         check_budget(self.budget)
         check_ints("steps, rank, seq_len, batch_size, horizon, test_windows",
                    [self.steps, self.rank, self.seq_len, self.batch_size, self.horizon, self.test_windows])
@@ -90,10 +94,24 @@ def train_adapter(batch: SeriesBatch, model_name: str, out_dir: str | Path, fs: 
     """Run the fit study in ``out_dir`` (resuming what is there) and return its best adapter and the results."""
     out = Path(out_dir)
     ensure_writable(out, directory=True)
+    if fs.difference:
+        batch = differenced_batch(batch, fs.difference)
     out.mkdir(parents=True, exist_ok=True)
     data = write_series(batch, out / SERIES_FILE)
     result = run_study(fit_plan(model_name, data, fs), out, progress=progress)
     best = result.stages["fit"].best
     if best is None:
         raise FlopcastError(f"{out}: the fit stage finished without a run to load")
-    return out / "stages" / "fit" / best.run / "adapter_best", result
+    adapter = out / "stages" / "fit" / best.run / "adapter_best"
+    if fs.difference:  # the adapter forecasts differences: it says at which lag, so forecasts integrate them back
+        note_adapter_meta(adapter, difference=fs.difference)
+    return adapter, result
+
+
+def differenced_batch(batch: SeriesBatch, lag: int) -> SeriesBatch:
+    """Each series' lag-``lag`` differences, dated by the later step of each pair (refused, naming the series,
+    where one is too short to leave two differences)."""
+    check_lag(lag, batch.values, 2)
+    return replace(batch, values=[differenced(v, lag) for v in batch.values],
+                   timestamps=[None if t is None else t[lag:] for t in batch.timestamps],
+                   rows=None if batch.rows is None else [r[lag:] for r in batch.rows])

@@ -51,14 +51,17 @@ MIN_STEPS = 2  # a context needs two steps: the spacing of its timestamps, and s
 
 
 class Forecaster:
-    """A base model (plus an optional LoRA adapter) and the codec it reads and writes numbers with."""
+    """A base model (plus an optional LoRA adapter) and the codec it reads and writes numbers with; ``difference``:
+    the lag of the differences its adapter was fine-tuned on (0: the series themselves), its forecasts' default."""
 
     def __init__(self, model: Any, tokenizer: Any, model_name: str, codec: LLMTimeCodec | None = None,
-                 adapter: str | Path | None = None, ledger: Ledger | None = None):
+                 adapter: str | Path | None = None, ledger: Ledger | None = None, difference: int = 0):
+        check_lag(difference, [], MIN_STEPS)
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
         self.codec = codec or LLMTimeCodec(ZERO_SHOT_CODEC)
         self.adapter = Path(adapter) if adapter else None
         self.ledger = ledger
+        self.difference = difference
 
     @classmethod
     def from_pretrained(cls, model_or_adapter: str | Path | None = None, adapter: str | Path | None = None,
@@ -66,7 +69,8 @@ class Forecaster:
                         budget: float | None = None) -> "Forecaster":
         """A model name (built-in, local directory, Hub id; default: the embedded model), optionally with
         ``adapter``; or an adapter directory alone, whose metadata names the base model and the codec it was
-        trained with. An adapter goes on its own base model only. With ``ledger`` (a path or a :class:`Ledger`;
+        trained with (and the lag of differences :meth:`fit` trained it on). An adapter goes on its own base model
+        only. With ``ledger`` (a path or a :class:`Ledger`;
         ``budget`` creates one) every forecast's FLOPs are charged to it."""
         check_arg("model_or_adapter", model_or_adapter, str, os.PathLike)
         check_arg("adapter", adapter, str, os.PathLike)
@@ -76,30 +80,32 @@ class Forecaster:
             adapter, model = Path(model), None
         name = adapter_base(adapter, model) if adapter is not None else (model or EMBEDDED)
         lm = load_for_inference(ModelSpec(name=name, device=device, dtype=dtype), adapter)
-        state = read_adapter_meta(adapter).get("codec") if adapter else None
+        meta = read_adapter_meta(adapter) if adapter else {}
         if isinstance(ledger, (str, Path)):
             ledger = Ledger(ledger, budget)
-        return cls(lm.model, lm.tokenizer, name, LLMTimeCodec.from_state(state) if state else None, adapter, ledger)
+        codec = LLMTimeCodec.from_state(meta["codec"]) if meta.get("codec") else None
+        return cls(lm.model, lm.tokenizer, name, codec, adapter, ledger, meta.get("difference", 0))
 
     def forecast(self, series: Any, horizon: int = 5, samples: int = 1,
                  quantiles: tuple[float, ...] = (0.1, 0.5, 0.9), context_tokens: int | None = None, seed: int = 0,
                  batch_size: int = 16, temperature: float = 1.0, name: str = "forecast", progress: bool = False,
-                 top_p: float = 1.0, fill: str | None = None, difference: int = 0) -> ForecastResult:
+                 top_p: float = 1.0, fill: str | None = None, difference: int | None = None) -> ForecastResult:
         """Forecast ``horizon`` steps after each ``(T_i, V)`` array; a
         :class:`~flopcast.forecasting.forecast.ForecastResult` (original units; ``contexts`` holds what each
         series was cut to: its newest steps that fit in ``context_tokens`` and in the model's positions, leaving
         room for the forecast). Missing values are filled by ``fill`` (``linear``, ``ffill``) or refused.
         ``difference`` = m > 0: the model forecasts each step less the step m before it, integrated back to levels
-        (:mod:`flopcast.data.differences`; zero differences are the seasonal naive forecast at season m). An
-        adapter fine-tuned on differenced series forecasts with the same m."""
+        (:mod:`flopcast.data.differences`; zero differences are the seasonal naive forecast at season m); None:
+        the Forecaster's own lag (its adapter's, from :meth:`fit`; else 0)."""
         fcfg = ForecastConfig(horizon=horizon, batch_size=batch_size, n_samples=samples, temperature=temperature,
                               top_p=top_p, quantiles=quantiles, seed=seed)  # bad numbers stop here, before any work
         if context_tokens is not None:
             check_ints("context_tokens", [context_tokens])
         values = _long_enough(series_from(series, fill=fill)).values  # or one line naming the series at fault
-        check_lag(difference, values, MIN_STEPS)
-        res = self._forecast([differenced(v, difference) for v in values], fcfg, context_tokens, name, progress)
-        return _integrated(res, values, difference) if difference else res
+        lag = self.difference if difference is None else difference
+        check_lag(lag, values, MIN_STEPS)
+        res = self._forecast([differenced(v, lag) for v in values], fcfg, context_tokens, name, progress)
+        return _integrated(res, values, lag) if lag else res
 
     def _forecast(self, values: list[np.ndarray], fcfg: ForecastConfig, context_tokens: int | None, name: str,
                   progress: bool) -> ForecastResult:
@@ -153,7 +159,8 @@ class Forecaster:
     def predict(self, data: Any, horizon: int = 5, samples: int = 1, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9),
                 context_tokens: int | None = None, *, id_column: str | None = None, timestamp_column: str | None = None,
                 target_columns: list[str] | None = None, seed: int = 0, batch_size: int = 16,
-                temperature: float = 1.0, top_p: float = 1.0, fill: str | None = None, difference: int = 0) -> Any:
+                temperature: float = 1.0, top_p: float = 1.0, fill: str | None = None,
+                difference: int | None = None) -> Any:
         """Forecast ``data`` -- an array (T, V), a list of arrays, or a long DataFrame (``id_column``,
         ``timestamp_column``, one column per variable; ``unique_id, ds, y`` too) -- and return a DataFrame: id,
         timestamp (continued on the calendar), the point forecast per variable (greedy; the median of ``samples`` >
@@ -167,24 +174,26 @@ class Forecaster:
             test_windows: int = 1, lr: float = 1e-4, rank: int = 8, seq_len: int = 256, batch_size: int = 4,
             id_column: str | None = None, timestamp_column: str | None = None,
             target_columns: list[str] | None = None, fill: str | None = None, head: str = "full",
-            seed: int = 0, progress: bool = True) -> "Forecaster":
+            seed: int = 0, difference: int = 0, progress: bool = True) -> "Forecaster":
         """Fine-tune a LoRA adapter of this base model on ``data`` (what :meth:`predict` takes) and return a
         Forecaster with it. A study in ``out_dir`` does the work -- zero-shot evaluation, training on each series'
         history, evaluation of the held-out tail (``test_windows`` horizons of ``horizon`` steps) beside seasonal
         naive -- with every FLOP charged to its ledger within ``budget``; ``out_dir/report.md`` says whether
         fine-tuning paid off. Calling it again resumes (or reads back) that study. ``seed`` seeds the adapter's
-        initial weights and the batch order. To fine-tune for ``forecast(..., difference=m)``, give it the
-        series' lag-m differences (:func:`flopcast.data.differences.differenced`)."""
+        initial weights and the batch order. ``difference`` = m > 0 fine-tunes on each series' lag-m differences
+        (m = the season: the benchmark's lever against seasonal naive): the adapter records m, so its forecasts
+        integrate its differences back to levels, and the study's report scores the differences."""
         if self.adapter is not None:
             raise FlopcastError("fit starts from a base model; this Forecaster already has an adapter")
         settings = FitSettings(budget, steps, lr, rank, seq_len, batch_size, horizon, test_windows, head=head,
-                               seed=seed)
+                               seed=seed, difference=difference)
         batch = _long_enough(series_from(data, id_column, timestamp_column, target_columns, fill))
         adapter, _ = train_adapter(batch, self.model_name, out_dir, settings, progress)
         return Forecaster.from_pretrained(adapter, ledger=self.ledger)
 
     def __repr__(self) -> str:
-        return f"Forecaster({self.model_name!r}, adapter={str(self.adapter) if self.adapter else None!r})"
+        lag = f", difference={self.difference}" if self.difference else ""
+        return f"Forecaster({self.model_name!r}, adapter={str(self.adapter) if self.adapter else None!r}{lag})"
 
 
 def _integrated(res: ForecastResult, histories: list[np.ndarray], lag: int) -> ForecastResult:
@@ -248,7 +257,8 @@ class ForecastJob:
         ledger: charge the FLOPs to this ledger (``budget`` creates it).
         codec: how numbers are written when there is no adapter (default :data:`ZERO_SHOT_CODEC`).
         force: replace ``out`` and ``plot`` when they exist (never an input, nor a ledger).
-        difference: > 0: forecast the differences at this lag, integrated back (:meth:`Forecaster.forecast`).
+        difference: > 0: forecast the differences at this lag, integrated back (:meth:`Forecaster.forecast`); 0:
+            the values; None: the lag the adapter was fine-tuned on (0 without one).
     """
 
     data: DataSpec
@@ -266,14 +276,15 @@ class ForecastJob:
     force: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
-    difference: int = 0
+    difference: int | None = None
 
     def __post_init__(self) -> None:
         ForecastConfig(horizon=self.steps, n_samples=self.samples, seed=self.seed, temperature=self.temperature,
                        top_p=self.top_p)  # bad numbers stop here
         if self.context_tokens is not None:
             check_ints("context_tokens", [self.context_tokens])
-        check_lag(self.difference, [], MIN_STEPS)
+        if self.difference is not None:
+            check_lag(self.difference, [], MIN_STEPS)
 
 
 def forecast_file(job: ForecastJob) -> dict[str, Any]:

@@ -176,8 +176,9 @@ def forecast_cmd(
     value_columns: ValueColumns = None,
     fill: Fill = None,
     force: Force = False,
-    difference: int = typer.Option(0, help="forecast each step less the step N before it (N = the season: zero "
-                                   "differences are seasonal naive), integrated back; 0: the values themselves"),
+    difference: Optional[int] = typer.Option(
+        None, help="forecast each step less the step N before it (N = the season: zero differences are seasonal "
+        "naive), integrated back; 0: the values themselves  [default: the adapter's lag, else 0]"),
 ) -> None:
     """Forecast the next steps of your own series (dated on their calendar when the file has dates)."""
     from ..api.forecaster import ForecastJob, forecast_file

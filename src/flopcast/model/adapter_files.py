@@ -33,6 +33,14 @@ def read_adapter_meta(directory: str | Path) -> dict[str, Any]:
     return _read_json(p) if p.is_file() else {}
 
 
+def note_adapter_meta(directory: str | Path, **fields: Any) -> None:
+    """Add ``fields`` to an adapter's ``flopcast_adapter.json`` (written whole, then moved into place)."""
+    p = Path(directory) / ADAPTER_META
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**read_adapter_meta(directory), **fields}, indent=2))
+    tmp.replace(p)
+
+
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
     """The tensor shapes a safetensors file declares, after checking that the file holds all their bytes (the
     format: 8 bytes of header length, a JSON header, then the data)."""
