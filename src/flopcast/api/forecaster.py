@@ -70,8 +70,8 @@ class Forecaster:
         """A model name (built-in, local directory, Hub id; default: the embedded model), optionally with
         ``adapter``; or an adapter directory alone, whose metadata names the base model and the codec it was
         trained with (and the lag of differences :meth:`fit` trained it on). An adapter goes on its own base model
-        only. With ``ledger`` (a path or a :class:`Ledger`;
-        ``budget`` creates one) every forecast's FLOPs are charged to it."""
+        only. With ``ledger`` (a path or a :class:`Ledger`; ``budget`` creates one) every forecast's FLOPs are
+        charged to it."""
         check_arg("model_or_adapter", model_or_adapter, str, os.PathLike)
         check_arg("adapter", adapter, str, os.PathLike)
         check_arg("ledger", ledger, str, os.PathLike, Ledger)
