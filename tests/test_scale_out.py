@@ -201,7 +201,7 @@ scale_out.LedgerService = SlowLedger
 signal.signal(signal.SIGINT, signal.default_int_handler)  # not the SIG_IGN a background job's parent passes on
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 try:
-    run_plan(plan_from_dict(tiny_plan(name="t", budget=1e11, stages=[{grid!r}])), {out!r}, progress=False,
+    run_plan(plan_from_dict(tiny_plan(name="t", budget=1e11, stages={stages!r})), {out!r}, progress=False,
              executor="ray")
 except KeyboardInterrupt:
     sys.exit(130)
@@ -211,10 +211,10 @@ except KeyboardInterrupt:
 CTRL_C_GRID = {**GRID, "steps": 150, "train": {"checkpoint_every": 5, "eval_every": 50}}
 
 
-def _driver_in_training(tmp_path, reserving: bool = False):
+def _driver_in_training(tmp_path, reserving: bool = False, stages: list | None = None):
     """A study's driver (a process of its own with its own Ray), once both its runs have charged 3 steps (or,
-    ``reserving``, once a run has begun to reserve its row, which then takes 3 s); the process and the study
-    directory."""
+    ``reserving``, once a run or evaluation of ``stages`` has begun to reserve its row, which then takes 3 s);
+    the process and the study directory."""
     import subprocess
     import sys
 
@@ -222,7 +222,7 @@ def _driver_in_training(tmp_path, reserving: bool = False):
 
     out = tmp_path / "s"
     script = tmp_path / "driver.py"
-    script.write_text(CTRL_C_DRIVER.format(tests=str(TESTS), grid=CTRL_C_GRID, out=str(out),
+    script.write_text(CTRL_C_DRIVER.format(tests=str(TESTS), stages=stages or [CTRL_C_GRID], out=str(out),
                                            reserve_s=3.0 if reserving else 0.0))
     p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     db, deadline = out / "ledger.db", time.time() + 240
@@ -278,6 +278,16 @@ def test_ctrl_c_while_runs_set_up_closes_their_rows(tmp_path):
     assert rows and all(e.status == "interrupted" and e.flops_used == 0 for e in rows), rows
     again = run_plan(plan_from_dict(tiny_plan(name="t", budget=1e11, stages=[CTRL_C_GRID])), out, progress=False)
     assert [r.steps for r in again.stages["grid"].runs] == [150, 150]  # no checkpoint yet: new rows, from step 0
+
+
+def test_ctrl_c_while_an_evaluation_reserves_closes_its_row(tmp_path):
+    """The same for a stage's evaluation on Ray stopped while its first row is being reserved."""
+    p, out = _driver_in_training(tmp_path, reserving=True, stages=[{"name": "zero_shot", "kind": "eval"}])
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=240)
+    assert p.returncode == 130, (p.returncode, err[-5000:])
+    rows = [e for e in Ledger(out / "ledger.db").entries() if e.kind == "eval"]
+    assert rows and all(e.status == "interrupted" for e in rows), rows
 
 
 def test_a_killed_driver_resumes_on_rerun(tmp_path):

@@ -153,7 +153,7 @@ def train_parallel(specs: list[RunSpec], model: ModelSpec, seed: int, res: Resou
         ended, _ = ray.wait(refs, num_returns=len(refs), timeout=120)
         for spec, ref in zip(specs, refs):  # stopped before its loop began (loading, setup): its row is closed here
             if ref in ended:
-                _close_row(spec, actor, "interrupted")
+                _close_row(spec.name, actor, "interrupted")
         raise Interrupted(2) from None
 
 
@@ -194,7 +194,9 @@ def evaluate_remote(job: EvalJob, res: Resources, study_dir: Path, actor: Any) -
         raise
     except KeyboardInterrupt:  # the evaluation stops too, its ledger row settled with the batches it finished
         ray.cancel(ref, recursive=False)
-        ray.wait([ref], timeout=60)
+        ended, _ = ray.wait([ref], timeout=60)
+        for S in job.cfg.contexts if ended else ():  # a row its task left open (stopped while reserving it)
+            _close_row(f"{job.run.name}/S={S}", actor, "interrupted")
         raise Interrupted(2) from None
 
 
@@ -230,18 +232,18 @@ def _result(spec: RunSpec, ref: Any, actor: Any) -> TrainResult:
     return result
 
 
-def _close_row(spec: RunSpec, actor: Any, status: str) -> None:
-    """Settle the run's ledger row with the FLOPs it reported, when its task has ended and left it open (a Ray
+def _close_row(name: str, actor: Any, status: str) -> None:
+    """Settle the ledger row ``name`` with the FLOPs it reported, when its task has ended and left it open (a Ray
     worker outlives its task, so the lease would not be reaped as a dead process's)."""
     import ray
 
-    entry = ray.get(actor.call.remote("find", (spec.name,), {}))
+    entry = ray.get(actor.call.remote("find", (name,), {}))
     if entry is not None and entry.status in ACTIVE:
         ray.get(actor.call.remote("settle", (entry.id, entry.flops_used), {"status": status}))
 
 
 def _abandoned(spec: RunSpec, actor: Any, why: str) -> FlopcastError:
-    _close_row(spec, actor, "abandoned")
+    _close_row(spec.name, actor, "abandoned")
     return FlopcastError(f"run {spec.name} failed on every try on Ray ({why}); its FLOPs so far stay charged, "
                          "running the same command again resumes it")
 
