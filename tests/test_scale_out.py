@@ -252,7 +252,7 @@ def test_ctrl_c_on_the_driver_stops_every_run_and_a_rerun_resumes(tmp_path):
     """Ctrl-C on a study's driver: every run still training on Ray stops as SIGTERM stops a run -- checkpointed,
     its ledger row settled, none left running -- and the same study run again resumes each run from its
     checkpoint in its own row. The driver's ledger answers slowly, so the signal finds a run waiting on it: the
-    cancel must stop the run, not its call to the ledger (which left the row running, 1 time in 8 with a ledger
+    cancel must stop the run, not its call to the ledger (which left the row running in 1 test run of 12 with a ledger
     answering at once)."""
     p, out = _driver_in_training(tmp_path)
     p.send_signal(signal.SIGINT)
