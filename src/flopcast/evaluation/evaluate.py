@@ -67,6 +67,10 @@ class EvalRun:
     def baselines(self) -> Path | None:
         return self.baseline_store or (self.out_dir / "baselines" if self.out_dir is not None else None)
 
+    def row(self, S: int) -> str:
+        """The ledger row of its context length ``S``."""
+        return f"{self.name}/S={S}"
+
 
 @dataclass(frozen=True)
 class EvalJob:
@@ -200,7 +204,7 @@ def _forecast_context(model: Any, tokenizer: Any, codec: LLMTimeCodec, wins: lis
         p = next(model.parameters())
         check_fits(f"decoding S={S}", lambda b: decode_bytes(arch, b, longest, new, p.element_size()),
                    max(widths), free_memory(p.device), str(p.device), "eval.batch_size (--batch-size)")
-    with charged(run.ledger, f"{run.name}/S={S}", "eval", bound, run.out_dir, model=run.model_name, seq=S,
+    with charged(run.ledger, run.row(S), "eval", bound, run.out_dir, model=run.model_name, seq=S,
                  batch=batch) as charge:
         fr = forecast_windows(model, tokenizer, codec, wins, fcfg, run.progress, charge)
     return {"point": fr.point, "flops": int(charge.used), "wall_s": time.time() - t0, "capped_rate": fr.capped_rate,

@@ -196,7 +196,7 @@ def evaluate_remote(job: EvalJob, res: Resources, study_dir: Path, actor: Any) -
         ray.cancel(ref, recursive=False)
         ended, _ = ray.wait([ref], timeout=60)
         for S in job.cfg.contexts if ended else ():  # a row its task left open (stopped while reserving it)
-            _close_row(f"{job.run.name}/S={S}", actor, "interrupted")
+            _close_row(job.run.row(S), actor, "interrupted")
         raise Interrupted(2) from None
 
 
